@@ -1,0 +1,90 @@
+//! The `cab` command line: argument parsing, logging set-up and one module per subcommand.
+//! Each subcommand is thin: it parses, calls the library, and prints.
+
+mod hash;
+mod store;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Cab islands: pinned source trees, fetched lazily, stored by content, served read-only.
+#[derive(Parser, Debug)]
+#[command(name = "cab", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// More log output (repeat for more: -v info, -vv debug, -vvv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    /// Only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+
+    /// The store directory [default: $XDG_CACHE_HOME/cab/store, or ~/.cache/cab/store].
+    #[arg(long, global = true, env = "CAB_STORE", value_name = "DIR")]
+    store: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a tree's NAR hash (as `nix hash path` prints it) and its Cab tree hash.
+    Hash(hash::Args),
+    /// Work with the local store: add, export, verify and list trees.
+    #[command(subcommand)]
+    Store(store::Command),
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let result = match cli.command {
+        Command::Hash(args) => hash::run(args),
+        Command::Store(command) => store::run(command, cli.store),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        (false, _) => "trace",
+    };
+    // `RUST_LOG` still wins, for targeted debugging.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("cab={level}")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Prints a tree's two hashes the way `cab hash` and `cab store add` do.
+fn print_hashes(
+    nar: &crate::hash::NarHash,
+    tree: &crate::hash::TreeHash,
+    style: crate::hash::NarHashStyle,
+    json: bool,
+) {
+    if json {
+        let value = serde_json::json!({ "narHash": nar.to_string(), "hash": tree.to_string() });
+        println!("{value}");
+    } else {
+        println!("{}", nar.display(style));
+        println!("{tree}");
+    }
+}

@@ -1,0 +1,7 @@
+//! Cab islands: pinned source trees from GitHub, git servers, tarballs and local paths, stored
+//! content-addressed and served under one read-only mount. See DESIGN.md for the words used
+//! throughout (island, derivation, realizer, store).
+
+pub mod hash;
+pub mod cli;
+pub mod store;

@@ -1,0 +1,295 @@
+//! The local content-addressed store: plain files under one root, shared safely by any number
+//! of `cab` processes.
+//!
+//! ```text
+//! STORE/
+//!   version                  "cab-store 1"
+//!   blobs/ab/cdef…           file contents, named by their BLAKE3 (read-only, written once)
+//!   trees/ab/cdef…           tree objects (hash::tree), named by their BLAKE3
+//!   roots/<64 hex>           one per published tree: what is known of it (its narHash)
+//!   index/<64 hex>           (how made, format, value) → tree hash, one small file per key
+//!   tmp/<id>/ + <id>.lock    staging; <id>.lock is held (flock) by the live owner
+//! ```
+//!
+//! Every file enters by an atomic rename of a finished temporary file, so a reader sees an
+//! object whole or not at all, and two writers of the same object race harmlessly. A tree is
+//! *published* — its `roots/` record written, then its index entries — only after every object
+//! it needs is durable (one `syncfs`), so a crash leaves garbage at worst, never a published
+//! tree with missing parts. A staging directory whose lock nobody holds belonged to a process
+//! that died; the next process to open the store removes it.
+
+mod export;
+mod ingest;
+mod staging;
+mod verify;
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, bail};
+
+use crate::hash::tree::Object;
+use crate::hash::{NarHash, TreeHash, encoding};
+
+pub use ingest::Ingest;
+pub use staging::Staging;
+pub use verify::{Corruption, VerifyReport};
+
+const VERSION: &str = "cab-store 1";
+
+/// A handle on a store directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+    /// This process's staging directory for temporary files, made on first use.
+    scratch: Arc<Mutex<Option<Arc<Staging>>>>,
+}
+
+/// What the store knows of a published tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The tree's hash.
+    pub tree: TreeHash,
+    /// Its NAR hash, computed by the store when it was ingested.
+    pub nar: NarHash,
+}
+
+/// One index key: how a tree was made, and one value a fetcher reported for it (DESIGN.md,
+/// "The hash FIFO protocol"). Values that name the content itself (`blake3`, `nar-sha256`)
+/// use [`IndexKey::ANY`] as `how`, since they mean the same tree however it was made.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IndexKey {
+    /// How the tree was made, e.g. `github-archive`, `git-pack`, or `*`.
+    pub how: String,
+    /// The FIFO format, e.g. `git-rev`.
+    pub format: String,
+    /// The reported value.
+    pub value: String,
+}
+
+impl IndexKey {
+    /// The `how` of content hashes, which do not depend on how a tree was made.
+    pub const ANY: &'static str = "*";
+
+    /// A key.
+    pub fn new(how: &str, format: &str, value: &str) -> IndexKey {
+        IndexKey {
+            how: how.into(),
+            format: format.into(),
+            value: value.into(),
+        }
+    }
+
+    fn file_name(&self) -> String {
+        let mut h = blake3::Hasher::new();
+        for part in [&self.how, &self.format, &self.value] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.finalize().to_hex().to_string()
+    }
+}
+
+/// The default store location: `$XDG_CACHE_HOME/cab/store`, else `~/.cache/cab/store`.
+pub fn default_root() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir).join("cab/store"));
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".cache/cab/store")),
+        None => bail!("cannot find a place for the store: set CAB_STORE, XDG_CACHE_HOME or HOME, or pass --store"),
+    }
+}
+
+fn sharded(dir: &Path, hex: &str) -> PathBuf {
+    dir.join(&hex[..2]).join(&hex[2..])
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`, and removes staging left by processes
+    /// that died.
+    pub fn open(root: &Path) -> Result<Store> {
+        let store = Store {
+            root: root.to_owned(),
+            scratch: Arc::default(),
+        };
+        let version = root.join("version");
+        match fs::read_to_string(&version) {
+            Ok(v) if v.trim() == VERSION => {}
+            Ok(v) => bail!(
+                "{} is a store of another version ({:?}, this cab reads {VERSION:?}); use another --store",
+                root.display(),
+                v.trim()
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => store.create()?,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", version.display())),
+        }
+        staging::clean_stale(&root.join("tmp"));
+        Ok(store)
+    }
+
+    fn create(&self) -> Result<()> {
+        let ctx = || format!("cannot create the store at {}", self.root.display());
+        for dir in ["blobs", "trees"] {
+            for byte in 0..=255u8 {
+                fs::create_dir_all(self.root.join(dir).join(encoding::to_hex(&[byte]))).with_context(ctx)?;
+            }
+        }
+        for dir in ["roots", "index", "tmp"] {
+            fs::create_dir_all(self.root.join(dir)).with_context(ctx)?;
+        }
+        // Another process may be creating the store too: the version file goes in by rename.
+        let tmp = self.scratch()?.temp_path("version");
+        fs::write(&tmp, format!("{VERSION}\n")).with_context(ctx)?;
+        fs::rename(&tmp, self.root.join("version")).with_context(ctx)?;
+        Ok(())
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A new private staging directory inside the store (same filesystem, so its files can
+    /// enter the store by rename).
+    pub fn staging(&self) -> Result<Staging> {
+        Staging::new(&self.root.join("tmp"))
+    }
+
+    /// This process's staging directory, shared by everything this handle writes.
+    fn scratch(&self) -> Result<Arc<Staging>> {
+        let mut slot = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(staging) = &*slot {
+            return Ok(staging.clone());
+        }
+        let staging = Arc::new(self.staging()?);
+        *slot = Some(staging.clone());
+        Ok(staging)
+    }
+
+    /// Where the blob with these contents' BLAKE3 lives.
+    pub fn blob_path(&self, blob: &[u8; 32]) -> PathBuf {
+        sharded(&self.root.join("blobs"), &encoding::to_hex(blob))
+    }
+
+    /// Where the tree object with this hash lives.
+    pub fn object_path(&self, tree: &TreeHash) -> PathBuf {
+        sharded(&self.root.join("trees"), &tree.to_hex())
+    }
+
+    fn root_record_path(&self, tree: &TreeHash) -> PathBuf {
+        self.root.join("roots").join(tree.to_hex())
+    }
+
+    /// Reads and decodes a tree object.
+    pub fn read_object(&self, tree: &TreeHash) -> Result<Object> {
+        let path = self.object_path(tree);
+        let bytes = fs::read(&path).with_context(|| format!("cannot read tree object {}", path.display()))?;
+        Object::decode(&bytes).with_context(|| format!("tree object {tree} is corrupt ({})", path.display()))
+    }
+
+    /// What the store knows of a published tree, or `None` if it is not published here.
+    pub fn published(&self, tree: &TreeHash) -> Result<Option<Published>> {
+        let path = self.root_record_path(tree);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let nar = text
+            .lines()
+            .find_map(|l| l.strip_prefix("nar-sha256 "))
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("root record {} is corrupt", path.display()))?;
+        Ok(Some(Published { tree: *tree, nar }))
+    }
+
+    /// Every published tree.
+    pub fn roots(&self) -> Result<Vec<TreeHash>> {
+        let dir = self.root.join("roots");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
+            let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+            if let Some(hash) = entry.file_name().to_str().and_then(TreeHash::from_hex) {
+                out.push(hash);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Looks a key up in the index; only published trees are answered.
+    pub fn lookup(&self, key: &IndexKey) -> Result<Option<TreeHash>> {
+        let path = self.root.join("index").join(key.file_name());
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let tree = text.lines().nth(1).and_then(|l| l.parse::<TreeHash>().ok());
+        match tree {
+            Some(tree) if self.published(&tree)?.is_some() => Ok(Some(tree)),
+            Some(_) => Ok(None),
+            None => bail!("index entry {} is corrupt", path.display()),
+        }
+    }
+
+    /// Records `key → tree` for a published tree.
+    pub fn record(&self, key: &IndexKey, tree: &TreeHash) -> Result<()> {
+        if self.published(tree)?.is_none() {
+            bail!("cannot index {tree}: it is not published in this store");
+        }
+        let text = format!("{} {} {}\n{tree}\n", key.how, key.format, key.value);
+        self.write_atomically(&self.root.join("index").join(key.file_name()), text.as_bytes(), false)
+    }
+
+    /// Makes an ingested tree visible: its root record, written only after all its objects
+    /// are durable.
+    fn publish(&self, tree: &TreeHash, nar: &NarHash) -> Result<()> {
+        sync_filesystem(&self.root)?;
+        if std::env::var_os("CAB_FAILPOINT").is_some_and(|v| v == "store-before-publish") {
+            // Test hook: die the way a crash would, objects written and synced, nothing published.
+            std::process::abort();
+        }
+        let text = format!("nar-sha256 {nar}\n");
+        self.write_atomically(&self.root_record_path(tree), text.as_bytes(), true)?;
+        self.record(&IndexKey::new(IndexKey::ANY, "blake3", &tree.to_string()), tree)?;
+        self.record(&IndexKey::new(IndexKey::ANY, "nar-sha256", &nar.to_string()), tree)?;
+        tracing::debug!(%tree, %nar, "published");
+        Ok(())
+    }
+
+    /// Writes `bytes` to `dest` through a temporary file and a rename; `durable` also syncs
+    /// the file and its directory.
+    fn write_atomically(&self, dest: &Path, bytes: &[u8], durable: bool) -> Result<()> {
+        let tmp = self.scratch()?.temp_path("file");
+        let ctx = || format!("cannot write {}", dest.display());
+        let mut file = fs::File::create(&tmp).with_context(ctx)?;
+        file.write_all(bytes).with_context(ctx)?;
+        if durable {
+            file.sync_all().with_context(ctx)?;
+        }
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o444)).with_context(ctx)?;
+        fs::rename(&tmp, dest).with_context(ctx)?;
+        if durable && let Some(parent) = dest.parent() {
+            fs::File::open(parent).and_then(|d| d.sync_all()).with_context(ctx)?;
+        }
+        Ok(())
+    }
+}
+
+/// Flushes everything written to the filesystem holding `path`: one call instead of an
+/// `fsync` per object.
+fn sync_filesystem(path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: a plain syscall on a descriptor we own.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("cannot sync {}", path.display()));
+    }
+    Ok(())
+}
