@@ -2,6 +2,7 @@
 //! content-addressed and served under one read-only mount. See DESIGN.md for the words used
 //! throughout (island, derivation, realizer, store).
 
-pub mod hash;
 pub mod cli;
+pub mod hash;
+pub mod island;
 pub mod store;
