@@ -221,8 +221,9 @@ impl Object {
         let magic = r.take(8)?;
         let object = if magic == DIR_MAGIC {
             let count = r.u64()?;
-            // Each entry takes at least 8 + 1 + 1 + 32 bytes: refuse absurd counts up front.
-            if count > (bytes.len() / 42) as u64 {
+            // Each entry takes at least 8 + 1 (name) + 1 + 8 (an empty symlink target's length):
+            // refuse absurd counts before allocating for them.
+            if count > (bytes.len() / 18) as u64 {
                 return Err(BadObject("entry count past the end"));
             }
             let mut entries: Vec<Entry> = Vec::with_capacity(count as usize);
@@ -344,6 +345,15 @@ mod tests {
         let mut swapped = bytes.clone();
         swapped.push(0);
         assert!(Object::decode(&swapped).is_err());
+        // The smallest entries: one-byte names, short symlink targets.
+        let small: Vec<Entry> = (b'a'..=b'z')
+            .map(|c| Entry {
+                name: vec![c],
+                node: Node::Symlink { target: b"t".to_vec() },
+            })
+            .collect();
+        let (bytes, _) = encode_directory(&small);
+        assert_eq!(Object::decode(&bytes), Ok(Object::Directory(small)));
         let (root, _) = encode_root(&file(b"x", true)).unwrap();
         assert_eq!(Object::decode(&root), Ok(Object::Root(file(b"x", true))));
     }

@@ -84,6 +84,7 @@ pub fn walk(path: &Path, visitor: &mut dyn Visitor) -> Result<HashedTree> {
     nar::header(&mut walker.scratch);
     walker.flush_scratch();
     let root = walker.root(path, &meta)?;
+    walker.flush_scratch();
     let nar = walker.nar.finish()?;
     Ok(HashedTree {
         tree: tree::root_hash(&root),
