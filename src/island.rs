@@ -396,6 +396,25 @@ impl Island {
         }
     }
 
+    /// The fully locked form of this island: its `ref` and subpath, plus the commit it
+    /// resolved to (for formats that have one) and both hashes of its tree.
+    pub fn locked(&self, rev: Option<String>, hash: TreeHash, nar_hash: NarHash) -> Island {
+        let has_rev = matches!(self.format, Format::Github | Format::Git);
+        Island {
+            config: Config {
+                r#ref: self.config.r#ref.clone(),
+                rev: if has_rev {
+                    rev.or_else(|| self.config.rev.clone())
+                } else {
+                    None
+                },
+                hash: Some(hash),
+                nar_hash: Some(nar_hash),
+            },
+            ..self.clone()
+        }
+    }
+
     /// For an `fs` island, the absolute path it stands for.
     pub fn fs_path(&self) -> Option<PathBuf> {
         if self.format != Format::Fs {

@@ -3,6 +3,11 @@
 //! throughout (island, derivation, realizer, store).
 
 pub mod cli;
+pub mod derivation;
 pub mod hash;
 pub mod island;
+pub mod lock;
+pub mod mount;
+pub mod pin;
+pub mod realizer;
 pub mod store;

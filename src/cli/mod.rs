@@ -1,7 +1,9 @@
 //! The `cab` command line: argument parsing, logging set-up and one module per subcommand.
 //! Each subcommand is thin: it parses, calls the library, and prints.
 
+mod fetch;
 mod hash;
+mod mount;
 mod store;
 
 use std::path::PathBuf;
@@ -33,6 +35,17 @@ pub struct Cli {
 enum Command {
     /// Print a tree's NAR hash (as `nix hash path` prints it) and its Cab tree hash.
     Hash(hash::Args),
+    /// Fetch islands into the store and print each one fully locked.
+    Fetch(fetch::FetchArgs),
+    /// Print the derivation an island becomes (toDerivation), as JSON.
+    Derivation(fetch::DerivationArgs),
+    /// Mount the islands of ./islands.toml (and GitHub browsing, and every stored tree)
+    /// read-only at MOUNTPOINT; islands are fetched when first looked at.
+    Mount(mount::MountArgs),
+    /// Unmount a cab mount (also clears one left stale by a daemon that died).
+    Unmount(mount::UnmountArgs),
+    /// Re-resolve the islands of ./islands.toml (all, or those named) and rewrite the lock.
+    Update(mount::UpdateArgs),
     /// Work with the local store: add, export, verify and list trees.
     #[command(subcommand)]
     Store(store::Command),
@@ -45,6 +58,11 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Hash(args) => hash::run(args),
         Command::Store(command) => store::run(command, cli.store),
+        Command::Fetch(args) => fetch::fetch(args, cli.store),
+        Command::Mount(args) => mount::mount(args, cli.store),
+        Command::Unmount(args) => mount::unmount(args),
+        Command::Update(args) => mount::update(args, cli.store),
+        Command::Derivation(args) => fetch::derivation(args),
     };
     match result {
         Ok(code) => code,

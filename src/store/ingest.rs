@@ -137,6 +137,14 @@ impl Visitor for StoreVisitor<'_> {
 impl Store {
     /// Adds the tree at `path` (directory, file or symlink) and publishes it.
     pub fn add_path(&self, path: &Path, mode: Ingest) -> Result<Added> {
+        let added = self.ingest(path, mode)?;
+        self.publish(&added.tree, &added.nar)?;
+        Ok(added)
+    }
+
+    /// Writes every object of the tree at `path` into the store without publishing it: the
+    /// caller checks what it must, then calls [`Store::publish`].
+    pub fn ingest(&self, path: &Path, mode: Ingest) -> Result<Added> {
         let mut visitor = StoreVisitor {
             store: self,
             scratch: self.scratch()?,
@@ -153,13 +161,12 @@ impl Store {
             visitor.write_new(&self.object_path(&hash), &object)?;
         }
         let new_blobs = visitor.new_blobs;
-        self.publish(&hashed.tree, &hashed.nar)?;
         tracing::info!(
             tree = %hashed.tree,
             files = hashed.files,
             bytes = hashed.bytes,
             new_blobs,
-            "added {}",
+            "ingested {}",
             path.display()
         );
         Ok(Added {

@@ -20,6 +20,7 @@
 
 mod export;
 mod ingest;
+mod nar;
 mod staging;
 mod verify;
 
@@ -35,7 +36,7 @@ use anyhow::{Context, Result, bail};
 use crate::hash::tree::Object;
 use crate::hash::{NarHash, TreeHash, encoding};
 
-pub use ingest::Ingest;
+pub use ingest::{Added, Ingest};
 pub use staging::Staging;
 pub use verify::{Corruption, VerifyReport};
 
@@ -248,8 +249,8 @@ impl Store {
     }
 
     /// Makes an ingested tree visible: its root record, written only after all its objects
-    /// are durable.
-    fn publish(&self, tree: &TreeHash, nar: &NarHash) -> Result<()> {
+    /// are durable, then its content-hash index entries.
+    pub fn publish(&self, tree: &TreeHash, nar: &NarHash) -> Result<()> {
         sync_filesystem(&self.root)?;
         if std::env::var_os("CAB_FAILPOINT").is_some_and(|v| v == "store-before-publish") {
             // Test hook: die the way a crash would, objects written and synced, nothing published.

@@ -434,6 +434,8 @@ pub fn mkfifo(path: &Path) {
 
 /// The edge-case trees, each built into a fresh directory. `hash_nix` hashes each on its own;
 /// `store_cli` builds all of them side by side into one tree for a round trip.
+pub mod forge;
+
 pub mod edge {
     use super::*;
 

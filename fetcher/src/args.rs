@@ -1,0 +1,194 @@
+//! The fetcher's invocation, from WASI argv: `fetcher <format> key=value…`. The host builds it,
+//! so anything wrong here is a bug on its side (exit code 2); values are checked anyway, since
+//! they end up in URLs and in pkt-lines.
+
+use crate::error::{Error, Result};
+use crate::refs::object_id;
+
+/// How to call the fetcher.
+pub const USAGE: &str = "usage: fetcher github base=URL repo=OWNER/REPO [ref=REF] [rev=SHA1] | fetcher tarball url=URL";
+
+/// What to fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// A GitHub repository at a ref or commit.
+    Github(Github),
+    /// A `.tar.gz` at a URL.
+    Tarball {
+        /// Where it is.
+        url: String,
+    },
+}
+
+/// The `github` format's arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Github {
+    /// The forge's base URL, without a trailing slash.
+    pub base: String,
+    /// `OWNER/REPO`.
+    pub repo: String,
+    /// A branch, tag or `refs/…` name.
+    pub reference: Option<String>,
+    /// A commit id, lowercase; when given, no ref is looked up.
+    pub rev: Option<String>,
+}
+
+fn usage(message: String) -> Error {
+    Error::usage(format!("{message}\n{USAGE}"))
+}
+
+/// Parses argv (with `argv[0]`).
+pub fn parse(args: &[String]) -> Result<Request> {
+    let format = args.get(1).ok_or_else(|| usage("no format given".into()))?;
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    for arg in args.iter().skip(2) {
+        let (k, v) = arg
+            .split_once('=')
+            .ok_or_else(|| usage(format!("argument `{arg}` is not key=value")))?;
+        if pairs.iter().any(|(seen, _)| *seen == k) {
+            return Err(usage(format!("`{k}` given twice")));
+        }
+        pairs.push((k, v));
+    }
+    let allowed: &[&str] = match format.as_str() {
+        "github" => &["base", "repo", "ref", "rev"],
+        "tarball" => &["url"],
+        other => return Err(usage(format!("unknown format `{other}`"))),
+    };
+    if let Some((k, _)) = pairs.iter().find(|(k, _)| !allowed.contains(k)) {
+        return Err(usage(format!("unknown key `{k}` for format `{format}`")));
+    }
+    let get = |key: &str| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    let need = |key: &str| get(key).ok_or_else(|| usage(format!("`{key}=` is missing")));
+    match format.as_str() {
+        "github" => {
+            let base = http_url("base", need("base")?)?.trim_end_matches('/').to_owned();
+            let repo = need("repo")?;
+            if !valid_repo(repo) {
+                return Err(usage(format!("`repo={repo}` is not OWNER/REPO")));
+            }
+            let reference = get("ref").map(|r| check_ref(r).map(str::to_owned)).transpose()?;
+            let rev = match get("rev") {
+                None => None,
+                Some(r) => {
+                    Some(object_id(r.as_bytes()).ok_or_else(|| usage(format!("`rev={r}` is not 40 hex digits")))?)
+                }
+            };
+            Ok(Request::Github(Github {
+                base,
+                repo: repo.to_owned(),
+                reference,
+                rev,
+            }))
+        }
+        _ => Ok(Request::Tarball {
+            url: http_url("url", need("url")?)?.to_owned(),
+        }),
+    }
+}
+
+fn http_url<'a>(key: &str, url: &'a str) -> Result<&'a str> {
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(r) if !r.is_empty() && !url.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) => Ok(url),
+        _ => Err(usage(format!("`{key}={url}` is not an http(s) URL"))),
+    }
+}
+
+/// GitHub's rule for owner and repository names: letters, digits, `-`, `_` and `.`.
+fn valid_repo(repo: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty() && p != "." && p != ".." && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    matches!(repo.split_once('/'), Some((owner, name)) if part(owner) && part(name))
+}
+
+/// A ref name that git could have (the gist of `git check-ref-format`), which also keeps it
+/// safe inside a pkt-line.
+fn check_ref(r: &str) -> Result<&str> {
+    let bad = r.is_empty()
+        || r.len() > 1000
+        || r.starts_with('/')
+        || r.ends_with('/')
+        || r.ends_with('.')
+        || r.as_bytes().windows(2).any(|w| w == b".." || w == b"//" || w == b"@{")
+        || r.bytes().any(|b| b.is_ascii_control() || b" ~^:?*[\\".contains(&b));
+    if bad {
+        Err(usage(format!("`ref={r}` is not a valid ref name")))
+    } else {
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Request> {
+        let v: Vec<String> = std::iter::once("fetcher")
+            .chain(args.iter().copied())
+            .map(String::from)
+            .collect();
+        parse(&v)
+    }
+
+    #[test]
+    fn github_forms() {
+        let sha = "0123456789ABCDEF0123456789abcdef01234567";
+        assert_eq!(
+            p(&[
+                "github",
+                "base=https://github.com/",
+                "repo=cull-os/cab",
+                "ref=v1.2",
+                &format!("rev={sha}")
+            ])
+            .unwrap(),
+            Request::Github(Github {
+                base: "https://github.com".into(),
+                repo: "cull-os/cab".into(),
+                reference: Some("v1.2".into()),
+                rev: Some(sha.to_lowercase()),
+            })
+        );
+        let r = p(&["github", "repo=a/b", "base=http://127.0.0.1:8080"]).unwrap();
+        assert!(matches!(
+            r,
+            Request::Github(Github {
+                reference: None,
+                rev: None,
+                ..
+            })
+        ));
+        assert_eq!(
+            p(&["tarball", "url=https://x/y.tar.gz"]).unwrap(),
+            Request::Tarball {
+                url: "https://x/y.tar.gz".into()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_invocations_exit_2() {
+        for bad in [
+            &[][..],
+            &["git", "url=https://x"],
+            &["github", "repo=a/b"],
+            &["github", "base=https://g", "repo=a"],
+            &["github", "base=https://g", "repo=a/b/c"],
+            &["github", "base=ftp://g", "repo=a/b"],
+            &["github", "base=https://g", "repo=a/b", "rev=123"],
+            &["github", "base=https://g", "repo=a/b", "ref=a b"],
+            &["github", "base=https://g", "repo=a/b", "ref=a..b"],
+            &["github", "base=https://g", "repo=a/b", "ref=x\n0000"],
+            &["github", "base=https://g", "repo=a/b", "url=https://x"],
+            &["github", "base=https://g", "repo=a/b", "repo=c/d"],
+            &["tarball", "url=https://x", "extra"],
+            &["tarball"],
+        ] {
+            let e = p(bad).unwrap_err();
+            assert_eq!(e.code(), 2, "{bad:?}: {e}");
+            assert!(e.message().contains("usage:"));
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The two fetches, from request to output tree: `github` (resolve the ref over git smart
+//! HTTP, announce the commit, unpack GitHub's archive of it) and `tarball` (unpack a URL).
+//! Everything outside the guest comes through the [`Net`], [`Sink`] and [`Console`] it is
+//! given, so this runs unchanged under the unit tests.
+
+use crate::args::{Github, Request};
+use crate::error::{Error, Result};
+use crate::gzip::GzDecoder;
+use crate::io::{Body, Buffered, Console, Net, Sink};
+use crate::pktline::PktReader;
+use crate::refs::{self, Protocol, Resolver, Want};
+use crate::tar;
+
+/// Headers of a protocol v2 command request (gitprotocol-http).
+const UPLOAD_PACK_HEADERS: &str = "Content-Type: application/x-git-upload-pack-request\n\
+                                   Accept: application/x-git-upload-pack-result\n\
+                                   Git-Protocol: version=2";
+
+/// Fetches what `request` names into `sink`.
+pub fn fetch<N: Net, K: Sink, C: Console>(request: &Request, net: &mut N, sink: &mut K, console: &mut C) -> Result<()> {
+    match request {
+        Request::Github(g) => github(g, net, sink, console),
+        Request::Tarball { url } => unpack(net, sink, console, url),
+    }
+}
+
+fn github<N: Net, K: Sink, C: Console>(g: &Github, net: &mut N, sink: &mut K, console: &mut C) -> Result<()> {
+    let sha = match &g.rev {
+        Some(rev) => rev.clone(),
+        None => resolve(g, net, console)?,
+    };
+    // The host may already hold this commit's tree and stop us right after this line, so it
+    // goes out before anything else is downloaded.
+    console.announce(&format!("git-rev {sha}\n"))?;
+    let url = format!("{}/{}/archive/{sha}.tar.gz", g.base, g.repo);
+    unpack(net, sink, console, &url)
+}
+
+/// The commit `g`'s ref names, asked of the server with protocol v2 `ls-refs`, or read from
+/// the v0 ref list when that is what the server sends.
+fn resolve<N: Net, C: Console>(g: &Github, net: &mut N, console: &mut C) -> Result<String> {
+    let want = Want::new(g.reference.as_deref());
+    let repo_url = format!("{}/{}.git", g.base, g.repo);
+    let refs_url = format!("{repo_url}/info/refs?service=git-upload-pack");
+    console.note(&format!(
+        "resolving {} of {}",
+        g.reference.as_deref().unwrap_or("HEAD"),
+        g.repo
+    ));
+    let mut resolver = Resolver::new(&want);
+    let body = Body::open(net, "GET", &refs_url, "Git-Protocol: version=2", b"")?;
+    let mut reader = PktReader::new(Buffered::new(body, 16 * 1024));
+    let protocol = refs::read_advertisement(&mut reader, &mut resolver).map_err(|e| e.context(&refs_url))?;
+    reader.into_inner().into_inner().close()?;
+
+    if protocol == Protocol::V2 {
+        let url = format!("{repo_url}/git-upload-pack");
+        ls_refs(net, &url, &want.prefixes(), &mut resolver)?;
+        if resolver.resolved().is_none() && want != Want::Head {
+            // The first answer held only names starting like the wanted one; ask for all
+            // branches and tags, to say which ones come close.
+            resolver = Resolver::new(&want);
+            ls_refs(net, &url, &want.suggestion_prefixes(), &mut resolver)?;
+        }
+    }
+    resolver
+        .resolved()
+        .ok_or_else(|| not_found(&want, &g.repo, &resolver.suggestions()))
+}
+
+fn ls_refs<N: Net>(net: &mut N, url: &str, prefixes: &[String], resolver: &mut Resolver) -> Result<()> {
+    let request = refs::ls_refs_request(prefixes)?;
+    let body = Body::open(net, "POST", url, UPLOAD_PACK_HEADERS, &request)?;
+    let mut reader = PktReader::new(Buffered::new(body, 16 * 1024));
+    refs::read_ls_refs(&mut reader, resolver).map_err(|e| e.context(url))?;
+    reader.into_inner().into_inner().close()
+}
+
+fn not_found(want: &Want, repo: &str, suggestions: &[String]) -> Error {
+    if *want == Want::Head {
+        return Error::new(format!("{repo} has no default branch (HEAD); is the repository empty?"));
+    }
+    let what = want.describe();
+    if suggestions.is_empty() {
+        Error::new(format!("{what} in {repo}, which has no branches or tags"))
+    } else {
+        Error::new(format!(
+            "{what} in {repo}; the closest it has: {}",
+            suggestions.join(", ")
+        ))
+    }
+}
+
+/// Downloads a `.tar.gz` and unpacks it into `sink` as it arrives.
+fn unpack<N: Net, K: Sink, C: Console>(net: &mut N, sink: &mut K, console: &mut C, url: &str) -> Result<()> {
+    console.note(&format!("downloading {url}"));
+    let body = Body::open(net, "GET", url, "", b"")?;
+    let mut gz = GzDecoder::new(body);
+    tar::extract(&mut gz, sink).map_err(|e| if e.mentions(url) { e } else { e.context(url) })?;
+    gz.into_inner().close()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,31 @@
+//! Cab's fetcher: the WASM guest that fetches source trees ("islands") for the realizer, which
+//! runs it sandboxed. It has no filesystem or network of its own: arguments come from WASI
+//! argv, protocol lines go to standard output, diagnostics to standard error, and HTTP and the
+//! output tree go through the host's module `cab` (see [`host`], built for wasm32 only).
+//!
+//! Everything but [`host`] is plain Rust over the small traits in [`io`], so the whole fetch —
+//! ref resolution, gzip, tar — is tested natively with `cargo test`.
+
+pub mod args;
+pub mod crc32;
+pub mod error;
+pub mod fetch;
+pub mod gzip;
+#[cfg(target_arch = "wasm32")]
+pub mod host;
+pub mod io;
+pub mod pktline;
+pub mod refs;
+pub mod suggest;
+pub mod tar;
+#[cfg(test)]
+mod testing;
+
+use crate::error::Result;
+use crate::io::{Console, Net, Sink};
+
+/// Runs the fetcher on `argv` (with `argv[0]`).
+pub fn run<N: Net, K: Sink, C: Console>(argv: &[String], net: &mut N, sink: &mut K, console: &mut C) -> Result<()> {
+    let request = args::parse(argv)?;
+    fetch::fetch(&request, net, sink, console)
+}

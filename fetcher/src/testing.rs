@@ -1,0 +1,252 @@
+//! Test doubles shared by the unit tests: a sink that records what it is asked to make and
+//! checks it as the host does, a source that hands out bytes in awkward pieces, temporary
+//! directories, and hand-built tar headers for the archives `tar` itself refuses to write.
+
+#![allow(missing_docs)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::error::Result;
+use crate::io::{Refused, Sink, Source};
+
+/// What a recorded output tree holds at one path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    Dir,
+    File { executable: bool, data: Vec<u8> },
+    Symlink(Vec<u8>),
+}
+
+/// Records sink calls and enforces the host's rules: a parent must be a directory made
+/// before, and nothing is made twice.
+#[derive(Debug, Default)]
+pub struct RecordingSink {
+    pub tree: BTreeMap<String, Node>,
+    pub calls: Vec<String>,
+    pub root: Option<String>,
+    open: BTreeMap<i32, String>,
+    next: i32,
+    /// Refuse any call naming this path.
+    pub refuse: Option<String>,
+}
+
+impl RecordingSink {
+    fn place(&mut self, path: &[u8]) -> Result<String, Refused> {
+        let p = String::from_utf8(path.to_vec()).map_err(|_| Refused)?;
+        if self.refuse.as_deref() == Some(p.as_str()) {
+            return Err(Refused);
+        }
+        assert!(
+            !p.is_empty() && !p.starts_with('/') && !p.ends_with('/'),
+            "bad path {p:?}"
+        );
+        assert!(
+            p.split('/').all(|c| !c.is_empty() && c != "." && c != ".."),
+            "bad path {p:?}"
+        );
+        assert!(!self.tree.contains_key(&p), "made twice: {p:?}");
+        if let Some((parent, _)) = p.rsplit_once('/') {
+            assert_eq!(
+                self.tree.get(parent),
+                Some(&Node::Dir),
+                "parent of {p:?} is not a directory made before"
+            );
+        }
+        Ok(p)
+    }
+
+    pub fn file(&self, path: &str) -> (&[u8], bool) {
+        match self.tree.get(path) {
+            Some(Node::File { executable, data }) => (data, *executable),
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+}
+
+impl Sink for RecordingSink {
+    fn mkdir(&mut self, path: &[u8]) -> Result<(), Refused> {
+        let p = self.place(path)?;
+        self.calls.push(format!("mkdir {p}"));
+        self.tree.insert(p, Node::Dir);
+        Ok(())
+    }
+
+    fn create(&mut self, path: &[u8], executable: bool) -> Result<i32, Refused> {
+        let p = self.place(path)?;
+        self.calls
+            .push(format!("create {p}{}", if executable { " +x" } else { "" }));
+        self.tree.insert(
+            p.clone(),
+            Node::File {
+                executable,
+                data: Vec::new(),
+            },
+        );
+        self.next += 1;
+        self.open.insert(self.next, p);
+        Ok(self.next)
+    }
+
+    fn write(&mut self, file: i32, data: &[u8]) -> Result<(), Refused> {
+        let p = self.open.get(&file).expect("write to a file not open").clone();
+        assert!(data.len() <= 64 * 1024, "chunk too large");
+        match self.tree.get_mut(&p) {
+            Some(Node::File { data: d, .. }) => d.extend_from_slice(data),
+            _ => unreachable!(),
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, file: i32) -> Result<(), Refused> {
+        self.open.remove(&file).expect("close of a file not open");
+        Ok(())
+    }
+
+    fn symlink(&mut self, path: &[u8], target: &[u8]) -> Result<(), Refused> {
+        let p = self.place(path)?;
+        self.calls
+            .push(format!("symlink {p} -> {}", String::from_utf8_lossy(target)));
+        self.tree.insert(p, Node::Symlink(target.to_vec()));
+        Ok(())
+    }
+
+    fn set_root(&mut self, path: &[u8]) -> Result<(), Refused> {
+        let p = String::from_utf8(path.to_vec()).unwrap();
+        assert_eq!(self.tree.get(&p), Some(&Node::Dir), "root {p:?} is not a directory");
+        assert!(self.root.is_none(), "root set twice");
+        assert!(self.open.is_empty(), "files left open");
+        self.calls.push(format!("root {p}"));
+        self.root = Some(p);
+        Ok(())
+    }
+}
+
+/// Hands out its bytes in small, varying pieces, so that every parser meets a boundary at
+/// every possible place.
+pub struct Trickle<'a> {
+    data: &'a [u8],
+    step: usize,
+}
+
+impl<'a> Trickle<'a> {
+    pub fn new(data: &'a [u8]) -> Trickle<'a> {
+        Trickle { data, step: 0 }
+    }
+}
+
+impl Source for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
+        self.step = (self.step * 7 + 3) % 1031;
+        let n = (self.step + 1).min(buf.len()).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
+/// A fresh, empty directory for one test, removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("cab-fetcher-test-{}-{label}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs a command, which must succeed, and returns its standard output.
+pub fn run(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Compresses `data` with the real `gzip`.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("gzip")
+        .args(["-c", "-n"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// Deterministic bytes that do not compress.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A ustar header block, checksum included; `edit` may change it before the checksum.
+pub fn header(name: &[u8], typeflag: u8, size: u64, link: &[u8]) -> [u8; 512] {
+    header_with(name, typeflag, size, link, |_| {})
+}
+
+pub fn header_with(name: &[u8], typeflag: u8, size: u64, link: &[u8], edit: impl FnOnce(&mut [u8; 512])) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name);
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    h[136..148].copy_from_slice(b"00000000000\0");
+    h[156] = typeflag;
+    h[157..157 + link.len()].copy_from_slice(link);
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    edit(&mut h);
+    seal(&mut h);
+    h
+}
+
+/// Writes the checksum of a header block.
+pub fn seal(h: &mut [u8; 512]) {
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+}
+
+/// An archive from entries given as (header, contents): contents padded, two zero blocks.
+pub fn archive(entries: &[([u8; 512], &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (h, data) in entries {
+        out.extend_from_slice(h);
+        out.extend_from_slice(data);
+        out.resize(out.len().next_multiple_of(512), 0);
+    }
+    out.extend_from_slice(&[0; 1024]);
+    out
+}

@@ -1,0 +1,138 @@
+//! `cab mount`, `cab unmount` and `cab update`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use super::fetch::{LimitArgs, github_url, runtime};
+use crate::lock::{Lock, Manifest, lock_path};
+use crate::mount::{Islands, Options};
+use crate::realizer::Realizer;
+
+#[derive(clap::Args, Debug)]
+pub struct MountArgs {
+    /// Where to mount (an empty directory).
+    mountpoint: PathBuf,
+    /// The manifest naming the islands [default: ./islands.toml, if there is one].
+    #[arg(long, value_name = "PATH")]
+    manifest: Option<PathBuf>,
+    /// Re-resolve every named island first, rewrite the lock, print what moved, then serve.
+    #[arg(long)]
+    update: bool,
+    /// Serve every read ourselves instead of asking the kernel for FUSE passthrough.
+    #[arg(long)]
+    no_passthrough: bool,
+    /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf).
+    #[arg(long)]
+    allow_other: bool,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UnmountArgs {
+    /// The mount point.
+    mountpoint: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UpdateArgs {
+    /// Islands to update [default: all].
+    names: Vec<String>,
+    /// The manifest [default: ./islands.toml].
+    #[arg(long, value_name = "PATH")]
+    manifest: Option<PathBuf>,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// The manifest to use: the one given, else ./islands.toml if it exists (required: whether
+/// the default must exist).
+fn find_manifest(given: Option<PathBuf>, required: bool) -> Result<Option<Manifest>> {
+    let path = match given {
+        Some(path) => path,
+        None => {
+            let default = PathBuf::from("islands.toml");
+            if !default.exists() {
+                if required {
+                    anyhow::bail!("no islands.toml here: create one (name = '<github:owner/repo>') or pass --manifest");
+                }
+                return Ok(None);
+            }
+            default
+        }
+    };
+    let path = std::path::absolute(&path).with_context(|| format!("bad path {}", path.display()))?;
+    Manifest::read(&path).map(Some)
+}
+
+fn print_changes(changes: &[crate::pin::Change]) {
+    let moved: Vec<_> = changes.iter().filter(|c| c.moved()).collect();
+    for change in &moved {
+        println!("{}", change.describe());
+    }
+    if moved.is_empty() {
+        eprintln!("all {} islands are up to date", changes.len());
+    }
+}
+
+pub fn mount(args: MountArgs, store: Option<PathBuf>) -> Result<ExitCode> {
+    let manifest = find_manifest(args.manifest, false)?;
+    let store = super::store::open(store)?;
+    let realizer = Arc::new(Realizer::new(store, &github_url(), args.limits.limits())?);
+    let runtime = runtime()?;
+    if args.update {
+        let Some(manifest) = &manifest else {
+            anyhow::bail!("--update needs a manifest: no islands.toml here, and no --manifest");
+        };
+        let changes = runtime.block_on(crate::pin::update(&realizer, manifest, &[]))?;
+        print_changes(&changes);
+    }
+    let lock = match &manifest {
+        Some(m) => Lock::read(&lock_path(&m.path))?,
+        None => Lock::default(),
+    };
+    let count = manifest.as_ref().map(|m| m.islands.len()).unwrap_or(0);
+    let islands = Arc::new(Islands::new(realizer, runtime.handle().clone(), manifest, lock));
+    let options = Options {
+        passthrough: !args.no_passthrough,
+        allow_other: args.allow_other,
+        threads: args.threads,
+    };
+    let shown = args.mountpoint.display().to_string();
+    crate::mount::serve(islands, &args.mountpoint, &options, &runtime, || {
+        eprintln!("mounted {count} islands at {shown} (Ctrl-C or `cab unmount {shown}` to stop)");
+    })?;
+    eprintln!("unmounted {shown}");
+    // Realizations still running belong to a mount that is gone.
+    runtime.shutdown_background();
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn unmount(args: UnmountArgs) -> Result<ExitCode> {
+    if crate::mount::clear_stale(&args.mountpoint)? {
+        eprintln!("cleared the stale mount at {}", args.mountpoint.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    crate::mount::unmount(&args.mountpoint, false)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn update(args: UpdateArgs, store: Option<PathBuf>) -> Result<ExitCode> {
+    let manifest = find_manifest(args.manifest, true)?.context("no manifest")?;
+    let store = super::store::open(store)?;
+    let realizer = Arc::new(Realizer::new(store, &github_url(), args.limits.limits())?);
+    let changes = runtime()?.block_on(crate::pin::update(&realizer, &manifest, &args.names))?;
+    print_changes(&changes);
+    eprintln!("wrote {}", display(&lock_path(&manifest.path)));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn display(path: &Path) -> String {
+    path.display().to_string()
+}

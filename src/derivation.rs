@@ -1,0 +1,272 @@
+//! `toDerivation`: from an island to the recipe that produces its tree.
+//!
+//! A derivation names the fetcher (the WASM module, by hash), its arguments, the realizer
+//! features it needs and what is already known of the result (expected `rev`, `hash`,
+//! `narHash`). Its identity is the BLAKE3 of its canonical JSON encoding (keys sorted, no
+//! whitespace), so two islands that would fetch the same thing the same way share one id.
+//! Pure data: no I/O here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use anyhow::{Result, bail};
+use serde_json::{Value, json};
+
+use crate::hash::{NarHash, TreeHash};
+use crate::island::{Format, Island};
+
+/// Where things come from: settings that change what a derivation fetches, not how.
+#[derive(Clone, Debug)]
+pub struct Environment {
+    /// The GitHub forge's base URL (`CAB_GITHUB_URL`, default `https://github.com`).
+    pub github_url: String,
+    /// The BLAKE3 of the fetcher module's bytes.
+    pub fetcher: TreeHash,
+}
+
+/// How a tree was made: part of every index key, since the same commit can give different
+/// trees by different routes (a GitHub archive honours `export-ignore`, a git pack does not).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// A GitHub-style `archive/<rev>.tar.gz`.
+    GithubArchive,
+    /// A plain `.tar.gz` URL.
+    Tarball,
+    /// A local tree, ingested.
+    Fs,
+}
+
+impl Method {
+    /// The name used in index keys and in the derivation's encoding.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::GithubArchive => "github-archive",
+            Method::Tarball => "tarball",
+            Method::Fs => "fs",
+        }
+    }
+}
+
+/// What runs a derivation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Builder {
+    /// The WASM fetcher with this module hash, given `args` as its argv after its name.
+    Wasm {
+        /// BLAKE3 of the module's bytes.
+        module: TreeHash,
+    },
+    /// No program: the realizer ingests this local path itself.
+    Local {
+        /// The absolute path of the tree.
+        path: std::path::PathBuf,
+    },
+}
+
+/// A recipe for a tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Derivation {
+    /// What runs it.
+    pub builder: Builder,
+    /// How the tree is made (index keys carry this).
+    pub method: Method,
+    /// The fetcher's arguments: the format, then `key=value` pairs.
+    pub args: Vec<String>,
+    /// Hosts the fetcher may talk to.
+    pub hosts: Vec<String>,
+    /// Realizer features required (`wasm`, a system such as `x86_64-linux`).
+    pub features: Vec<String>,
+    /// The part of the fetched tree that is the island's tree, applied after fetching.
+    pub subpath: Vec<String>,
+    /// The commit the result must come from, if pinned.
+    pub rev: Option<String>,
+    /// The tree hash the result must have, if pinned (of the subpath, if there is one).
+    pub hash: Option<TreeHash>,
+    /// The NAR hash the result must have, if pinned.
+    pub nar_hash: Option<NarHash>,
+}
+
+/// The host part of an `http(s)://host[:port]/…` URL.
+pub fn url_host(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    let host = if let Some(bracketed) = authority.strip_prefix('[') {
+        bracketed.split(']').next()?
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+/// Builds the derivation for an island.
+pub fn to_derivation(island: &Island, env: &Environment) -> Result<Derivation> {
+    let subpath = island.subpath.as_ref().map(|s| s.names().to_vec()).unwrap_or_default();
+    let config = &island.config;
+    let wasm = |args: Vec<String>, hosts: Vec<String>, method| Derivation {
+        builder: Builder::Wasm { module: env.fetcher },
+        method,
+        args,
+        hosts,
+        features: vec!["wasm".into()],
+        subpath: subpath.clone(),
+        rev: config.rev.clone(),
+        hash: config.hash,
+        nar_hash: config.nar_hash,
+    };
+    Ok(match island.format {
+        Format::Github => {
+            let base = env.github_url.trim_end_matches('/');
+            let Some(host) = url_host(base) else {
+                bail!("CAB_GITHUB_URL `{base}` is not an http(s) URL with a host");
+            };
+            let mut hosts = vec![host.to_owned()];
+            // github.com answers archive requests with a redirect to codeload.github.com.
+            if host == "github.com" {
+                hosts.push("codeload.github.com".into());
+            }
+            let mut args = vec![
+                "github".into(),
+                format!("base={base}"),
+                format!("repo={}", island.location),
+            ];
+            if let Some(r) = &config.r#ref {
+                args.push(format!("ref={r}"));
+            }
+            if let Some(rev) = &config.rev {
+                args.push(format!("rev={rev}"));
+            }
+            wasm(args, hosts, Method::GithubArchive)
+        }
+        Format::Tarball => {
+            let host = url_host(&island.location).unwrap_or_default().to_owned();
+            wasm(
+                vec!["tarball".into(), format!("url={}", island.location)],
+                vec![host],
+                Method::Tarball,
+            )
+        }
+        Format::Git => bail!(
+            "{island}: git islands are not supported by this version of cab yet; \
+             use a github or tarball island for now"
+        ),
+        Format::Fs => {
+            let path = island.fs_path().unwrap_or_default();
+            Derivation {
+                builder: Builder::Local { path },
+                method: Method::Fs,
+                args: Vec::new(),
+                hosts: Vec::new(),
+                features: Vec::new(),
+                // The fs island's path is its subpath of `/`; the builder already points at it.
+                subpath: Vec::new(),
+                rev: None,
+                hash: config.hash,
+                nar_hash: config.nar_hash,
+            }
+        }
+    })
+}
+
+impl Derivation {
+    /// Whether the result is fixed in advance (a `rev` or a `hash`): only then may the
+    /// realizer remember derivation → tree. One that names only a branch must ask again.
+    pub fn is_pinned(&self) -> bool {
+        self.rev.is_some() || self.hash.is_some()
+    }
+
+    /// The canonical JSON value (without the id).
+    fn encode(&self) -> Value {
+        let builder = match &self.builder {
+            Builder::Wasm { module } => json!({ "wasm": module.to_string() }),
+            Builder::Local { path } => json!({ "local": path.to_string_lossy() }),
+        };
+        let mut expected = BTreeMap::new();
+        if let Some(rev) = &self.rev {
+            expected.insert("rev", rev.clone());
+        }
+        if let Some(hash) = &self.hash {
+            expected.insert("hash", hash.to_string());
+        }
+        if let Some(nar) = &self.nar_hash {
+            expected.insert("narHash", nar.to_string());
+        }
+        json!({
+            "builder": builder,
+            "method": self.method.as_str(),
+            "args": self.args,
+            "hosts": self.hosts,
+            "features": self.features,
+            "subpath": self.subpath,
+            "expected": expected,
+        })
+    }
+
+    /// The derivation's identity: BLAKE3 of its canonical encoding.
+    pub fn id(&self) -> TreeHash {
+        // serde_json's map is ordered by key, and `to_string` adds no whitespace: canonical.
+        TreeHash(*blake3::hash(self.encode().to_string().as_bytes()).as_bytes())
+    }
+
+    /// The JSON that `cab derivation` prints: the encoding plus its id.
+    pub fn to_json(&self) -> Value {
+        let mut value = self.encode();
+        value["id"] = json!(self.id().to_string());
+        value
+    }
+}
+
+impl fmt::Display for Derivation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "derivation {}", self.id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> Environment {
+        Environment {
+            github_url: "https://github.com".into(),
+            fetcher: TreeHash([7; 32]),
+        }
+    }
+
+    #[test]
+    fn github_derivation_names_its_hosts_and_args() {
+        let island: Island = "<github:cull-os/cab:{ ref = \"main\" }>".parse().unwrap();
+        let drv = to_derivation(&island, &env()).unwrap();
+        assert_eq!(drv.hosts, ["github.com", "codeload.github.com"]);
+        assert_eq!(
+            drv.args,
+            ["github", "base=https://github.com", "repo=cull-os/cab", "ref=main"]
+        );
+        assert!(!drv.is_pinned());
+        assert_eq!(drv.features, ["wasm"]);
+    }
+
+    #[test]
+    fn identity_is_stable_and_sensitive() {
+        let a: Island = "<github:o/r>".parse().unwrap();
+        let b: Island = "<github:o/r:{ ref = \"dev\" }>".parse().unwrap();
+        let (da, db) = (to_derivation(&a, &env()).unwrap(), to_derivation(&b, &env()).unwrap());
+        assert_eq!(da.id(), to_derivation(&a, &env()).unwrap().id());
+        assert_ne!(da.id(), db.id());
+        let other = Environment {
+            github_url: "http://127.0.0.1:9/".into(),
+            ..env()
+        };
+        let dc = to_derivation(&a, &other).unwrap();
+        assert_ne!(da.id(), dc.id());
+        assert_eq!(dc.hosts, ["127.0.0.1"]);
+        assert_eq!(da.to_json()["id"], json!(da.id().to_string()));
+    }
+
+    #[test]
+    fn url_hosts() {
+        assert_eq!(url_host("http://127.0.0.1:8080/x.tar.gz"), Some("127.0.0.1"));
+        assert_eq!(url_host("https://user@example.org/x"), Some("example.org"));
+        assert_eq!(url_host("https://[fe80::1]:443/x"), Some("fe80::1"));
+        assert_eq!(url_host("ftp://x/y"), None);
+    }
+}

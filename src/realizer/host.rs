@@ -1,0 +1,412 @@
+//! The fetcher's doors to the world, module `cab`: HTTP to the hosts its island names, and
+//! output entries under `out/`. Both are the host's work, so the sandbox holds whatever the
+//! guest does: every URL is checked against the allow-list (again at every redirect), every
+//! byte downloaded and unpacked is counted against its limit, and credentials are added here,
+//! out of the guest's sight.
+//!
+//! Every function returns an `i32`: non-negative on success (a handle where one is made),
+//! negative on failure. The reason is kept in [`HostState::error`] and becomes the run's
+//! error message if the guest gives up; the guest only learns *that* it failed.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use wasmtime::{Caller, Linker, StoreLimits};
+
+use super::output::Output;
+use super::progress::Progress;
+use super::wasi::read;
+use crate::derivation::url_host;
+
+/// The guest called `proc_exit` with this code.
+#[derive(Debug)]
+pub struct Exit(pub i32);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the fetcher exited with code {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// Credentials the host adds to requests for one host.
+#[derive(Clone, Debug)]
+pub struct Credential {
+    /// The host they are for (never sent elsewhere, not even across a redirect).
+    pub host: String,
+    /// The `Authorization` header value.
+    pub authorization: String,
+}
+
+/// HTTP on the guest's behalf.
+pub struct Http {
+    client: reqwest::Client,
+    hosts: Vec<String>,
+    credential: Option<Credential>,
+    responses: HashMap<i32, (reqwest::Response, bytes_buf::Pending)>,
+    next_handle: i32,
+    /// Bytes of response bodies handed to the guest.
+    pub downloaded: u64,
+    max_download: u64,
+    stall: Duration,
+}
+
+/// A chunk received but not yet fully handed to the guest.
+mod bytes_buf {
+    /// The unread tail of the last chunk.
+    #[derive(Default)]
+    pub struct Pending {
+        pub data: Vec<u8>,
+        pub at: usize,
+    }
+}
+
+impl Http {
+    /// HTTP limited to `hosts`.
+    pub fn new(
+        client: reqwest::Client,
+        hosts: Vec<String>,
+        credential: Option<Credential>,
+        max_download: u64,
+        stall: Duration,
+    ) -> Http {
+        Http {
+            client,
+            hosts,
+            credential,
+            responses: HashMap::new(),
+            next_handle: 1,
+            downloaded: 0,
+            max_download,
+            stall,
+        }
+    }
+
+    fn check_host(&self, url: &reqwest::Url) -> Result<()> {
+        if !matches!(url.scheme(), "http" | "https") {
+            bail!("{url}: only http and https are allowed");
+        }
+        let host = url
+            .host_str()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if !self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+            bail!(
+                "{url}: host `{host}` is not one this island names (allowed: {})",
+                self.hosts.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    async fn open(&mut self, method: &str, url: &str, headers: &str, body: Vec<u8>) -> Result<i32> {
+        let mut url = reqwest::Url::parse(url).with_context(|| format!("bad URL `{url}`"))?;
+        let mut method =
+            reqwest::Method::from_bytes(method.as_bytes()).with_context(|| format!("bad method `{method}`"))?;
+        let mut body = Some(body);
+        for _ in 0..10 {
+            self.check_host(&url)?;
+            let mut request = self.client.request(method.clone(), url.clone());
+            for line in headers.lines().filter(|l| !l.trim().is_empty()) {
+                let (name, value) = line
+                    .split_once(':')
+                    .with_context(|| format!("bad header line `{line}`"))?;
+                if name.trim().eq_ignore_ascii_case("authorization") {
+                    bail!("the fetcher may not set Authorization itself");
+                }
+                request = request.header(name.trim(), value.trim());
+            }
+            if let Some(cred) = &self.credential
+                && url_host(url.as_str()) == Some(cred.host.as_str())
+            {
+                request = request.header(reqwest::header::AUTHORIZATION, &cred.authorization);
+            }
+            if let Some(b) = &body
+                && !b.is_empty()
+            {
+                request = request.body(b.clone());
+            }
+            let response = tokio::time::timeout(self.stall, request.send())
+                .await
+                .map_err(|_| anyhow!("{url}: no response within {:?}", self.stall))?
+                .with_context(|| format!("request to {url} failed"))?;
+            if response.status().is_redirection()
+                && let Some(location) = response.headers().get(reqwest::header::LOCATION)
+            {
+                let location = location
+                    .to_str()
+                    .with_context(|| format!("{url}: unreadable redirect"))?;
+                let next = url
+                    .join(location)
+                    .with_context(|| format!("{url}: bad redirect to `{location}`"))?;
+                tracing::debug!("redirect {url} -> {next}");
+                // As browsers and curl do: 303, and 301/302 after POST, become GET without a body.
+                let status = response.status().as_u16();
+                if status == 303 || (matches!(status, 301 | 302) && method == reqwest::Method::POST) {
+                    method = reqwest::Method::GET;
+                    body = None;
+                }
+                url = next;
+                continue;
+            }
+            let handle = self.next_handle;
+            self.next_handle += 1;
+            self.responses.insert(handle, (response, Default::default()));
+            return Ok(handle);
+        }
+        bail!("{url}: more than 10 redirects")
+    }
+
+    async fn read(&mut self, handle: i32, max: usize, progress: &Progress) -> Result<Vec<u8>> {
+        let stall = self.stall;
+        let Some((response, pending)) = self.responses.get_mut(&handle) else {
+            bail!("no open response {handle}")
+        };
+        if pending.at == pending.data.len() {
+            let url = response.url().clone();
+            let chunk = tokio::time::timeout(stall, response.chunk())
+                .await
+                .map_err(|_| anyhow!("{url}: the server sent nothing for {stall:?}"))?
+                .with_context(|| format!("{url}: the download broke off"))?;
+            match chunk {
+                None => return Ok(Vec::new()),
+                Some(bytes) => {
+                    self.downloaded += bytes.len() as u64;
+                    progress.downloaded(bytes.len() as u64);
+                    if self.downloaded > self.max_download {
+                        bail!(
+                            "{url}: more than {} bytes downloaded: over the download limit (raise --max-download)",
+                            self.max_download
+                        );
+                    }
+                    *pending = bytes_buf::Pending {
+                        data: bytes.to_vec(),
+                        at: 0,
+                    };
+                }
+            }
+        }
+        let n = max.min(pending.data.len() - pending.at);
+        let out = pending.data[pending.at..pending.at + n].to_vec();
+        pending.at += n;
+        Ok(out)
+    }
+}
+
+/// Everything one run of the fetcher owns. Dropped as a whole when the run ends or is stopped,
+/// which closes every connection and the FIFO's write end.
+pub struct HostState {
+    /// Memory limits for the guest.
+    pub limits: StoreLimits,
+    /// argv.
+    pub args: Vec<Vec<u8>>,
+    /// The FIFO's write end: the guest's standard output.
+    pub fifo: Option<File>,
+    /// The output tree.
+    pub output: Output,
+    /// HTTP on the guest's behalf.
+    pub http: Http,
+    /// The first host-side failure, reported if the guest then fails.
+    pub error: Option<anyhow::Error>,
+    /// Progress reporting.
+    pub progress: Progress,
+    /// When the run started (the guest's monotonic clock).
+    pub started: Instant,
+    stderr_line: Vec<u8>,
+    /// The last lines the guest wrote to standard error, for error messages.
+    pub stderr_tail: Vec<String>,
+    label: String,
+}
+
+impl HostState {
+    /// State for one run.
+    pub fn new(
+        args: Vec<Vec<u8>>,
+        fifo: File,
+        output: Output,
+        http: Http,
+        limits: StoreLimits,
+        progress: Progress,
+        label: &str,
+    ) -> Self {
+        HostState {
+            limits,
+            args,
+            fifo: Some(fifo),
+            output,
+            http,
+            error: None,
+            progress,
+            started: Instant::now(),
+            stderr_line: Vec::new(),
+            stderr_tail: Vec::new(),
+            label: label.to_owned(),
+        }
+    }
+
+    /// Takes guest standard error: each line goes to the log.
+    pub fn stderr(&mut self, data: &[u8]) {
+        for &b in data {
+            if b == b'\n' || self.stderr_line.len() > 4096 {
+                let line = String::from_utf8_lossy(&self.stderr_line).into_owned();
+                tracing::info!("{}: fetcher: {line}", self.label);
+                if self.stderr_tail.len() == 8 {
+                    self.stderr_tail.remove(0);
+                }
+                self.stderr_tail.push(line);
+                self.stderr_line.clear();
+            } else {
+                self.stderr_line.push(b);
+            }
+        }
+    }
+
+    fn fail(&mut self, error: anyhow::Error) -> i32 {
+        tracing::debug!("{}: host call failed: {error:#}", self.label);
+        if self.error.is_none() {
+            self.error = Some(error);
+        }
+        -1
+    }
+
+    fn settle<T>(&mut self, result: Result<T>, ok: impl FnOnce(T) -> i32) -> i32 {
+        match result {
+            Ok(v) => ok(v),
+            Err(e) => self.fail(e),
+        }
+    }
+}
+
+fn text(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<String> {
+    let bytes = read(caller, ptr, len).context("pointer outside the fetcher's memory")?;
+    String::from_utf8(bytes).context("not UTF-8")
+}
+
+fn bytes(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<Vec<u8>> {
+    read(caller, ptr, len).context("pointer outside the fetcher's memory")
+}
+
+/// Adds module `cab` to the linker.
+pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    type P8 = (i32, i32, i32, i32, i32, i32, i32, i32);
+    linker.func_wrap_async(
+        "cab",
+        "http_open",
+        |mut c: Caller<'_, HostState>, (mp, ml, up, ul, hp, hl, bp, bl): P8| {
+            Box::new(async move {
+                let args = (|| {
+                    Ok((
+                        text(&mut c, mp, ml)?,
+                        text(&mut c, up, ul)?,
+                        text(&mut c, hp, hl)?,
+                        bytes(&mut c, bp, bl)?,
+                    ))
+                })();
+                let result = match args {
+                    Ok((method, url, headers, body)) => {
+                        tracing::debug!("fetcher: {method} {url}");
+                        c.data_mut().http.open(&method, &url, &headers, body).await
+                    }
+                    Err(e) => Err(e),
+                };
+                c.data_mut().settle(result, |h| h)
+            })
+        },
+    )?;
+    linker.func_wrap(
+        "cab",
+        "http_status",
+        |mut c: Caller<'_, HostState>, handle: i32| -> i32 {
+            match c.data().http.responses.get(&handle) {
+                Some((r, _)) => r.status().as_u16() as i32,
+                None => c.data_mut().fail(anyhow!("no open response {handle}")),
+            }
+        },
+    )?;
+    linker.func_wrap_async(
+        "cab",
+        "http_read",
+        |mut c: Caller<'_, HostState>, (handle, ptr, len): (i32, i32, i32)| {
+            Box::new(async move {
+                let state = c.data_mut();
+                let progress = state.progress.clone();
+                let result = state.http.read(handle, len.max(0) as usize, &progress).await;
+                match result {
+                    Ok(data) => {
+                        if super::wasi::write(&mut c, ptr, &data) {
+                            data.len() as i32
+                        } else {
+                            c.data_mut()
+                                .fail(anyhow!("http_read: buffer outside the fetcher's memory"))
+                        }
+                    }
+                    Err(e) => c.data_mut().fail(e),
+                }
+            })
+        },
+    )?;
+    linker.func_wrap(
+        "cab",
+        "http_close",
+        |mut c: Caller<'_, HostState>, handle: i32| -> i32 {
+            match c.data_mut().http.responses.remove(&handle) {
+                Some(_) => 0,
+                None => c.data_mut().fail(anyhow!("no open response {handle}")),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "cab",
+        "out_mkdir",
+        |mut c: Caller<'_, HostState>, p: i32, l: i32| -> i32 {
+            let result = bytes(&mut c, p, l).and_then(|path| c.data_mut().output.mkdir(&path));
+            c.data_mut().settle(result, |()| 0)
+        },
+    )?;
+    linker.func_wrap(
+        "cab",
+        "out_create",
+        |mut c: Caller<'_, HostState>, p: i32, l: i32, exec: i32| -> i32 {
+            let result = bytes(&mut c, p, l).and_then(|path| c.data_mut().output.create(&path, exec != 0));
+            if result.is_ok() {
+                c.data().progress.file();
+            }
+            c.data_mut().settle(result, |h| h)
+        },
+    )?;
+    linker.func_wrap(
+        "cab",
+        "out_write",
+        |mut c: Caller<'_, HostState>, h: i32, p: i32, l: i32| -> i32 {
+            let result = bytes(&mut c, p, l).and_then(|data| c.data_mut().output.write(h, &data));
+            c.data_mut().settle(result, |()| 0)
+        },
+    )?;
+    linker.func_wrap("cab", "out_close", |mut c: Caller<'_, HostState>, h: i32| -> i32 {
+        let result = c.data_mut().output.close(h);
+        c.data_mut().settle(result, |()| 0)
+    })?;
+    linker.func_wrap(
+        "cab",
+        "out_symlink",
+        |mut c: Caller<'_, HostState>, p: i32, l: i32, tp: i32, tl: i32| -> i32 {
+            let result = bytes(&mut c, p, l)
+                .and_then(|path| Ok((path, bytes(&mut c, tp, tl)?)))
+                .and_then(|(path, target)| c.data_mut().output.symlink(&path, &target));
+            c.data_mut().settle(result, |()| 0)
+        },
+    )?;
+    linker.func_wrap(
+        "cab",
+        "out_set_root",
+        |mut c: Caller<'_, HostState>, p: i32, l: i32| -> i32 {
+            let result = bytes(&mut c, p, l).and_then(|path| c.data_mut().output.set_root(&path));
+            c.data_mut().settle(result, |()| 0)
+        },
+    )?;
+    Ok(())
+}

@@ -1,0 +1,614 @@
+//! The realizer: runs derivations and puts their trees in the store.
+//!
+//! A WASM derivation runs the fetcher under wasmtime with only the doors [`host`] and
+//! [`wasi`] open. While it runs, the realizer reads the hash FIFO (DESIGN.md, "The hash FIFO
+//! protocol"): each line the fetcher writes is looked up in the store's index, and on a hit the
+//! run is stopped at once — the guest future is dropped, which drops its connections — and the
+//! derivation resolves to the stored tree. Otherwise the finished `out/` is ingested (moved,
+//! not copied: it lives in the store's `tmp/`), both hashes are computed here, every value the
+//! guest reported is checked against them, the expected hashes are checked, and only then is
+//! anything published.
+
+mod fetcher;
+mod host;
+mod output;
+pub mod progress;
+mod wasi;
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+use wasmtime::{Config, Engine, Linker, Module, StoreLimitsBuilder};
+
+pub use self::fetcher::FETCHER_WASM;
+pub use self::host::Credential;
+use self::host::{Exit, HostState, Http};
+use self::output::Output;
+use self::progress::Progress;
+use crate::derivation::{Builder, Derivation, Environment};
+use crate::hash::{NarHash, TreeHash};
+use crate::store::{IndexKey, Ingest, Store};
+
+/// What a run may consume. Each has a default a user can raise.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// The guest's linear memory, in bytes.
+    pub memory: usize,
+    /// Wall-clock time for one run.
+    pub time: Duration,
+    /// Bytes downloaded in one run.
+    pub download: u64,
+    /// Bytes written into the output tree in one run.
+    pub unpacked: u64,
+    /// Entries in the output tree.
+    pub entries: usize,
+    /// How long a server may send nothing before the download counts as stalled.
+    pub stall: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: 256 << 20,
+            time: Duration::from_secs(30 * 60),
+            download: 8 << 30,
+            unpacked: 32 << 30,
+            entries: 4_000_000,
+            stall: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The outcome of realizing a derivation.
+#[derive(Clone, Debug)]
+pub struct Realized {
+    /// The island's tree (the subpath's, if it has one).
+    pub tree: TreeHash,
+    /// Its NAR hash.
+    pub nar: NarHash,
+    /// The commit it came from, where the format has one and it is known.
+    pub rev: Option<String>,
+    /// The whole fetched tree (equal to `tree` without a subpath).
+    pub whole: TreeHash,
+    /// Bytes downloaded (0 when the store already had everything).
+    pub downloaded: u64,
+    /// Whether the run was stopped early because the store already held the tree.
+    pub stopped_early: bool,
+}
+
+/// One line from the hash FIFO, checked.
+enum FifoEvent {
+    /// A well-formed line, and the stored tree it names, if any.
+    Value {
+        format: String,
+        value: String,
+        hit: Option<TreeHash>,
+    },
+    /// A malformed line: the run fails.
+    Malformed(String),
+}
+
+/// A compiled module and the linker that binds its imports.
+struct Loaded {
+    module: Module,
+    linker: Arc<Linker<HostState>>,
+}
+
+/// Runs derivations into a store.
+pub struct Realizer {
+    store: Store,
+    engine: Engine,
+    env: Environment,
+    limits: Limits,
+    credential: Option<Credential>,
+    client: reqwest::Client,
+    modules: Mutex<HashMap<TreeHash, Arc<Loaded>>>,
+    extra_modules: Mutex<HashMap<TreeHash, Vec<u8>>>,
+    progress_bars: bool,
+}
+
+/// The features this realizer offers: `wasm`, and the host system as just another feature.
+pub fn features() -> Vec<String> {
+    vec![
+        "wasm".into(),
+        format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
+    ]
+}
+
+/// The BLAKE3 of a module's bytes: its name in derivations.
+pub fn module_hash(bytes: &[u8]) -> TreeHash {
+    TreeHash(*blake3::hash(bytes).as_bytes())
+}
+
+impl Realizer {
+    /// A realizer over `store`. `github_url` is where github islands are fetched from.
+    pub fn new(store: Store, github_url: &str, limits: Limits) -> Result<Realizer> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|e| anyhow!("cannot start wasmtime: {e}"))?;
+        // The epoch ticks every 10 ms; each tick lets a running guest yield, so a stopped or
+        // timed-out run ends within a tick even in a loop that never calls the host.
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+            .context("cannot start the epoch thread")?;
+        // rustls needs a process-wide crypto provider; a second install is a no-op error.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(limits.stall)
+            .user_agent(concat!("cab/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("cannot set up HTTP")?;
+        let credential = ["CAB_GITHUB_TOKEN", "GITHUB_TOKEN"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|t| !t.is_empty()))
+            .and_then(|token| {
+                crate::derivation::url_host(github_url).map(|host| Credential {
+                    host: host.to_owned(),
+                    authorization: format!("Bearer {token}"),
+                })
+            });
+        let env = Environment {
+            github_url: github_url.trim_end_matches('/').to_owned(),
+            fetcher: module_hash(FETCHER_WASM),
+        };
+        Ok(Realizer {
+            store,
+            engine,
+            env,
+            limits,
+            credential,
+            client,
+            modules: Mutex::default(),
+            extra_modules: Mutex::default(),
+            progress_bars: true,
+        })
+    }
+
+    /// Turns progress bars off (they are on where standard error is a terminal).
+    pub fn without_progress_bars(mut self) -> Self {
+        self.progress_bars = false;
+        self
+    }
+
+    /// The environment derivations are built in.
+    pub fn environment(&self) -> &Environment {
+        &self.env
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Makes another module runnable by hash (for purpose-built test guests).
+    pub fn add_module(&self, bytes: Vec<u8>) -> TreeHash {
+        let hash = module_hash(&bytes);
+        self.extra_modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash, bytes);
+        hash
+    }
+
+    /// Compiles a module once per process, and once per machine via a cache in the store.
+    fn load(&self, hash: &TreeHash) -> Result<Arc<Loaded>> {
+        if let Some(loaded) = self.modules.lock().unwrap_or_else(|e| e.into_inner()).get(hash) {
+            return Ok(loaded.clone());
+        }
+        let bytes = if *hash == module_hash(FETCHER_WASM) {
+            FETCHER_WASM.to_vec()
+        } else {
+            let extra = self.extra_modules.lock().unwrap_or_else(|e| e.into_inner());
+            extra
+                .get(hash)
+                .cloned()
+                .with_context(|| format!("no fetcher module {hash} is known to this cab"))?
+        };
+        let module = self.compile_cached(hash, &bytes)?;
+        let mut linker = Linker::new(&self.engine);
+        wasi::add_to_linker(&mut linker, &module).map_err(|e| anyhow!("cannot bind WASI: {e}"))?;
+        host::add_to_linker(&mut linker).map_err(|e| anyhow!("cannot bind host functions: {e}"))?;
+        let loaded = Arc::new(Loaded {
+            module,
+            linker: Arc::new(linker),
+        });
+        self.modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(*hash, loaded.clone());
+        Ok(loaded)
+    }
+
+    fn compile_cached(&self, hash: &TreeHash, bytes: &[u8]) -> Result<Module> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        let dir = self.store.root().join("cache");
+        let path = dir.join(format!("{}-{:016x}.cwasm", hash.to_hex(), h.finish()));
+        if path.exists() {
+            // SAFETY: the cache lives in the user's own store and was written by
+            // `Module::serialize` of an engine with the same compatibility hash.
+            match unsafe { Module::deserialize_file(&self.engine, &path) } {
+                Ok(module) => return Ok(module),
+                Err(e) => tracing::warn!("ignoring unusable compiled module {}: {e}", path.display()),
+            }
+        }
+        let module =
+            Module::new(&self.engine, bytes).map_err(|e| anyhow!("cannot compile fetcher module {hash}: {e}"))?;
+        // The cache is an optimisation: failing to write it is not an error.
+        if let Ok(serialized) = module.serialize() {
+            let tmp = dir.join(format!(".{}.{}", hash.to_hex(), std::process::id()));
+            let _ = std::fs::create_dir_all(&dir)
+                .and_then(|()| std::fs::write(&tmp, serialized))
+                .and_then(|()| std::fs::rename(&tmp, &path));
+        }
+        Ok(module)
+    }
+
+    /// Realizes a derivation; `label` names it in logs and errors (usually the island).
+    pub async fn realize(&self, drv: &Derivation, label: &str) -> Result<Realized> {
+        let offered = features();
+        if let Some(missing) = drv.features.iter().find(|f| !offered.contains(f)) {
+            bail!(
+                "{label}: needs realizer feature `{missing}`, which this realizer lacks (it offers: {})",
+                offered.join(", ")
+            );
+        }
+        // Fully pinned and stored: no network at all.
+        if let Some(hash) = drv.hash
+            && (drv.rev.is_some() || !matches!(drv.method, crate::derivation::Method::GithubArchive))
+            && let Some(published) = self.store.published(&hash)?
+        {
+            self.check_expected(drv, label, &hash, &published.nar)?;
+            tracing::debug!("{label}: {hash} is stored");
+            return Ok(Realized {
+                tree: hash,
+                nar: published.nar,
+                rev: drv.rev.clone(),
+                whole: hash,
+                downloaded: 0,
+                stopped_early: false,
+            });
+        }
+        let id_key = IndexKey::new("derivation", "id", &drv.id().to_string());
+        if drv.is_pinned()
+            && let Some(whole) = self.store.lookup(&id_key)?
+        {
+            return self.finish(drv, label, whole, None, drv.rev.clone(), 0, false, Vec::new());
+        }
+        match &drv.builder {
+            Builder::Local { path } => {
+                let added = self
+                    .store
+                    .ingest(path, Ingest::Copy)
+                    .with_context(|| format!("{label}: cannot ingest"))?;
+                self.finish(drv, label, added.tree, Some(added.nar), None, 0, false, Vec::new())
+            }
+            Builder::Wasm { module } => self.run_wasm(drv, module, label).await,
+        }
+    }
+
+    async fn run_wasm(&self, drv: &Derivation, module: &TreeHash, label: &str) -> Result<Realized> {
+        let loaded = self.load(module)?;
+        let staging = self.store.staging()?;
+        let work = staging.path();
+        let fifo_path = work.join("hashes");
+        make_fifo(&fifo_path)?;
+        // Read end first (non-blocking open), so that opening the write end cannot block.
+        let receiver = tokio::net::unix::pipe::OpenOptions::new()
+            .open_receiver(&fifo_path)
+            .with_context(|| format!("cannot open {}", fifo_path.display()))?;
+        let writer = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fifo_path)
+            .with_context(|| format!("cannot open {}", fifo_path.display()))?;
+
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let store = self.store.clone();
+        let how = drv.method.as_str();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(receiver).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if events_tx.send(classify(&store, how, &line)).is_err() {
+                    break;
+                }
+            }
+        });
+
+        let progress = Progress::new(label, self.progress_bars);
+        let output = Output::new(&work.join("out"), self.limits.unpacked, self.limits.entries)?;
+        let http = Http::new(
+            self.client.clone(),
+            drv.hosts.clone(),
+            self.credential.clone(),
+            self.limits.download,
+            self.limits.stall,
+        );
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.memory)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut args = vec![b"fetcher".to_vec()];
+        args.extend(drv.args.iter().map(|a| a.as_bytes().to_vec()));
+        let state = HostState::new(args, writer, output, http, limits, progress.clone(), label);
+
+        let mut store = wasmtime::Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_async_yield_and_update(1);
+        let guest = async move {
+            let result = async {
+                let instance = loaded.linker.instantiate_async(&mut store, &loaded.module).await?;
+                let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                start.call_async(&mut store, ()).await
+            }
+            .await;
+            let mut state = store.into_data();
+            state.fifo = None; // end of the FIFO: the reader sees EOF
+            (result, state)
+        };
+        tokio::pin!(guest);
+        let deadline = tokio::time::sleep(self.limits.time);
+        tokio::pin!(deadline);
+
+        let mut reported: Vec<(String, String)> = Vec::new();
+        let mut rev = drv.rev.clone();
+        let (result, state) = loop {
+            tokio::select! {
+                finished = &mut guest => break finished,
+                Some(event) = events.recv() => {
+                    if let Some(tree) = note(event, drv, label, &mut reported, &mut rev)? {
+                        // Stop the guest: dropping its future drops its store and connections.
+                        progress.finish();
+                        tracing::info!("{label}: already stored as {tree}; stopped the fetch after {} bytes", progress.bytes());
+                        let downloaded = progress.bytes();
+                        return self.finish(drv, label, tree, None, rev, downloaded, true, reported);
+                    }
+                }
+                _ = &mut deadline => {
+                    progress.finish();
+                    bail!("{label}: the fetch took longer than {:?}: over the time limit (raise --max-time)", self.limits.time);
+                }
+            }
+        };
+        progress.finish();
+        // Lines written just before the guest exited.
+        while let Some(event) = events.recv().await {
+            if let Some(tree) = note(event, drv, label, &mut reported, &mut rev)? {
+                return self.finish(drv, label, tree, None, rev, state.http.downloaded, true, reported);
+            }
+        }
+        let code = match result {
+            Ok(()) => 0,
+            Err(e) => match e.downcast_ref::<Exit>() {
+                Some(Exit(code)) => *code,
+                None => {
+                    let trap = format!("{e:?}");
+                    let reason = if trap.contains("forcing trap when growing memory") {
+                        format!(
+                            "the fetcher needed more than {} bytes of memory (raise --max-memory)",
+                            self.limits.memory
+                        )
+                    } else {
+                        format!("the fetcher crashed: {e}")
+                    };
+                    return Err(failure(label, state.error, reason, &state.stderr_tail));
+                }
+            },
+        };
+        if code != 0 {
+            return Err(failure(
+                label,
+                state.error,
+                format!("the fetcher exited with code {code}"),
+                &state.stderr_tail,
+            ));
+        }
+        let downloaded = state.http.downloaded;
+        let tree_path = state.output.tree_path();
+        drop(state);
+        let added = self
+            .store
+            .ingest(&tree_path, Ingest::Move)
+            .with_context(|| format!("{label}: cannot ingest the fetched tree"))?;
+        for (format, value) in &reported {
+            let matches = match format.as_str() {
+                "blake3" => *value == added.tree.to_string(),
+                "nar-sha256" => *value == added.nar.to_string(),
+                _ => true,
+            };
+            if !matches {
+                let got = if format == "blake3" {
+                    added.tree.to_string()
+                } else {
+                    added.nar.to_string()
+                };
+                bail!("{label}: the fetcher reported {format} {value}, but the tree it wrote has {got}");
+            }
+        }
+        let result = self.finish(
+            drv,
+            label,
+            added.tree,
+            Some(added.nar),
+            rev,
+            downloaded,
+            false,
+            reported,
+        );
+        drop(staging);
+        result
+    }
+
+    /// Applies the subpath, checks the expected hashes, then publishes and indexes.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        drv: &Derivation,
+        label: &str,
+        whole: TreeHash,
+        whole_nar: Option<NarHash>,
+        rev: Option<String>,
+        downloaded: u64,
+        stopped_early: bool,
+        reported: Vec<(String, String)>,
+    ) -> Result<Realized> {
+        let tree = if drv.subpath.is_empty() {
+            whole
+        } else {
+            self.store
+                .subtree(&whole, &drv.subpath)
+                .with_context(|| format!("{label}: bad subpath"))?
+        };
+        let nar = match (&whole_nar, tree == whole) {
+            (Some(nar), true) => *nar,
+            _ => match self.store.published(&tree)? {
+                Some(p) => p.nar,
+                None => self.store.nar_hash_of(&tree)?,
+            },
+        };
+        self.check_expected(drv, label, &tree, &nar)?;
+        if let Some(nar) = whole_nar {
+            self.store.publish(&whole, &nar)?;
+        }
+        if tree != whole && self.store.published(&tree)?.is_none() {
+            self.store.publish(&tree, &nar)?;
+        }
+        for (format, value) in &reported {
+            if format.starts_with("git-") {
+                self.store
+                    .record(&IndexKey::new(drv.method.as_str(), format, value), &whole)?;
+            }
+        }
+        if drv.is_pinned() {
+            self.store
+                .record(&IndexKey::new("derivation", "id", &drv.id().to_string()), &whole)?;
+        }
+        tracing::info!(
+            "{label}: {tree}{}",
+            rev.as_ref().map(|r| format!(" (commit {r})")).unwrap_or_default()
+        );
+        Ok(Realized {
+            tree,
+            nar,
+            rev,
+            whole,
+            downloaded,
+            stopped_early,
+        })
+    }
+
+    fn check_expected(&self, drv: &Derivation, label: &str, tree: &TreeHash, nar: &NarHash) -> Result<()> {
+        if let Some(want) = &drv.hash
+            && want != tree
+        {
+            bail!("{label}: hash mismatch\n  wanted: hash = \"{want}\"\n     got: hash = \"{tree}\"");
+        }
+        if let Some(want) = &drv.nar_hash
+            && want != nar
+        {
+            bail!("{label}: narHash mismatch\n  wanted: narHash = \"{want}\"\n     got: narHash = \"{nar}\"");
+        }
+        Ok(())
+    }
+}
+
+/// Takes one FIFO event: checks it against the derivation, remembers it, and returns the
+/// stored tree it names, if any.
+fn note(
+    event: FifoEvent,
+    drv: &Derivation,
+    label: &str,
+    reported: &mut Vec<(String, String)>,
+    rev: &mut Option<String>,
+) -> Result<Option<TreeHash>> {
+    match event {
+        FifoEvent::Malformed(line) => bail!("{label}: the fetcher wrote a malformed line to the hash FIFO: {line:?}"),
+        FifoEvent::Value { format, value, hit } => {
+            tracing::debug!("{label}: fetcher reports {format} {value}");
+            if format == "git-rev" {
+                if let Some(want) = &drv.rev
+                    && *want != value
+                {
+                    bail!("{label}: the fetcher reports commit {value}, but the island pins {want}");
+                }
+                *rev = Some(value.clone());
+            }
+            reported.push((format, value));
+            Ok(hit)
+        }
+    }
+}
+
+fn failure(label: &str, host_error: Option<anyhow::Error>, reason: String, stderr: &[String]) -> anyhow::Error {
+    let mut message = format!("{label}: ");
+    match host_error {
+        Some(e) => message.push_str(&format!("{e:#}")),
+        None => message.push_str(&reason),
+    }
+    if !stderr.is_empty() {
+        message.push_str(&format!("\n  the fetcher said: {}", stderr.join("\n    ")));
+    }
+    anyhow!(message)
+}
+
+fn make_fifo(path: &Path) -> Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).context("path contains NUL")?;
+    // SAFETY: a plain syscall with a valid C string.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot make FIFO {}", path.display()));
+    }
+    Ok(())
+}
+
+/// Checks one FIFO line and looks its value up in the index.
+fn classify(store: &Store, how: &str, line: &str) -> FifoEvent {
+    let Some((format, value)) = line.split_once(' ') else {
+        return FifoEvent::Malformed(line.to_owned());
+    };
+    let hex40 = |v: &str| v.len() == 40 && v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let (well_formed, how) = match format {
+        "git-rev" | "git-tree" => (hex40(value), how),
+        "blake3" => (value.parse::<TreeHash>().is_ok(), IndexKey::ANY),
+        "nar-sha256" => (value.parse::<NarHash>().is_ok(), IndexKey::ANY),
+        _ => {
+            // Forward compatible: a format we do not know is logged and otherwise ignored.
+            tracing::info!("hash FIFO: ignoring a line in an unknown format: {line:?}");
+            return FifoEvent::Value {
+                format: format!("unknown:{format}"),
+                value: value.to_owned(),
+                hit: None,
+            };
+        }
+    };
+    if !well_formed {
+        return FifoEvent::Malformed(line.to_owned());
+    }
+    let hit = match store.lookup(&IndexKey::new(how, format, value)) {
+        Ok(hit) => hit,
+        Err(e) => {
+            tracing::warn!("index lookup failed: {e:#}");
+            None
+        }
+    };
+    FifoEvent::Value {
+        format: format.to_owned(),
+        value: value.to_owned(),
+        hit,
+    }
+}

@@ -1,0 +1,216 @@
+//! The fetcher's output tree: entries created by byte path under `out/`, on the guest's
+//! behalf, with every path checked so that nothing can land outside.
+//!
+//! The guest never touches the filesystem. It asks for a directory, a file (with its
+//! executable bit) or a symlink (any target) at a relative path; we refuse absolute paths,
+//! empty, `.` and `..` names, NUL bytes, duplicates, and any parent that is not a directory
+//! *we* created — which rules out writing through a symlink, whatever its target.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Made {
+    Directory,
+    File,
+    Symlink,
+}
+
+/// The output tree being built, and what it has cost so far.
+pub struct Output {
+    root: PathBuf,
+    made: HashMap<Vec<u8>, Made>,
+    open: HashMap<i32, (File, Vec<u8>)>,
+    next_handle: i32,
+    tree_root: Option<Vec<u8>>,
+    /// Bytes written into files so far.
+    pub unpacked: u64,
+    max_unpacked: u64,
+    max_entries: usize,
+}
+
+/// Shows a guest path for error messages, bytes that are not UTF-8 escaped.
+pub fn show(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
+}
+
+impl Output {
+    /// An output tree at `root` (created here), within these limits.
+    pub fn new(root: &Path, max_unpacked: u64, max_entries: usize) -> Result<Output> {
+        fs::create_dir(root).with_context(|| format!("cannot create {}", root.display()))?;
+        Ok(Output {
+            root: root.to_owned(),
+            made: HashMap::new(),
+            open: HashMap::new(),
+            next_handle: 1,
+            tree_root: None,
+            unpacked: 0,
+            max_unpacked,
+            max_entries,
+        })
+    }
+
+    /// Checks a guest path and returns where it goes on disk.
+    fn place(&mut self, path: &[u8]) -> Result<PathBuf> {
+        if path.is_empty() {
+            bail!("empty path");
+        }
+        if path.starts_with(b"/") {
+            bail!("absolute path `{}`", show(path));
+        }
+        let mut parent_len = 0;
+        for (i, name) in path.split(|&b| b == b'/').enumerate() {
+            if name.is_empty() || name == b"." || name == b".." || name.contains(&0) {
+                bail!(
+                    "`{}` has an invalid name `{}` (empty, `.`, `..` or NUL)",
+                    show(path),
+                    show(name)
+                );
+            }
+            if i > 0 {
+                let parent = &path[..parent_len];
+                match self.made.get(parent) {
+                    Some(Made::Directory) => {}
+                    Some(_) => bail!("`{}`: its parent `{}` is not a directory", show(path), show(parent)),
+                    None => bail!("`{}`: its parent `{}` does not exist", show(path), show(parent)),
+                }
+                parent_len += 1;
+            }
+            parent_len += name.len();
+        }
+        if self.made.contains_key(path) {
+            bail!("`{}` already exists (duplicate member)", show(path));
+        }
+        if self.made.len() >= self.max_entries {
+            bail!(
+                "more than {} entries: over the limit on entries (raise --max-entries)",
+                self.max_entries
+            );
+        }
+        Ok(self.root.join(OsStr::from_bytes(path)))
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(&mut self, path: &[u8]) -> Result<()> {
+        let dest = self.place(path)?;
+        fs::create_dir(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
+        self.made.insert(path.to_vec(), Made::Directory);
+        Ok(())
+    }
+
+    /// Creates a file and returns a handle to write it through.
+    pub fn create(&mut self, path: &[u8], executable: bool) -> Result<i32> {
+        let dest = self.place(path)?;
+        let mode = if executable { 0o755 } else { 0o644 };
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&dest)
+            .with_context(|| format!("cannot create {}", dest.display()))?;
+        self.made.insert(path.to_vec(), Made::File);
+        let handle = self.next_handle;
+        self.next_handle += 1;
+        self.open.insert(handle, (file, path.to_vec()));
+        Ok(handle)
+    }
+
+    /// Appends bytes to an open file.
+    pub fn write(&mut self, handle: i32, data: &[u8]) -> Result<()> {
+        let Some((file, path)) = self.open.get_mut(&handle) else {
+            bail!("no open output file {handle}")
+        };
+        self.unpacked += data.len() as u64;
+        if self.unpacked > self.max_unpacked {
+            bail!(
+                "more than {} bytes unpacked (at `{}`): over the limit on unpacked bytes (raise --max-unpacked)",
+                self.max_unpacked,
+                show(path)
+            );
+        }
+        file.write_all(data)
+            .with_context(|| format!("cannot write `{}`", show(path)))
+    }
+
+    /// Closes a file.
+    pub fn close(&mut self, handle: i32) -> Result<()> {
+        match self.open.remove(&handle) {
+            Some(_) => Ok(()),
+            None => bail!("no open output file {handle}"),
+        }
+    }
+
+    /// Creates a symlink; the target is data, never followed by us.
+    pub fn symlink(&mut self, path: &[u8], target: &[u8]) -> Result<()> {
+        if target.is_empty() || target.contains(&0) {
+            bail!("symlink `{}` has an empty or NUL-containing target", show(path));
+        }
+        let dest = self.place(path)?;
+        symlink(OsStr::from_bytes(target), &dest).with_context(|| format!("cannot create {}", dest.display()))?;
+        self.made.insert(path.to_vec(), Made::Symlink);
+        Ok(())
+    }
+
+    /// Declares that the tree is the directory `path` rather than all of `out/`.
+    pub fn set_root(&mut self, path: &[u8]) -> Result<()> {
+        if self.made.get(path) != Some(&Made::Directory) {
+            bail!("`{}` is not a directory of the output", show(path));
+        }
+        self.tree_root = Some(path.to_vec());
+        Ok(())
+    }
+
+    /// Where the finished tree is on disk.
+    pub fn tree_path(&self) -> PathBuf {
+        match &self.tree_root {
+            Some(p) => self.root.join(OsStr::from_bytes(p)),
+            None => self.root.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_every_escape() {
+        let dir = std::env::temp_dir().join(format!("cab-output-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let mut out = Output::new(&dir.join("out"), 1 << 20, 100).unwrap();
+        out.mkdir(b"a").unwrap();
+        out.symlink(b"a/up", b"/etc").unwrap();
+        for bad in [
+            &b"/etc/passwd"[..],
+            b"../x",
+            b"a/../../x",
+            b"a//b",
+            b"a/./b",
+            b"a/up/passwd",
+            b"nope/x",
+            b"",
+        ] {
+            assert!(out.create(bad, false).is_err(), "{}", show(bad));
+        }
+        assert!(out.mkdir(b"a").is_err(), "duplicate");
+        let h = out.create(b"a/f", true).unwrap();
+        out.write(h, b"hi").unwrap();
+        out.close(h).unwrap();
+        assert!(out.write(h, b"x").is_err());
+        assert!(out.set_root(b"a/f").is_err());
+        out.set_root(b"a").unwrap();
+        assert_eq!(out.tree_path(), dir.join("out/a"));
+        let big = out.create(b"a/big", false).unwrap();
+        assert!(out.write(big, &vec![0; 2 << 20]).is_err(), "unpacked limit");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,95 @@
+//! Progress of a fetch: a bar on a terminal, a log line now and then otherwise.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A handle on one fetch's progress; clones share it.
+#[derive(Clone)]
+pub struct Progress(Arc<Inner>);
+
+struct Inner {
+    bar: Option<ProgressBar>,
+    label: String,
+    bytes: AtomicU64,
+    files: AtomicU64,
+    last_log: Mutex<Instant>,
+}
+
+const LOG_EVERY: Duration = Duration::from_secs(2);
+
+impl Progress {
+    /// Progress for the fetch of `label`; a bar when standard error is a terminal and `bar`.
+    pub fn new(label: &str, bar: bool) -> Progress {
+        let bar = (bar && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {prefix} {bytes} ({bytes_per_sec}), {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.set_prefix(label.to_owned());
+            bar.set_message("0 files");
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Progress(Arc::new(Inner {
+            bar,
+            label: label.to_owned(),
+            bytes: AtomicU64::new(0),
+            files: AtomicU64::new(0),
+            last_log: Mutex::new(Instant::now()),
+        }))
+    }
+
+    /// Bytes downloaded so far.
+    pub fn bytes(&self) -> u64 {
+        self.0.bytes.load(Ordering::Relaxed)
+    }
+
+    /// `n` more bytes arrived.
+    pub fn downloaded(&self, n: u64) {
+        let total = self.0.bytes.fetch_add(n, Ordering::Relaxed) + n;
+        if let Some(bar) = &self.0.bar {
+            bar.set_position(total);
+        }
+        self.maybe_log();
+    }
+
+    /// One more file was unpacked.
+    pub fn file(&self) {
+        let files = self.0.files.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(bar) = &self.0.bar
+            && files % 64 == 1
+        {
+            bar.set_message(format!("{files} files"));
+        }
+    }
+
+    fn maybe_log(&self) {
+        if self.0.bar.is_some() {
+            return;
+        }
+        let Ok(mut last) = self.0.last_log.try_lock() else {
+            return;
+        };
+        if last.elapsed() >= LOG_EVERY {
+            *last = Instant::now();
+            tracing::info!(
+                "{}: {} bytes downloaded, {} files",
+                self.0.label,
+                self.bytes(),
+                self.0.files.load(Ordering::Relaxed)
+            );
+        }
+    }
+
+    /// The fetch is over.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.0.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
