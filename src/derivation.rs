@@ -32,6 +32,8 @@ pub enum Method {
     GithubArchive,
     /// A plain `.tar.gz` URL.
     Tarball,
+    /// A shallow fetch over git's smart HTTP pack protocol.
+    GitPack,
     /// A local tree, ingested.
     Fs,
 }
@@ -42,6 +44,7 @@ impl Method {
         match self {
             Method::GithubArchive => "github-archive",
             Method::Tarball => "tarball",
+            Method::GitPack => "git-pack",
             Method::Fs => "fs",
         }
     }
@@ -145,10 +148,17 @@ pub fn to_derivation(island: &Island, env: &Environment) -> Result<Derivation> {
                 Method::Tarball,
             )
         }
-        Format::Git => bail!(
-            "{island}: git islands are not supported by this version of cab yet; \
-             use a github or tarball island for now"
-        ),
+        Format::Git => {
+            let host = url_host(&island.location).unwrap_or_default().to_owned();
+            let mut args = vec!["git".into(), format!("url={}", island.location)];
+            if let Some(r) = &config.r#ref {
+                args.push(format!("ref={r}"));
+            }
+            if let Some(rev) = &config.rev {
+                args.push(format!("rev={rev}"));
+            }
+            wasm(args, vec![host], Method::GitPack)
+        }
         Format::Fs => {
             let path = island.fs_path().unwrap_or_default();
             Derivation {

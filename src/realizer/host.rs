@@ -4,7 +4,15 @@
 //! byte downloaded and unpacked is counted against its limit, and credentials are added here,
 //! out of the guest's sight.
 //!
-//! Every function returns an `i32`: non-negative on success (a handle where one is made),
+//! Besides the output tree, a run has one *scratch* file outside `out/`: append-only, readable
+//! at any offset, counted against the unpacked limit. The git fetcher spools a pack there so
+//! that resolving deltas needs random access, not memory.
+//!
+//! Besides the output tree, a run has one *scratch* file outside `out/`: append-only, readable
+//! at any offset, counted against the unpacked limit. The git fetcher spools a pack there so
+//! that resolving deltas needs random access, not memory.
+//!
+//! Every function returns an `i32` (`scratch_append` an `i64` offset) (`scratch_append` an `i64` offset): non-negative on success (a handle where one is made),
 //! negative on failure. The reason is kept in [`HostState::error`] and becomes the run's
 //! error message if the guest gives up; the guest only learns *that* it failed.
 
@@ -398,6 +406,31 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 .and_then(|path| Ok((path, bytes(&mut c, tp, tl)?)))
                 .and_then(|(path, target)| c.data_mut().output.symlink(&path, &target));
             c.data_mut().settle(result, |()| 0)
+        },
+    )?;
+    linker.func_wrap(
+        "cab",
+        "scratch_append",
+        |mut c: Caller<'_, HostState>, p: i32, l: i32| -> i64 {
+            let result = bytes(&mut c, p, l).and_then(|data| c.data_mut().output.scratch_append(&data));
+            match result {
+                Ok(offset) => offset as i64,
+                Err(e) => c.data_mut().fail(e) as i64,
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "cab",
+        "scratch_read",
+        |mut c: Caller<'_, HostState>, offset: i64, p: i32, l: i32| -> i32 {
+            let result = c.data_mut().output.scratch_read(offset, l.max(0) as usize);
+            match result {
+                Ok(data) if super::wasi::write(&mut c, p, &data) => data.len() as i32,
+                Ok(_) => c
+                    .data_mut()
+                    .fail(anyhow!("scratch_read: buffer outside the fetcher's memory")),
+                Err(e) => c.data_mut().fail(e),
+            }
         },
     )?;
     linker.func_wrap(

@@ -30,7 +30,9 @@ pub struct Output {
     open: HashMap<i32, (File, Vec<u8>)>,
     next_handle: i32,
     tree_root: Option<Vec<u8>>,
-    /// Bytes written into files so far.
+    /// The scratch file (created on first use) and its length.
+    scratch: Option<(File, u64)>,
+    /// Bytes written into files and the scratch file so far.
     pub unpacked: u64,
     max_unpacked: u64,
     max_entries: usize,
@@ -51,6 +53,7 @@ impl Output {
             open: HashMap::new(),
             next_handle: 1,
             tree_root: None,
+            scratch: None,
             unpacked: 0,
             max_unpacked,
             max_entries,
@@ -157,6 +160,49 @@ impl Output {
         symlink(OsStr::from_bytes(target), &dest).with_context(|| format!("cannot create {}", dest.display()))?;
         self.made.insert(path.to_vec(), Made::Symlink);
         Ok(())
+    }
+
+    /// Appends to the scratch file (beside `out/`, never part of the tree); returns the offset
+    /// the bytes were written at.
+    pub fn scratch_append(&mut self, data: &[u8]) -> Result<u64> {
+        self.unpacked += data.len() as u64;
+        if self.unpacked > self.max_unpacked {
+            bail!(
+                "more than {} bytes unpacked (scratch): over the limit on unpacked bytes (raise --max-unpacked)",
+                self.max_unpacked
+            );
+        }
+        if self.scratch.is_none() {
+            let path = self.root.with_file_name("scratch");
+            let file = File::options()
+                .read(true)
+                .append(true)
+                .create_new(true)
+                .open(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            self.scratch = Some((file, 0));
+        }
+        let (file, len) = self.scratch.as_mut().expect("created above");
+        file.write_all(data).context("cannot write the scratch file")?;
+        let at = *len;
+        *len += data.len() as u64;
+        Ok(at)
+    }
+
+    /// Reads up to `max` bytes of the scratch file at `offset` (fewer at its end).
+    pub fn scratch_read(&mut self, offset: i64, max: usize) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let Some((file, len)) = &self.scratch else {
+            bail!("scratch_read before any scratch_append")
+        };
+        if offset < 0 || offset as u64 > *len {
+            bail!("scratch_read at {offset}, past the end ({len})");
+        }
+        let n = max.min((*len - offset as u64) as usize);
+        let mut buf = vec![0u8; n];
+        file.read_exact_at(&mut buf, offset as u64)
+            .context("cannot read the scratch file")?;
+        Ok(buf)
     }
 
     /// Declares that the tree is the directory `path` rather than all of `out/`.
