@@ -261,7 +261,7 @@ impl HostState {
         for &b in data {
             if b == b'\n' || self.stderr_line.len() > 4096 {
                 let line = String::from_utf8_lossy(&self.stderr_line).into_owned();
-                tracing::info!("{}: fetcher: {line}", self.label);
+                tracing::info!("{}: {line}", self.label);
                 if self.stderr_tail.len() == 8 {
                     self.stderr_tail.remove(0);
                 }
