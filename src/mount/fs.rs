@@ -167,7 +167,8 @@ impl CabFs {
             _ => (FileType::Directory, 0o555, 4096, 2),
         };
         // Like the Nix store: contents are timeless, so every time is the epoch plus one second.
-        let time = UNIX_EPOCH + Duration::from_secs(1);
+        // The listings above realized trees grow while mounted; their mtime says how much.
+        let time = UNIX_EPOCH + Duration::from_secs(1 + self.listing_generation(ino, kind));
         FileAttr {
             ino: INodeNo(ino),
             size,
@@ -184,6 +185,24 @@ impl CabFs {
             rdev: 0,
             blksize: 4096,
             flags: 0,
+        }
+    }
+
+    /// A number that changes whenever the listing of a top-level directory changes.
+    fn listing_generation(&self, ino: u64, kind: &Kind) -> u64 {
+        match kind {
+            Kind::ByHash => {
+                use std::os::unix::fs::MetadataExt;
+                let roots = self.islands.realizer().store().root().join("roots");
+                std::fs::metadata(roots)
+                    .map(|m| m.mtime_nsec() as u64 / 1000 + m.mtime() as u64 * 1_000_000)
+                    .unwrap_or(0)
+            }
+            Kind::Github | Kind::GithubOwner(_) | Kind::GithubRepo(..) => {
+                let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+                table.by_name.keys().filter(|(parent, _)| *parent == ino).count() as u64
+            }
+            _ => 0,
         }
     }
 
@@ -534,31 +553,13 @@ impl Filesystem for CabFs {
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.kind(ino) {
-            // Immutable: let the kernel keep the listing.
-            Some(Kind::Tree {
-                node: Node::Directory { .. },
-                ..
-            }) => reply.opened(
-                FileHandle(0),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-            ),
-            Some(Kind::Tree { .. }) => reply.error(Errno::ENOTDIR),
-            Some(Kind::Named(_) | Kind::Stored(_)) => match self.settle(ino.0) {
-                Ok(Kind::Tree {
-                    node: Node::Directory { .. },
-                    ..
-                }) => reply.opened(
-                    FileHandle(0),
-                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-                ),
-                Ok(_) => reply.error(Errno::ENOTDIR),
-                Err(e) => reply.error(e),
-            },
-            Some(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
-            None => reply.error(Errno::ENOENT),
-        }
+    /// Refused, so that the kernel stops asking (`no_opendir`): it then keeps every
+    /// directory's listing and pages (KEEP_CACHE | CACHE_DIR), and a warm walk sends us no
+    /// opendir/releasedir pair per directory. Listings above the realized trees can change;
+    /// their mtime changes with them (see [`CabFs::attr`]), which makes the kernel drop its
+    /// cached copy.
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {

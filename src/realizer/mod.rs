@@ -101,8 +101,33 @@ struct Loaded {
     linker: Arc<Linker<HostState>>,
 }
 
+/// How many guests are running, so that the epoch thread ticks only while one is.
+#[derive(Default)]
+struct Running {
+    count: Mutex<usize>,
+    wake: std::sync::Condvar,
+}
+
+/// Counts one running guest for as long as it lives.
+struct RunningGuard(Arc<Running>);
+
+impl RunningGuard {
+    fn new(running: &Arc<Running>) -> RunningGuard {
+        *running.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        running.wake.notify_all();
+        RunningGuard(running.clone())
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        *self.0.count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+    }
+}
+
 /// Runs derivations into a store.
 pub struct Realizer {
+    running: Arc<Running>,
     store: Store,
     engine: Engine,
     env: Environment,
@@ -133,13 +158,23 @@ impl Realizer {
         let mut config = Config::new();
         config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|e| anyhow!("cannot start wasmtime: {e}"))?;
-        // The epoch ticks every 10 ms; each tick lets a running guest yield, so a stopped or
-        // timed-out run ends within a tick even in a loop that never calls the host.
+        // The epoch ticks every 10 ms while a guest runs; each tick lets a running guest
+        // yield, so a stopped or timed-out run ends within a tick even in a loop that never
+        // calls the host. With no guest running the thread sleeps (an idle mount costs nothing).
         let weak = engine.weak();
+        let running: Arc<Running> = Arc::default();
+        let ticker = running.clone();
         std::thread::Builder::new()
             .name("epoch".into())
             .spawn(move || {
-                while let Some(engine) = weak.upgrade() {
+                loop {
+                    {
+                        let mut count = ticker.count.lock().unwrap_or_else(|e| e.into_inner());
+                        while *count == 0 {
+                            count = ticker.wake.wait(count).unwrap_or_else(|e| e.into_inner());
+                        }
+                    }
+                    let Some(engine) = weak.upgrade() else { break };
                     engine.increment_epoch();
                     drop(engine);
                     std::thread::sleep(Duration::from_millis(10));
@@ -168,6 +203,7 @@ impl Realizer {
             fetcher: module_hash(FETCHER_WASM),
         };
         Ok(Realizer {
+            running,
             store,
             engine,
             env,
@@ -348,6 +384,7 @@ impl Realizer {
         args.extend(drv.args.iter().map(|a| a.as_bytes().to_vec()));
         let state = HostState::new(args, writer, output, http, limits, progress.clone(), label);
 
+        let _running = RunningGuard::new(&self.running);
         let mut store = wasmtime::Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_async_yield_and_update(1);
