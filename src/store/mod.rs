@@ -251,6 +251,11 @@ impl Store {
     /// Makes an ingested tree visible: its root record, written only after all its objects
     /// are durable, then its content-hash index entries.
     pub fn publish(&self, tree: &TreeHash, nar: &NarHash) -> Result<()> {
+        // Already published: its objects are durable and its record written; nothing to do
+        // (and no filesystem-wide sync to pay for).
+        if self.published(tree)?.is_some_and(|p| p.nar == *nar) {
+            return Ok(());
+        }
         sync_filesystem(&self.root)?;
         if std::env::var_os("CAB_FAILPOINT").is_some_and(|v| v == "store-before-publish") {
             // Test hook: die the way a crash would, objects written and synced, nothing published.
