@@ -50,7 +50,11 @@ pub fn run(command: Command, store: Option<PathBuf>) -> Result<ExitCode> {
     let store = open(store)?;
     match command {
         Command::Add { path, json } => {
-            let added = store.add_path(&path, Ingest::Copy)?;
+            let progress = crate::realizer::progress::Progress::new(&path.display().to_string(), true);
+            let added = store.ingest(&path, Ingest::Copy, Some(&|size| progress.ingested(size)));
+            progress.finish();
+            let added = added?;
+            store.publish(&added.tree, &added.nar)?;
             super::print_hashes(&added.nar, &added.tree, Default::default(), json);
         }
         Command::Export { hash, dir } => {

@@ -330,10 +330,13 @@ impl Realizer {
         }
         match &drv.builder {
             Builder::Local { path } => {
+                let progress = Progress::new(label, self.progress_bars);
                 let added = self
                     .store
-                    .ingest(path, Ingest::Copy)
-                    .with_context(|| format!("{label}: cannot ingest"))?;
+                    .ingest(path, Ingest::Copy, Some(&|size| progress.ingested(size)))
+                    .with_context(|| format!("{label}: cannot ingest"));
+                progress.finish();
+                let added = added?;
                 self.finish(drv, label, added.tree, Some(added.nar), None, 0, false, Vec::new())
             }
             Builder::Wasm { module } => self.run_wasm(drv, module, label).await,
@@ -461,7 +464,7 @@ impl Realizer {
         drop(state);
         let added = self
             .store
-            .ingest(&tree_path, Ingest::Move)
+            .ingest(&tree_path, Ingest::Move, None)
             .with_context(|| format!("{label}: cannot ingest the fetched tree"))?;
         for (format, value) in &reported {
             let matches = match format.as_str() {

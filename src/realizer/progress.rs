@@ -58,6 +58,12 @@ impl Progress {
         self.maybe_log();
     }
 
+    /// One more file of `size` bytes was ingested from a local tree.
+    pub fn ingested(&self, size: u64) {
+        self.file();
+        self.downloaded(size);
+    }
+
     /// One more file was unpacked.
     pub fn file(&self) {
         let files = self.0.files.fetch_add(1, Ordering::Relaxed) + 1;
@@ -78,7 +84,7 @@ impl Progress {
         if last.elapsed() >= LOG_EVERY {
             *last = Instant::now();
             tracing::info!(
-                "{}: {} bytes downloaded, {} files",
+                "{}: {} bytes, {} files",
                 self.0.label,
                 self.bytes(),
                 self.0.files.load(Ordering::Relaxed)

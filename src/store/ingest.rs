@@ -48,8 +48,12 @@ pub struct Added {
 /// Files up to this size are buffered in memory while they are hashed.
 const SMALL_FILE: u64 = 1 << 20;
 
+/// Hears how far an ingest has come: called after each file with its size.
+pub type OnFile<'a> = &'a (dyn Fn(u64) + Sync);
+
 struct StoreVisitor<'s> {
     store: &'s Store,
+    on_file: Option<OnFile<'s>>,
     scratch: Arc<Staging>,
     mode: Ingest,
     size: u64,
@@ -106,6 +110,9 @@ impl Visitor for StoreVisitor<'_> {
     }
 
     fn file_end(&mut self, path: &Path, blob: &[u8; 32]) -> Result<()> {
+        if let Some(on_file) = self.on_file {
+            on_file(self.size);
+        }
         let dest = self.store.blob_path(blob);
         let large = self.large.take();
         if present(&dest, self.size) {
@@ -137,16 +144,17 @@ impl Visitor for StoreVisitor<'_> {
 impl Store {
     /// Adds the tree at `path` (directory, file or symlink) and publishes it.
     pub fn add_path(&self, path: &Path, mode: Ingest) -> Result<Added> {
-        let added = self.ingest(path, mode)?;
+        let added = self.ingest(path, mode, None)?;
         self.publish(&added.tree, &added.nar)?;
         Ok(added)
     }
 
     /// Writes every object of the tree at `path` into the store without publishing it: the
     /// caller checks what it must, then calls [`Store::publish`].
-    pub fn ingest(&self, path: &Path, mode: Ingest) -> Result<Added> {
+    pub fn ingest<'a>(&'a self, path: &Path, mode: Ingest, on_file: Option<OnFile<'a>>) -> Result<Added> {
         let mut visitor = StoreVisitor {
             store: self,
+            on_file,
             scratch: self.scratch()?,
             mode,
             size: 0,

@@ -36,7 +36,7 @@ use anyhow::{Context, Result, bail};
 use crate::hash::tree::Object;
 use crate::hash::{NarHash, TreeHash, encoding};
 
-pub use ingest::{Added, Ingest};
+pub use ingest::{Added, Ingest, OnFile};
 pub use staging::Staging;
 pub use verify::{Corruption, VerifyReport};
 
