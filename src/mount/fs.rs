@@ -75,10 +75,11 @@ impl Table {
     }
 }
 
-/// An open file: the blob, and the kernel's passthrough handle when reads bypass us.
+/// An open file: the blob, and whether the kernel reads it through passthrough.
 struct Open {
-    file: File,
-    _backing: Option<BackingId>,
+    file: Arc<File>,
+    ino: u64,
+    passthrough: bool,
 }
 
 /// The filesystem.
@@ -87,6 +88,8 @@ pub struct CabFs {
     table: RwLock<Table>,
     dirs: Mutex<lru::LruCache<TreeHash, Arc<Vec<Entry>>>>,
     open: Mutex<HashMap<u64, Open>>,
+    /// Passthrough backing files by inode, with the number of opens using each.
+    backings: Mutex<HashMap<u64, (BackingId, usize)>>,
     next_fh: AtomicU64,
     passthrough: AtomicBool,
     /// Whether the read path in use has been logged yet.
@@ -115,11 +118,23 @@ impl CabFs {
             table: RwLock::new(table),
             dirs: Mutex::new(lru::LruCache::new(NonZeroUsize::new(4096).expect("non-zero"))),
             open: Mutex::default(),
+            backings: Mutex::default(),
             next_fh: AtomicU64::new(1),
             passthrough: AtomicBool::new(passthrough),
             passthrough_seen: AtomicBool::new(false),
             uid,
             gid,
+        }
+    }
+
+    fn remember(&self, fh: u64, open: Open) {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, open);
+    }
+
+    /// Says once which read path serves files (tests and users want to know).
+    fn log_read_path(&self, message: &str) {
+        if !self.passthrough_seen.swap(true, Ordering::Relaxed) {
+            tracing::info!("{message}");
         }
     }
 
@@ -472,7 +487,7 @@ impl Filesystem for CabFs {
         }
         let path = self.islands.realizer().store().blob_path(&blob);
         let file = match File::open(&path) {
-            Ok(file) => file,
+            Ok(file) => Arc::new(file),
             Err(e) => {
                 tracing::error!("cannot open blob {}: {e}", path.display());
                 return reply.error(Errno::EIO);
@@ -480,17 +495,33 @@ impl Filesystem for CabFs {
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         if self.passthrough.load(Ordering::Relaxed) {
-            match reply.open_backing(&file) {
+            // One backing file per inode while any open of it lives: the kernel refuses a
+            // second, different backing for an inode that is already open.
+            let mut backings = self.backings.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((backing, opens)) = backings.get_mut(&ino.0) {
+                *opens += 1;
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), backing);
+                self.remember(
+                    fh,
+                    Open {
+                        file,
+                        ino: ino.0,
+                        passthrough: true,
+                    },
+                );
+                return;
+            }
+            match reply.open_backing(&*file) {
                 Ok(backing) => {
-                    if !self.passthrough_seen.swap(true, Ordering::Relaxed) {
-                        tracing::info!("serving file reads through FUSE passthrough");
-                    }
+                    self.log_read_path("serving file reads through FUSE passthrough");
                     reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing);
-                    self.open.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                    backings.insert(ino.0, (backing, 1));
+                    self.remember(
                         fh,
                         Open {
                             file,
-                            _backing: Some(backing),
+                            ino: ino.0,
+                            passthrough: true,
                         },
                     );
                     return;
@@ -501,10 +532,15 @@ impl Filesystem for CabFs {
                 }
             }
         }
-        self.open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(fh, Open { file, _backing: None });
+        self.log_read_path("serving file reads without passthrough");
+        self.remember(
+            fh,
+            Open {
+                file,
+                ino: ino.0,
+                passthrough: false,
+            },
+        );
         reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
@@ -519,12 +555,9 @@ impl Filesystem for CabFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let file = {
-            let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-            match open.get(&fh.0).map(|o| o.file.try_clone()) {
-                Some(Ok(file)) => file,
-                _ => return reply.error(Errno::EBADF),
-            }
+        let file = match self.open.lock().unwrap_or_else(|e| e.into_inner()).get(&fh.0) {
+            Some(open) => open.file.clone(),
+            None => return reply.error(Errno::EBADF),
         };
         let mut buf = vec![0u8; size as usize];
         let mut filled = 0;
@@ -549,7 +582,19 @@ impl Filesystem for CabFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
+        if let Some(Open {
+            ino, passthrough: true, ..
+        }) = open
+        {
+            let mut backings = self.backings.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, opens)) = backings.get_mut(&ino) {
+                *opens -= 1;
+                if *opens == 0 {
+                    backings.remove(&ino);
+                }
+            }
+        }
         reply.ok();
     }
 

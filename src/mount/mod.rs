@@ -81,6 +81,18 @@ pub fn clear_stale(mountpoint: &Path) -> Result<bool> {
     Ok(false)
 }
 
+/// The FUSE connection number (the mount's minor device number) of the mount at `path`, read
+/// from /proc/self/mountinfo — never by `stat`, which would ask the daemon itself.
+fn fuse_connection(path: &Path) -> Option<u32> {
+    let path = std::fs::canonicalize(path.parent()?).ok()?.join(path.file_name()?);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (device, point) = (fields.get(2)?, fields.get(4)?);
+        (Path::new(point) == path).then(|| device.split(':').nth(1)?.parse().ok())?
+    })
+}
+
 /// Mounts `islands` at `mountpoint` and serves until unmounted (Ctrl-C, SIGTERM or
 /// `cab unmount`). `ready` is called once the mount is live.
 pub fn serve(
@@ -129,6 +141,7 @@ pub fn serve(
     })?;
     let mut unmounter = session.unmount_callable();
     let shown = mountpoint.display().to_string();
+    let path = mountpoint.to_owned();
     runtime.spawn(async move {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(term) => term,
@@ -143,7 +156,21 @@ pub fn serve(
         }
         tracing::info!("unmounting {shown}");
         if let Err(e) = unmounter.unmount() {
-            tracing::error!("cannot unmount {shown}: {e}");
+            // Busy (a file or directory in it is open): detach it now, and end the connection
+            // so that the daemon can exit; whoever still holds files gets errors, as with any
+            // filesystem that goes away.
+            tracing::warn!("{shown} is busy ({e}); detaching it");
+            let connection = fuse_connection(&path);
+            if let Err(e) = unmount(&path, true) {
+                tracing::error!("cannot detach {shown}: {e:#}");
+            }
+            let aborted = connection
+                .map(|c| std::fs::write(format!("/sys/fs/fuse/connections/{c}/abort"), "1").is_ok())
+                .unwrap_or(false);
+            if !aborted {
+                eprintln!("unmounted {shown} (detached while busy)");
+                std::process::exit(0);
+            }
         }
     });
     ready();
