@@ -8,12 +8,8 @@
 //! at any offset, counted against the unpacked limit. The git fetcher spools a pack there so
 //! that resolving deltas needs random access, not memory.
 //!
-//! Besides the output tree, a run has one *scratch* file outside `out/`: append-only, readable
-//! at any offset, counted against the unpacked limit. The git fetcher spools a pack there so
-//! that resolving deltas needs random access, not memory.
-//!
-//! Every function returns an `i32` (`scratch_append` an `i64` offset) (`scratch_append` an `i64` offset): non-negative on success (a handle where one is made),
-//! negative on failure. The reason is kept in [`HostState::error`] and becomes the run's
+//! Every function returns an `i32` (`scratch_append` an `i64` offset): non-negative on
+//! success (a handle where one is made), negative on failure. The reason is kept in [`HostState::error`] and becomes the run's
 //! error message if the guest gives up; the guest only learns *that* it failed.
 
 use std::collections::HashMap;
@@ -40,6 +36,43 @@ impl std::fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
+/// Keeps the guest's HTTP behind the hash FIFO: a request waits until every line the guest
+/// has written so far has been read and looked up. A line naming a stored tree then stops the
+/// run before the request goes out, so an unchanged island costs one round trip, not the
+/// first bytes of a download.
+pub struct FifoBarrier {
+    written: std::sync::atomic::AtomicU64,
+    processed: tokio::sync::watch::Sender<u64>,
+}
+
+impl FifoBarrier {
+    /// A barrier with nothing written yet.
+    pub fn new() -> std::sync::Arc<FifoBarrier> {
+        std::sync::Arc::new(FifoBarrier {
+            written: Default::default(),
+            processed: tokio::sync::watch::Sender::new(0),
+        })
+    }
+
+    /// The guest wrote `lines` more lines to the FIFO.
+    pub fn wrote(&self, lines: u64) {
+        self.written.fetch_add(lines, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The reader has handled one more line (after passing on what it found).
+    pub fn processed_one(&self) {
+        self.processed.send_modify(|n| *n += 1);
+    }
+
+    /// Waits until every line written so far has been handled.
+    async fn wait(&self) {
+        let target = self.written.load(std::sync::atomic::Ordering::SeqCst);
+        let mut rx = self.processed.subscribe();
+        // Bounded: if the reader is gone, the run is ending anyway.
+        let _ = tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|n| *n >= target)).await;
+    }
+}
+
 /// Credentials the host adds to requests for one host.
 #[derive(Clone, Debug)]
 pub struct Credential {
@@ -54,22 +87,20 @@ pub struct Http {
     client: reqwest::Client,
     hosts: Vec<String>,
     credential: Option<Credential>,
-    responses: HashMap<i32, (reqwest::Response, bytes_buf::Pending)>,
+    responses: HashMap<i32, (reqwest::Response, Pending)>,
     next_handle: i32,
     /// Bytes of response bodies handed to the guest.
     pub downloaded: u64,
     max_download: u64,
     stall: Duration,
+    barrier: std::sync::Arc<FifoBarrier>,
 }
 
-/// A chunk received but not yet fully handed to the guest.
-mod bytes_buf {
-    /// The unread tail of the last chunk.
-    #[derive(Default)]
-    pub struct Pending {
-        pub data: Vec<u8>,
-        pub at: usize,
-    }
+/// The last chunk received, and how much of it the guest has taken.
+#[derive(Default)]
+struct Pending {
+    data: Vec<u8>,
+    at: usize,
 }
 
 impl Http {
@@ -80,6 +111,7 @@ impl Http {
         credential: Option<Credential>,
         max_download: u64,
         stall: Duration,
+        barrier: std::sync::Arc<FifoBarrier>,
     ) -> Http {
         Http {
             client,
@@ -90,6 +122,7 @@ impl Http {
             downloaded: 0,
             max_download,
             stall,
+            barrier,
         }
     }
 
@@ -112,6 +145,7 @@ impl Http {
     }
 
     async fn open(&mut self, method: &str, url: &str, headers: &str, body: Vec<u8>) -> Result<i32> {
+        self.barrier.wait().await;
         let mut url = reqwest::Url::parse(url).with_context(|| format!("bad URL `{url}`"))?;
         let mut method =
             reqwest::Method::from_bytes(method.as_bytes()).with_context(|| format!("bad method `{method}`"))?;
@@ -191,7 +225,7 @@ impl Http {
                             self.max_download
                         );
                     }
-                    *pending = bytes_buf::Pending {
+                    *pending = Pending {
                         data: bytes.to_vec(),
                         at: 0,
                     };
@@ -214,6 +248,8 @@ pub struct HostState {
     pub args: Vec<Vec<u8>>,
     /// The FIFO's write end: the guest's standard output.
     pub fifo: Option<File>,
+    /// Counts the lines written to the FIFO, for [`FifoBarrier`].
+    pub barrier: std::sync::Arc<FifoBarrier>,
     /// The output tree.
     pub output: Output,
     /// HTTP on the guest's behalf.
@@ -245,6 +281,7 @@ impl HostState {
             limits,
             args,
             fifo: Some(fifo),
+            barrier: http.barrier.clone(),
             output,
             http,
             error: None,

@@ -29,7 +29,7 @@ use wasmtime::{Config, Engine, Linker, Module, StoreLimitsBuilder};
 
 pub use self::fetcher::FETCHER_WASM;
 pub use self::host::Credential;
-use self::host::{Exit, HostState, Http};
+use self::host::{Exit, FifoBarrier, HostState, Http};
 use self::output::Output;
 use self::progress::Progress;
 use crate::derivation::{Builder, Derivation, Environment};
@@ -361,10 +361,16 @@ impl Realizer {
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let store = self.store.clone();
         let how = drv.method.as_str();
+        let barrier = FifoBarrier::new();
+        let reader_barrier = barrier.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(receiver).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                if events_tx.send(classify(&store, how, &line)).is_err() {
+                // Pass the finding on first, then release the guest's waiting request: the
+                // select below is biased to see a hit before the guest runs on.
+                let sent = events_tx.send(classify(&store, how, &line));
+                reader_barrier.processed_one();
+                if sent.is_err() {
                     break;
                 }
             }
@@ -378,6 +384,7 @@ impl Realizer {
             self.credential.clone(),
             self.limits.download,
             self.limits.stall,
+            barrier.clone(),
         );
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory)
@@ -410,7 +417,8 @@ impl Realizer {
         let mut rev = drv.rev.clone();
         let (result, state) = loop {
             tokio::select! {
-                finished = &mut guest => break finished,
+                // Events first: a hit must win over the guest's next step.
+                biased;
                 Some(event) = events.recv() => {
                     if let Some(tree) = note(event, drv, label, &mut reported, &mut rev)? {
                         // Stop the guest: dropping its future drops its store and connections.
@@ -420,6 +428,7 @@ impl Realizer {
                         return self.finish(drv, label, tree, None, rev, downloaded, true, reported);
                     }
                 }
+                finished = &mut guest => break finished,
                 _ = &mut deadline => {
                     progress.finish();
                     bail!("{label}: the fetch took longer than {:?}: over the time limit (raise --max-time)", self.limits.time);

@@ -131,7 +131,11 @@ pub fn add_to_linker(linker: &mut Linker<HostState>, module: &Module) -> wasmtim
             let state = c.data_mut();
             let result = match fd {
                 1 => match &mut state.fifo {
-                    Some(fifo) => fifo.write_all(&data).map_err(|_| errno::IO),
+                    Some(fifo) => {
+                        let result = fifo.write_all(&data).map_err(|_| errno::IO);
+                        state.barrier.wrote(data.iter().filter(|&&b| b == b'\n').count() as u64);
+                        result
+                    }
                     None => Err(errno::BADF),
                 },
                 2 => {
