@@ -3,16 +3,20 @@
 //! they end up in URLs and in pkt-lines.
 
 use crate::error::{Error, Result};
+use crate::prelude::*;
 use crate::refs::object_id;
 
 /// How to call the fetcher.
-pub const USAGE: &str = "usage: fetcher github base=URL repo=OWNER/REPO [ref=REF] [rev=SHA1] | fetcher tarball url=URL";
+pub const USAGE: &str = "usage: fetcher github base=URL repo=OWNER/REPO [ref=REF] [rev=SHA1] | \
+                         fetcher git url=URL [ref=REF] [rev=SHA1] | fetcher tarball url=URL";
 
 /// What to fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// A GitHub repository at a ref or commit.
     Github(Github),
+    /// Any git smart-HTTP repository at a ref or commit.
+    Git(Git),
     /// A `.tar.gz` at a URL.
     Tarball {
         /// Where it is.
@@ -27,6 +31,17 @@ pub struct Github {
     pub base: String,
     /// `OWNER/REPO`.
     pub repo: String,
+    /// A branch, tag or `refs/…` name.
+    pub reference: Option<String>,
+    /// A commit id, lowercase; when given, no ref is looked up.
+    pub rev: Option<String>,
+}
+
+/// The `git` format's arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Git {
+    /// The repository's URL, without a trailing slash.
+    pub url: String,
     /// A branch, tag or `refs/…` name.
     pub reference: Option<String>,
     /// A commit id, lowercase; when given, no ref is looked up.
@@ -52,6 +67,7 @@ pub fn parse(args: &[String]) -> Result<Request> {
     }
     let allowed: &[&str] = match format.as_str() {
         "github" => &["base", "repo", "ref", "rev"],
+        "git" => &["url", "ref", "rev"],
         "tarball" => &["url"],
         other => return Err(usage(format!("unknown format `{other}`"))),
     };
@@ -60,6 +76,11 @@ pub fn parse(args: &[String]) -> Result<Request> {
     }
     let get = |key: &str| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
     let need = |key: &str| get(key).ok_or_else(|| usage(format!("`{key}=` is missing")));
+    let reference = get("ref").map(|r| check_ref(r).map(str::to_owned)).transpose()?;
+    let rev = match get("rev") {
+        None => None,
+        Some(r) => Some(object_id(r.as_bytes()).ok_or_else(|| usage(format!("`rev={r}` is not 40 hex digits")))?),
+    };
     match format.as_str() {
         "github" => {
             let base = http_url("base", need("base")?)?.trim_end_matches('/').to_owned();
@@ -67,13 +88,6 @@ pub fn parse(args: &[String]) -> Result<Request> {
             if !valid_repo(repo) {
                 return Err(usage(format!("`repo={repo}` is not OWNER/REPO")));
             }
-            let reference = get("ref").map(|r| check_ref(r).map(str::to_owned)).transpose()?;
-            let rev = match get("rev") {
-                None => None,
-                Some(r) => {
-                    Some(object_id(r.as_bytes()).ok_or_else(|| usage(format!("`rev={r}` is not 40 hex digits")))?)
-                }
-            };
             Ok(Request::Github(Github {
                 base,
                 repo: repo.to_owned(),
@@ -81,6 +95,11 @@ pub fn parse(args: &[String]) -> Result<Request> {
                 rev,
             }))
         }
+        "git" => Ok(Request::Git(Git {
+            url: http_url("url", need("url")?)?.trim_end_matches('/').to_owned(),
+            reference,
+            rev,
+        })),
         _ => Ok(Request::Tarball {
             url: http_url("url", need("url")?)?.to_owned(),
         }),
@@ -161,6 +180,22 @@ mod tests {
             })
         ));
         assert_eq!(
+            p(&["git", "url=https://h/a/b.git/", "ref=main", &format!("rev={sha}")]).unwrap(),
+            Request::Git(Git {
+                url: "https://h/a/b.git".into(),
+                reference: Some("main".into()),
+                rev: Some(sha.to_lowercase()),
+            })
+        );
+        assert_eq!(
+            p(&["git", "url=http://127.0.0.1:8/x"]).unwrap(),
+            Request::Git(Git {
+                url: "http://127.0.0.1:8/x".into(),
+                reference: None,
+                rev: None,
+            })
+        );
+        assert_eq!(
             p(&["tarball", "url=https://x/y.tar.gz"]).unwrap(),
             Request::Tarball {
                 url: "https://x/y.tar.gz".into()
@@ -172,7 +207,12 @@ mod tests {
     fn bad_invocations_exit_2() {
         for bad in [
             &[][..],
-            &["git", "url=https://x"],
+            &["git"],
+            &["git", "url=file:///x"],
+            &["git", "url=https://x", "rev=abc"],
+            &["git", "url=https://x", "ref=a..b"],
+            &["git", "url=https://x", "repo=a/b"],
+            &["gitlab", "url=https://x"],
             &["github", "repo=a/b"],
             &["github", "base=https://g", "repo=a"],
             &["github", "base=https://g", "repo=a/b/c"],

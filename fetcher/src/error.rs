@@ -2,10 +2,12 @@
 //! line on standard error and an exit code — so an error is just that message and that code:
 //! 2 for a bad invocation (the host's bug), 1 for everything the network or the host refused.
 
-use std::fmt;
+use core::fmt;
+
+use crate::prelude::*;
 
 /// The fetcher's result type.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = Error> = core::result::Result<T, E>;
 
 /// A failure, as the host will see it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,18 +1,20 @@
-//! The two fetches, from request to output tree: `github` (resolve the ref over git smart
-//! HTTP, announce the commit, unpack GitHub's archive of it) and `tarball` (unpack a URL).
-//! Everything outside the guest comes through the [`Net`], [`Sink`] and [`Console`] it is
-//! given, so this runs unchanged under the unit tests.
+//! The fetches, from request to output tree: `github` (resolve the ref over git smart HTTP,
+//! announce the commit, unpack GitHub's archive of it), `git` (the same ref resolution, then
+//! the pack protocol: see [`crate::git`]) and `tarball` (unpack a URL). Everything outside
+//! the guest comes through the [`Net`], [`Sink`] and [`Console`] it is given, so this runs
+//! unchanged under the unit tests.
 
 use crate::args::{Github, Request};
 use crate::error::{Error, Result};
 use crate::gzip::GzDecoder;
 use crate::io::{Body, Buffered, Console, Net, Sink};
 use crate::pktline::PktReader;
+use crate::prelude::*;
 use crate::refs::{self, Protocol, Resolver, Want};
 use crate::tar;
 
 /// Headers of a protocol v2 command request (gitprotocol-http).
-const UPLOAD_PACK_HEADERS: &str = "Content-Type: application/x-git-upload-pack-request\n\
+pub const UPLOAD_PACK_HEADERS: &str = "Content-Type: application/x-git-upload-pack-request\n\
                                    Accept: application/x-git-upload-pack-result\n\
                                    Git-Protocol: version=2";
 
@@ -20,6 +22,7 @@ const UPLOAD_PACK_HEADERS: &str = "Content-Type: application/x-git-upload-pack-r
 pub fn fetch<N: Net, K: Sink, C: Console>(request: &Request, net: &mut N, sink: &mut K, console: &mut C) -> Result<()> {
     match request {
         Request::Github(g) => github(g, net, sink, console),
+        Request::Git(g) => crate::git::fetch(g, net, sink, console),
         Request::Tarball { url } => unpack(net, sink, console, url),
     }
 }
@@ -27,7 +30,10 @@ pub fn fetch<N: Net, K: Sink, C: Console>(request: &Request, net: &mut N, sink: 
 fn github<N: Net, K: Sink, C: Console>(g: &Github, net: &mut N, sink: &mut K, console: &mut C) -> Result<()> {
     let sha = match &g.rev {
         Some(rev) => rev.clone(),
-        None => resolve(g, net, console)?,
+        None => {
+            let repo_url = format!("{}/{}.git", g.base, g.repo);
+            resolve(net, console, &repo_url, &g.repo, g.reference.as_deref())?.0
+        }
     };
     // The host may already hold this commit's tree and stop us right after this line, so it
     // goes out before anything else is downloaded.
@@ -36,24 +42,33 @@ fn github<N: Net, K: Sink, C: Console>(g: &Github, net: &mut N, sink: &mut K, co
     unpack(net, sink, console, &url)
 }
 
-/// The commit `g`'s ref names, asked of the server with protocol v2 `ls-refs`, or read from
-/// the v0 ref list when that is what the server sends.
-fn resolve<N: Net, C: Console>(g: &Github, net: &mut N, console: &mut C) -> Result<String> {
-    let want = Want::new(g.reference.as_deref());
-    let repo_url = format!("{}/{}.git", g.base, g.repo);
+/// Asks the git server at `repo_url` which protocol it speaks (`info/refs`); a v0 server's
+/// ref list is fed to `resolver` on the way.
+pub fn discover<N: Net>(net: &mut N, repo_url: &str, resolver: &mut Resolver) -> Result<Protocol> {
     let refs_url = format!("{repo_url}/info/refs?service=git-upload-pack");
-    console.note(&format!(
-        "resolving {} of {}",
-        g.reference.as_deref().unwrap_or("HEAD"),
-        g.repo
-    ));
-    let mut resolver = Resolver::new(&want);
     let body = Body::open(net, "GET", &refs_url, "Git-Protocol: version=2", b"")?;
     let mut reader = PktReader::new(Buffered::new(body, 16 * 1024));
-    let protocol = refs::read_advertisement(&mut reader, &mut resolver).map_err(|e| e.context(&refs_url))?;
+    let protocol = refs::read_advertisement(&mut reader, resolver).map_err(|e| e.context(&refs_url))?;
     reader.into_inner().into_inner().close()?;
+    Ok(protocol)
+}
 
-    if protocol == Protocol::V2 {
+/// The commit `reference` (or the default branch) names in the repository at `repo_url`,
+/// asked of the server with protocol v2 `ls-refs`, or read from the v0 ref list when that is
+/// what the server sends; and which protocol that was. `name` names the repository in
+/// messages.
+pub fn resolve<N: Net, C: Console>(
+    net: &mut N,
+    console: &mut C,
+    repo_url: &str,
+    name: &str,
+    reference: Option<&str>,
+) -> Result<(String, Protocol)> {
+    let want = Want::new(reference);
+    console.note(&format!("resolving {} of {name}", reference.unwrap_or("HEAD")));
+    let mut resolver = Resolver::new(&want);
+    let protocol = discover(net, repo_url, &mut resolver)?;
+    if matches!(protocol, Protocol::V2 { .. }) {
         let url = format!("{repo_url}/git-upload-pack");
         ls_refs(net, &url, &want.prefixes(), &mut resolver)?;
         if resolver.resolved().is_none() && want != Want::Head {
@@ -63,9 +78,10 @@ fn resolve<N: Net, C: Console>(g: &Github, net: &mut N, console: &mut C) -> Resu
             ls_refs(net, &url, &want.suggestion_prefixes(), &mut resolver)?;
         }
     }
-    resolver
-        .resolved()
-        .ok_or_else(|| not_found(&want, &g.repo, &resolver.suggestions()))
+    match resolver.resolved() {
+        Some(sha) => Ok((sha, protocol)),
+        None => Err(not_found(&want, name, &resolver.suggestions())),
+    }
 }
 
 fn ls_refs<N: Net>(net: &mut N, url: &str, prefixes: &[String], resolver: &mut Resolver) -> Result<()> {

@@ -4,15 +4,14 @@
 //! flags, CRC-32 and length trailer, concatenated members — is here, because a fetcher that
 //! does not check the trailer could hand a truncated download over as a tree.
 
-use miniz_oxide::inflate::TINFLStatus;
-use miniz_oxide::inflate::core::{DecompressorOxide, decompress, inflate_flags};
+use core::ops::Range;
 
 use crate::crc32::Crc32;
 use crate::error::{Error, Result};
+use crate::inflate::{Inflater, Step};
 use crate::io::Source;
+use crate::prelude::*;
 
-/// The output window: DEFLATE looks back at most 32 KiB, and miniz_oxide wants a power of two.
-const WINDOW: usize = 32 * 1024;
 /// How much compressed input is read from the source at once.
 const INPUT: usize = 32 * 1024;
 
@@ -45,13 +44,9 @@ pub struct GzDecoder<S> {
     in_pos: usize,
     in_end: usize,
     eof: bool,
-    inflater: Box<DecompressorOxide>,
-    window: Vec<u8>,
-    /// Where the next inflated byte goes in `window`.
-    wpos: usize,
-    /// Inflated bytes not yet handed out: `window[pending_at..pending_at + pending_len]`.
-    pending_at: usize,
-    pending_len: usize,
+    inflater: Inflater,
+    /// Inflated bytes not yet handed out, in the inflater's window.
+    pending: Range<usize>,
     crc: Crc32,
     size: u32,
     state: State,
@@ -67,11 +62,8 @@ impl<S: Source> GzDecoder<S> {
             in_pos: 0,
             in_end: 0,
             eof: false,
-            inflater: Box::default(),
-            window: vec![0; WINDOW],
-            wpos: 0,
-            pending_at: 0,
-            pending_len: 0,
+            inflater: Inflater::new(false),
+            pending: 0..0,
             crc: Crc32::new(),
             size: 0,
             state: State::Header,
@@ -173,7 +165,7 @@ impl<S: Source> GzDecoder<S> {
                 return Err(corrupt("header checksum mismatch"));
             }
         }
-        self.inflater.init();
+        self.inflater.reset();
         self.crc = Crc32::new();
         self.size = 0;
         self.members += 1;
@@ -184,31 +176,18 @@ impl<S: Source> GzDecoder<S> {
     fn inflate(&mut self) -> Result<()> {
         self.fill()?;
         let input = self.input.get(self.in_pos..self.in_end).unwrap_or_default();
-        let (status, consumed, produced) = decompress(
-            &mut self.inflater,
-            input,
-            &mut self.window,
-            self.wpos,
-            inflate_flags::TINFL_FLAG_HAS_MORE_INPUT,
-        );
-        self.in_pos = (self.in_pos + consumed).min(self.in_end);
-        let out = self
-            .window
-            .get(self.wpos..self.wpos + produced)
-            .ok_or_else(|| corrupt("inflate overran its window"))?;
-        self.crc.update(out);
-        self.size = self.size.wrapping_add(produced as u32);
-        self.pending_at = self.wpos;
-        self.pending_len = produced;
-        self.wpos = (self.wpos + produced) & (WINDOW - 1);
-        match status {
-            TINFLStatus::Done => self.state = State::Trailer,
+        let (step, used, out) = self.inflater.step(input);
+        self.in_pos = (self.in_pos + used).min(self.in_end);
+        let data = self.inflater.output(out.clone());
+        self.crc.update(data);
+        self.size = self.size.wrapping_add(data.len() as u32);
+        self.pending = out;
+        match step {
+            Step::Done => self.state = State::Trailer,
             // Only when all input is used; the end of the source then means it was cut short.
-            TINFLStatus::NeedsMoreInput if self.eof && self.in_pos == self.in_end => return Err(truncated()),
-            TINFLStatus::NeedsMoreInput | TINFLStatus::HasMoreOutput => {}
-            TINFLStatus::FailedCannotMakeProgress => return Err(truncated()),
-            TINFLStatus::Failed => return Err(corrupt("invalid deflate data")),
-            _ => return Err(corrupt("inflate failed")),
+            Step::More if self.eof && self.in_pos == self.in_end && self.pending.is_empty() => return Err(truncated()),
+            Step::More => {}
+            Step::Corrupt => return Err(corrupt("invalid deflate data")),
         }
         Ok(())
     }
@@ -246,16 +225,13 @@ impl<S: Source> Source for GzDecoder<S> {
             return Ok(0);
         }
         loop {
-            if self.pending_len > 0 {
-                let n = self.pending_len.min(out.len());
-                let src = self
-                    .window
-                    .get(self.pending_at..self.pending_at + n)
-                    .unwrap_or_default();
+            if !self.pending.is_empty() {
+                let n = self.pending.len().min(out.len());
+                let start = self.pending.start;
+                let src = self.inflater.output(start..start + n);
                 let dest = out.get_mut(..src.len()).unwrap_or_default();
                 dest.copy_from_slice(src);
-                self.pending_at += n;
-                self.pending_len -= n;
+                self.pending.start += n;
                 return Ok(n);
             }
             match self.state {

@@ -1,15 +1,23 @@
-//! The guest's side of the host's doors: the imports of module `cab` (HTTP and the output
-//! tree), wrapped as the [`Net`] and [`Sink`] traits, and WASI's standard streams as the
-//! [`Console`]. Compiled for wasm32 only; this is the one module with `unsafe`.
+//! The guest's side of the host's doors: the imports of module `cab` (HTTP, the output tree
+//! and the scratch file), wrapped as the [`Net`] and [`Sink`] traits, and WASI's argv and
+//! standard streams (the crate has no `std`), the latter as the [`Console`]. Compiled for
+//! wasm32 only; with [`crate::heap`], the only code with `unsafe`.
 //!
-//! Every import takes pointers and lengths into our memory (i32 on wasm32) and returns an i32:
-//! non-negative on success, negative on failure, the reason kept by the host.
-
-use std::io::Write;
-use std::os::fd::FromRawFd;
+//! Every import takes pointers and lengths into our memory (i32 on wasm32) and returns an i32
+//! (`scratch_append` an i64 offset): non-negative on success, negative on failure, the reason
+//! kept by the host.
 
 use crate::error::{Error, Result};
 use crate::io::{Console, Net, Refused, Sink};
+use crate::prelude::*;
+
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+unsafe extern "C" {
+    fn args_sizes_get(argc: *mut usize, buf_len: *mut usize) -> i32;
+    fn args_get(argv: *mut *mut u8, buf: *mut u8) -> i32;
+    fn fd_write(fd: i32, iovs: *const [usize; 2], iovs_len: usize, written: *mut usize) -> i32;
+    fn proc_exit(code: i32) -> !;
+}
 
 #[link(wasm_import_module = "cab")]
 unsafe extern "C" {
@@ -32,6 +40,8 @@ unsafe extern "C" {
     fn out_close(handle: i32) -> i32;
     fn out_symlink(path_ptr: *const u8, path_len: usize, target_ptr: *const u8, target_len: usize) -> i32;
     fn out_set_root(path_ptr: *const u8, path_len: usize) -> i32;
+    fn scratch_append(data_ptr: *const u8, data_len: usize) -> i64;
+    fn scratch_read(offset: i64, buf_ptr: *mut u8, buf_len: usize) -> i32;
 }
 
 fn check(r: i32) -> Result<i32, Refused> {
@@ -109,33 +119,74 @@ impl Sink for HostSink {
         // SAFETY: a live slice, only read.
         check(unsafe { out_set_root(path.as_ptr(), path.len()) }).map(drop)
     }
+
+    fn scratch_append(&mut self, data: &[u8]) -> Result<u64, Refused> {
+        // SAFETY: a live slice, only read.
+        u64::try_from(unsafe { scratch_append(data.as_ptr(), data.len()) }).map_err(|_| Refused)
+    }
+
+    fn scratch_read(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, Refused> {
+        let offset = i64::try_from(offset).map_err(|_| Refused)?;
+        // SAFETY: the host writes at most `buf.len()` bytes into `buf`, which we own mutably.
+        let n = check(unsafe { scratch_read(offset, buf.as_mut_ptr(), buf.len()) })?;
+        usize::try_from(n).map_err(|_| Refused)
+    }
 }
 
 /// WASI standard output (the protocol) and standard error (the log).
 pub struct Stdio;
 
+/// Writes all of `data` to WASI descriptor `fd` (1 or 2), unbuffered: a protocol line must
+/// reach the host before we go on.
+fn write_fd(fd: i32, mut data: &[u8]) -> Result<(), Refused> {
+    while !data.is_empty() {
+        let iov = [data.as_ptr() as usize, data.len()];
+        let mut written = 0;
+        // SAFETY: one iovec over a live slice, which the host only reads.
+        if unsafe { fd_write(fd, &iov, 1, &mut written) } != 0 || written == 0 {
+            return Err(Refused);
+        }
+        data = data.get(written..).unwrap_or_default();
+    }
+    Ok(())
+}
+
 impl Console for Stdio {
     fn announce(&mut self, line: &str) -> Result<()> {
-        // Straight to WASI fd 1, not through std's line-buffered `Stdout`: the line must
-        // reach the host before we go on, and the unbuffered descriptor costs less code.
-        // SAFETY: fd 1 is WASI's standard output for the whole run; `ManuallyDrop` keeps this
-        // `File` from closing it.
-        let mut out = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(1) });
-        out.write_all(line.as_bytes())
-            .and_then(|()| out.flush())
-            .map_err(|_| Error::new("cannot write to standard output"))
+        write_fd(1, line.as_bytes()).map_err(|_| Error::new("cannot write to standard output"))
     }
 
     fn note(&mut self, message: &str) {
         // Nothing to do if the log is gone; the exit code still tells.
-        let _ = writeln!(std::io::stderr().lock(), "fetcher: {message}");
+        let _ = write_fd(2, format!("fetcher: {message}\n").as_bytes());
     }
+}
+
+/// WASI argv, each argument checked to be UTF-8.
+fn args() -> Option<Vec<String>> {
+    let (mut argc, mut len) = (0, 0);
+    // SAFETY: two out-pointers to locals.
+    if unsafe { args_sizes_get(&mut argc, &mut len) } != 0 {
+        return None;
+    }
+    let mut pointers = vec![core::ptr::null_mut(); argc];
+    let mut buf = vec![0u8; len];
+    // SAFETY: room for `argc` pointers and `len` bytes, as the host just said it needs.
+    if unsafe { args_get(pointers.as_mut_ptr(), buf.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // The arguments are laid out one after the other, each ended by a NUL.
+    let mut args = buf
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8(a.to_vec()).ok())
+        .collect::<Option<Vec<_>>>()?;
+    args.truncate(argc);
+    Some(args)
 }
 
 /// Runs the fetcher on WASI argv and returns the exit code.
 pub fn main() -> i32 {
-    let argv: Option<Vec<String>> = std::env::args_os().map(|a| a.into_string().ok()).collect();
-    let result = match argv {
+    let result = match args() {
         Some(argv) => crate::run(&argv, &mut HostNet, &mut HostSink, &mut Stdio),
         None => Err(Error::usage("an argument is not UTF-8")),
     };
@@ -146,4 +197,12 @@ pub fn main() -> i32 {
             e.code()
         }
     }
+}
+
+/// What a panic does: say so, and exit with code 101 (as Rust programs do). The library is
+/// written not to panic; this is the last line.
+pub fn panicked() -> ! {
+    let _ = write_fd(2, b"fetcher: internal error (panic)\n");
+    // SAFETY: ends the program.
+    unsafe { proc_exit(101) }
 }

@@ -4,6 +4,7 @@
 //! are plain Rust values, which is what lets the whole fetch run natively under `cargo test`.
 
 use crate::error::{Error, Result};
+use crate::prelude::*;
 
 /// A host call failed. The host keeps the detailed reason and reports it itself, so the guest
 /// only learns *that* it failed; the caller names the operation and the path or URL.
@@ -111,6 +112,11 @@ pub trait Sink {
     fn symlink(&mut self, path: &[u8], target: &[u8]) -> Result<(), Refused>;
     /// Says that the tree is the directory `path`, not the whole output.
     fn set_root(&mut self, path: &[u8]) -> Result<(), Refused>;
+    /// Appends to the run's scratch file (beside the output, never part of it); returns the
+    /// offset the bytes were written at.
+    fn scratch_append(&mut self, data: &[u8]) -> Result<u64, Refused>;
+    /// Reads scratch bytes at `offset` into `buf`; fewer than asked only at the end.
+    fn scratch_read(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, Refused>;
 }
 
 /// HTTP, as the host offers it: redirects followed, credentials added, hosts checked.

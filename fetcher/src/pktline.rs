@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::io::{Source, read_full};
+use crate::prelude::*;
 
 /// The largest packet git allows, length prefix included.
 pub const MAX_PACKET: usize = 65520;
@@ -52,27 +53,13 @@ impl<S: Source> PktReader<S> {
 
     /// The next packet, or `None` when the stream ends cleanly between packets.
     pub fn next_packet(&mut self) -> Result<Option<Packet<'_>>> {
-        let mut head = [0u8; 4];
-        match read_full(&mut self.src, &mut head)? {
-            0 => return Ok(None),
-            4 => {}
-            _ => return Err(Error::new("truncated pkt-line stream")),
-        }
-        let mut len = 0usize;
-        for b in head {
-            let digit = (b as char)
-                .to_digit(16)
-                .ok_or_else(|| Error::new("malformed pkt-line length"))?;
-            len = len * 16 + digit as usize;
-        }
-        match len {
-            0 => return Ok(Some(Packet::Flush)),
-            1 => return Ok(Some(Packet::Delim)),
-            2 => return Ok(Some(Packet::ResponseEnd)),
-            3 => return Err(Error::new("malformed pkt-line length")),
-            _ if len > MAX_PACKET => return Err(Error::new("malformed pkt-line length")),
-            _ => {}
-        }
+        let len = match read_len(&mut self.src)? {
+            None => return Ok(None),
+            Some(0) => return Ok(Some(Packet::Flush)),
+            Some(1) => return Ok(Some(Packet::Delim)),
+            Some(2) => return Ok(Some(Packet::ResponseEnd)),
+            Some(len) => len,
+        };
         self.buf.resize(len - 4, 0);
         if read_full(&mut self.src, &mut self.buf)? != self.buf.len() {
             return Err(Error::new("truncated pkt-line stream"));
@@ -84,6 +71,28 @@ impl<S: Source> PktReader<S> {
     pub fn into_inner(self) -> S {
         self.src
     }
+}
+
+/// Reads a packet's length prefix: `None` when the stream ends cleanly before one, 0, 1 or 2
+/// for the special packets, else the data packet's length (at least 4, prefix included).
+pub fn read_len<S: Source>(src: &mut S) -> Result<Option<usize>> {
+    let mut head = [0u8; 4];
+    match read_full(src, &mut head)? {
+        0 => return Ok(None),
+        4 => {}
+        _ => return Err(Error::new("truncated pkt-line stream")),
+    }
+    let mut len = 0usize;
+    for b in head {
+        let digit = (b as char)
+            .to_digit(16)
+            .ok_or_else(|| Error::new("malformed pkt-line length"))?;
+        len = len * 16 + digit as usize;
+    }
+    if len == 3 || len > MAX_PACKET {
+        return Err(Error::new("malformed pkt-line length"));
+    }
+    Ok(Some(len))
 }
 
 /// A data payload without its one optional trailing newline.

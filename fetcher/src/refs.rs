@@ -6,6 +6,7 @@
 use crate::error::{Error, Result, show};
 use crate::io::Source;
 use crate::pktline::{self, Packet, PktReader};
+use crate::prelude::*;
 use crate::suggest::Nearest;
 
 /// What the user asked for.
@@ -237,7 +238,8 @@ pub fn parse_v0_line(line: &[u8]) -> Result<(String, &[u8])> {
     Ok((oid, name))
 }
 
-fn server_error(payload: &[u8]) -> Option<Error> {
+/// The error an `ERR <message>` packet carries, if `payload` is one.
+pub fn server_error(payload: &[u8]) -> Option<Error> {
     let msg = pktline::line(payload).strip_prefix(b"ERR ")?;
     Some(Error::new(format!("the git server said: {}", show(msg))))
 }
@@ -245,8 +247,12 @@ fn server_error(payload: &[u8]) -> Option<Error> {
 /// Which protocol the server speaks, from its `info/refs` answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
-    /// It sent a v2 capability advertisement: ask with `ls-refs`.
-    V2,
+    /// It sent a v2 capability advertisement: ask with `ls-refs`. `filter`: its `fetch`
+    /// takes `filter` (partial clone), so a commit can be fetched without its tree.
+    V2 {
+        /// Whether `fetch=` lists `filter`.
+        filter: bool,
+    },
     /// It listed its refs (v0 or v1); they have been fed to the resolver.
     V0,
 }
@@ -260,7 +266,7 @@ pub fn read_advertisement<S: Source>(reader: &mut PktReader<S>, resolver: &mut R
             b"# service=git-upload-pack" => {}
             // git's own http-backend leaves the service line out when it answers with v2
             // (GitHub keeps it); git's client accepts both, and so do we.
-            b"version 2" => return Ok(Protocol::V2),
+            b"version 2" => return v2_capabilities(reader),
             _ => return Err(server_error(d).unwrap_or_else(not_smart)),
         },
         _ => return Err(not_smart()),
@@ -278,7 +284,7 @@ pub fn read_advertisement<S: Source>(reader: &mut PktReader<S>, resolver: &mut R
                 }
                 let l = pktline::line(d);
                 if first && l == b"version 2" {
-                    return Ok(Protocol::V2);
+                    return v2_capabilities(reader);
                 }
                 if first && l == b"version 1" {
                     first = false;
@@ -294,6 +300,17 @@ pub fn read_advertisement<S: Source>(reader: &mut PktReader<S>, resolver: &mut R
             Some(_) => return Err(Error::new("unexpected packet in the ref advertisement")),
         }
     }
+}
+
+/// Reads the rest of a v2 capability advertisement (after `version 2`), up to its flush.
+fn v2_capabilities<S: Source>(reader: &mut PktReader<S>) -> Result<Protocol> {
+    let mut filter = false;
+    while let Some(Packet::Data(d)) = reader.next_packet()? {
+        if let Some(features) = pktline::line(d).strip_prefix(b"fetch=") {
+            filter = features.split(|&b| b == b' ').any(|f| f == b"filter");
+        }
+    }
+    Ok(Protocol::V2 { filter })
 }
 
 /// Reads an `ls-refs` answer into `resolver`, up to its flush.
@@ -454,18 +471,25 @@ mod tests {
         let mut r = Resolver::new(&Want::Head);
         assert_eq!(
             read_advertisement(&mut PktReader::new(data.as_slice()), &mut r).unwrap(),
-            Protocol::V2
+            Protocol::V2 { filter: false }
         );
     }
 
     #[test]
     fn advertisement_v2_without_service_line() {
         // As git http-backend sends it.
-        let data = pkts(&["version 2\n", "agent=git/2.47.3\n", "ls-refs=unborn\n", "0000"]);
+        let data = pkts(&[
+            "version 2\n",
+            "agent=git/2.47.3\n",
+            "ls-refs=unborn\n",
+            "fetch=shallow wait-for-done filter\n",
+            "server-option\n",
+            "0000",
+        ]);
         let mut r = Resolver::new(&Want::Head);
         assert_eq!(
             read_advertisement(&mut PktReader::new(data.as_slice()), &mut r).unwrap(),
-            Protocol::V2
+            Protocol::V2 { filter: true }
         );
     }
 

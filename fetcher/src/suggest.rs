@@ -2,6 +2,8 @@
 //! closest to what was asked for. Refs arrive as a stream that may be long, so only the best
 //! few are kept as they pass.
 
+use crate::prelude::*;
+
 /// How many suggestions an error lists.
 pub const MAX_SUGGESTIONS: usize = 10;
 
@@ -14,7 +16,7 @@ const MAX_COMPARED: usize = 128;
 pub struct Nearest {
     wanted: Vec<u8>,
     /// Sorted best first: (edit distance, longer shared prefix first, name).
-    best: Vec<(usize, std::cmp::Reverse<usize>, Vec<u8>)>,
+    best: Vec<(usize, core::cmp::Reverse<usize>, Vec<u8>)>,
 }
 
 impl Nearest {
@@ -41,7 +43,7 @@ impl Nearest {
         }
         let score = (
             distance(&self.wanted, key),
-            std::cmp::Reverse(shared_prefix(&self.wanted, key)),
+            core::cmp::Reverse(shared_prefix(&self.wanted, key)),
         );
         let at = self
             .best
@@ -86,7 +88,7 @@ pub fn distance(a: &[u8], b: &[u8]) -> usize {
         if let Some(c) = cur.first_mut() {
             *c = i + 1;
         }
-        std::mem::swap(&mut prev, &mut cur);
+        core::mem::swap(&mut prev, &mut cur);
     }
     prev.last().copied().unwrap_or(0)
 }

@@ -7,10 +7,11 @@
 //! or that could escape the output (absolute paths, `..`). The host checks paths again; this is
 //! the first line, and the one that can say which member was wrong.
 
-use std::collections::BTreeSet;
+use alloc::collections::BTreeSet;
 
 use crate::error::{Error, Result, show};
 use crate::io::{Sink, Source, read_full};
+use crate::prelude::*;
 
 const BLOCK: usize = 512;
 /// How much of an entry's contents is passed to the sink at once.
@@ -132,14 +133,14 @@ struct Overrides {
 }
 
 /// Parses pax records, `<length> <key>=<value>\n`, keeping the keys we use.
-fn parse_pax(mut data: &[u8], next: &mut Overrides) -> std::result::Result<(), &'static str> {
+fn parse_pax(mut data: &[u8], next: &mut Overrides) -> core::result::Result<(), &'static str> {
     const BAD: &str = "malformed pax header";
     while let Some(&first) = data.first() {
         if first == 0 {
             break; // NUL padding after the last record
         }
         let sp = data.iter().position(|&b| b == b' ').ok_or(BAD)?;
-        let len = std::str::from_utf8(data.get(..sp).ok_or(BAD)?)
+        let len = core::str::from_utf8(data.get(..sp).ok_or(BAD)?)
             .ok()
             .and_then(|s| s.parse::<usize>().ok())
             .ok_or(BAD)?;
@@ -155,7 +156,7 @@ fn parse_pax(mut data: &[u8], next: &mut Overrides) -> std::result::Result<(), &
             b"size" => {
                 next.size = match value {
                     None => None,
-                    Some(v) => Some(std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).ok_or(BAD)?),
+                    Some(v) => Some(core::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).ok_or(BAD)?),
                 }
             }
             k if k.starts_with(b"GNU.sparse.") => return Err("sparse files are not supported"),
@@ -168,7 +169,7 @@ fn parse_pax(mut data: &[u8], next: &mut Overrides) -> std::result::Result<(), &
 
 /// A member's path made safe: relative, `/`-separated, without empty or `.` components (so a
 /// leading `./` goes), refusing `..` and NUL. Empty for `.` or `./` alone.
-fn normalize(name: &[u8]) -> std::result::Result<Vec<u8>, &'static str> {
+fn normalize(name: &[u8]) -> core::result::Result<Vec<u8>, &'static str> {
     if name.starts_with(b"/") {
         return Err("absolute path");
     }
@@ -282,7 +283,7 @@ impl<S: Source, K: Sink> Extractor<'_, S, K> {
                 b'L' => next.gnu_name = Some(cstr(&self.read_meta(&h, size)?).to_vec()),
                 b'K' => next.gnu_link = Some(cstr(&self.read_meta(&h, size)?).to_vec()),
                 typeflag => {
-                    let o = std::mem::take(&mut next);
+                    let o = core::mem::take(&mut next);
                     let name = o.path.or(o.gnu_name).unwrap_or_else(|| h.name());
                     let link = o.linkpath.or(o.gnu_link).unwrap_or_else(|| h.linkname());
                     let size = o.size.unwrap_or(size);
@@ -416,7 +417,8 @@ impl<S: Source, K: Sink> Extractor<'_, S, K> {
     }
 }
 
-fn failed(op: &str, path: &[u8]) -> Error {
+/// A host call that failed for `path`, named.
+pub fn failed(op: &str, path: &[u8]) -> Error {
     Error::new(format!("{op} failed for `{}`", show(path)))
 }
 

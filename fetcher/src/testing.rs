@@ -30,6 +30,8 @@ pub struct RecordingSink {
     next: i32,
     /// Refuse any call naming this path.
     pub refuse: Option<String>,
+    /// The scratch file.
+    pub scratch: Vec<u8>,
 }
 
 impl RecordingSink {
@@ -120,6 +122,18 @@ impl Sink for RecordingSink {
         self.calls.push(format!("root {p}"));
         self.root = Some(p);
         Ok(())
+    }
+
+    fn scratch_append(&mut self, data: &[u8]) -> Result<u64, Refused> {
+        self.scratch.extend_from_slice(data);
+        Ok((self.scratch.len() - data.len()) as u64)
+    }
+
+    fn scratch_read(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, Refused> {
+        let rest = self.scratch.get(offset as usize..).ok_or(Refused)?;
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        Ok(n)
     }
 }
 
@@ -248,5 +262,168 @@ pub fn archive(entries: &[([u8; 512], &[u8])]) -> Vec<u8> {
         out.resize(out.len().next_multiple_of(512), 0);
     }
     out.extend_from_slice(&[0; 1024]);
+    out
+}
+
+/// Runs git with no user or system configuration and a fixed identity and date, in `dir`.
+pub fn git(dir: &Path, args: &[&str]) -> Vec<u8> {
+    run(Command::new("git")
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
+        .env("GIT_AUTHOR_DATE", "2024-01-01T00:00:00Z")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
+        .env("GIT_COMMITTER_DATE", "2024-01-01T00:00:00Z")
+        .args(args))
+}
+
+/// `git` with `input` on standard input.
+pub fn git_with_input(dir: &Path, args: &[&str], input: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("git")
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("git");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success(), "git {args:?}");
+    out.stdout
+}
+
+/// A work tree at `dir` with history: text files edited over several commits (so that packs
+/// hold deltas and delta chains), an executable, symlinks, nested directories, files larger
+/// than the inflate window, an empty file, and a submodule entry. Returns the commit ids,
+/// oldest first.
+pub fn git_repo(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    std::fs::create_dir_all(dir).unwrap();
+    git(dir, &["init", "-q", "-b", "main"]);
+    let write = |p: &str, data: &[u8], mode: u32| {
+        let path = dir.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, data).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let text = |version: usize| -> Vec<u8> {
+        (0..2000)
+            .map(|i| {
+                if i % 97 == version % 97 {
+                    format!("line {i} changed in version {version}\n")
+                } else {
+                    format!("line {i} of a long text file that stays mostly the same\n")
+                }
+            })
+            .collect::<String>()
+            .into_bytes()
+    };
+    let mut commits = Vec::new();
+    for version in 0..12 {
+        write("src/text.txt", &text(version), 0o644);
+        write("src/copy.txt", &text(version + 1000), 0o644);
+        write(
+            &format!("notes/{version}.md"),
+            format!("note {version}\n").as_bytes(),
+            0o644,
+        );
+        if version == 0 {
+            write("run.sh", b"#!/bin/sh\necho hi\n", 0o755);
+            write("empty", b"", 0o644);
+            write("a/b/c/deep.txt", b"deep\n", 0o644);
+            write("big/noise.bin", &noise(300_000, 11), 0o644);
+            write("big/zeros.bin", &vec![0; 1_000_000], 0o644);
+            symlink("a/b", dir.join("link")).unwrap();
+            symlink("../../etc/passwd", dir.join("a/up")).unwrap();
+        }
+        git(dir, &["add", "-A"]);
+        // (`add -A` drops the submodule, which has no work tree here; put it back each time.)
+        let sub = "0123456789abcdef0123456789abcdef01234567";
+        git(
+            dir,
+            &["update-index", "--add", "--cacheinfo", &format!("160000,{sub},sub")],
+        );
+        git(dir, &["commit", "-q", "-m", &format!("version {version}")]);
+        commits.push(
+            String::from_utf8(git(dir, &["rev-parse", "HEAD"]))
+                .unwrap()
+                .trim()
+                .to_owned(),
+        );
+    }
+    commits
+}
+
+/// What `git archive` makes of `rev` in the repository at `repo`, as a recorded tree.
+pub fn git_archive_tree(repo: &Path, rev: &str) -> BTreeMap<String, Node> {
+    use std::os::unix::fs::PermissionsExt;
+    let tar = git(repo, &["archive", "--format=tar", rev]);
+    let out = TempDir::new(&format!("archive-{rev}"));
+    let mut child = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(out.path())
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&tar).unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+    let mut tree = BTreeMap::new();
+    fn walk(dir: &Path, prefix: &str, tree: &mut BTreeMap<String, Node>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            let path = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let meta = std::fs::symlink_metadata(entry.path()).unwrap();
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(entry.path()).unwrap();
+                tree.insert(path, Node::Symlink(target.into_os_string().into_encoded_bytes()));
+            } else if meta.is_dir() {
+                tree.insert(path.clone(), Node::Dir);
+                walk(&entry.path(), &path, tree);
+            } else {
+                let data = std::fs::read(entry.path()).unwrap();
+                let executable = meta.permissions().mode() & 0o100 != 0;
+                tree.insert(path, Node::File { executable, data });
+            }
+        }
+    }
+    walk(out.path(), "", &mut tree);
+    tree
+}
+
+/// A pack of whole objects, given as (type number, contents).
+pub fn pack(objects: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut out = b"PACK\0\0\0\x02".to_vec();
+    out.extend_from_slice(&(objects.len() as u32).to_be_bytes());
+    for (kind, data) in objects {
+        let mut size = data.len();
+        out.push((kind << 4) | (size & 15) as u8);
+        size >>= 4;
+        while size > 0 {
+            *out.last_mut().unwrap() |= 0x80;
+            out.push((size & 0x7f) as u8);
+            size >>= 7;
+        }
+        out.extend(miniz_oxide::deflate::compress_to_vec_zlib(data, 6));
+    }
+    let sum = crate::sha1::sha1(&out);
+    out.extend_from_slice(&sum);
     out
 }

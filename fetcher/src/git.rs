@@ -1,0 +1,304 @@
+//! The `git` format: any smart-HTTP git server, over the pack protocol. The ref is resolved as
+//! for `github` (`ls-refs`, or the v0 ref list) and the commit announced (`git-rev`); then a
+//! shallow fetch (`deepen 1`) asks for the commit, its tree and their blobs. The pack streams
+//! through side-band demultiplexing into [`Pack`], which spools it to the scratch file and
+//! checks it, and the commit's tree is written out.
+//!
+//! The tree is announced (`git-tree`) as soon as the commit is read, before any file is
+//! written: the host may hold that tree already and stop the run. Git sends the commit first,
+//! so that is early in the pack; and when the server can filter, the commit is fetched alone
+//! before the pack, so that a stored tree costs no pack at all.
+
+use alloc::rc::Rc;
+use core::cell::{Cell, RefCell};
+
+use crate::args::Git;
+use crate::error::{Error, Result, show};
+use crate::fetch::{UPLOAD_PACK_HEADERS, discover, resolve};
+use crate::io::{Body, Buffered, Console, Net, Sink, Source, read_full};
+use crate::pack::{BLOB, COMMIT, Pack, TREE};
+use crate::pktline::{self, Packet, PktReader};
+use crate::prelude::*;
+use crate::refs::{Protocol, Resolver, Want, server_error};
+use crate::sha1::{hex, parse_hex};
+use crate::tar::failed;
+
+/// Fetches `g` into `sink`.
+pub fn fetch<N: Net, K: Sink, C: Console>(g: &Git, net: &mut N, sink: &mut K, console: &mut C) -> Result<()> {
+    let (sha, protocol) = match &g.rev {
+        Some(rev) => (rev.clone(), None),
+        None => {
+            let (sha, protocol) = resolve(net, console, &g.url, &g.url, g.reference.as_deref())?;
+            (sha, Some(protocol))
+        }
+    };
+    // Before any download: the host may hold this commit's tree already and stop us here.
+    console.announce(&format!("git-rev {sha}\n"))?;
+    let protocol = match protocol {
+        Some(p) => p,
+        None => discover(net, &g.url, &mut Resolver::new(&Want::Head))?,
+    };
+    let want = parse_hex(sha.as_bytes()).ok_or_else(|| Error::new("bad commit id"))?;
+    let fetch = Fetch {
+        url: format!("{}/git-upload-pack", g.url),
+        sha,
+        want,
+        tree: Cell::new(None),
+        console: RefCell::new(console),
+    };
+    if protocol == (Protocol::V2 { filter: true }) {
+        // The commit alone first (`filter tree:0`): a few hundred bytes that tell its tree,
+        // which the host may hold already. Only an optimisation, so a server that fails it
+        // still gets asked for the whole pack.
+        if let Err(e) = fetch.pack(net, sink, &request(&fetch.sha, protocol, true)?) {
+            fetch.note(&format!("fetching the commit alone failed ({e}); fetching it whole"));
+        }
+    }
+    fetch.note(&format!("fetching {} from {}", fetch.sha, g.url));
+    let mut pack = fetch.pack(net, sink, &request(&fetch.sha, protocol, false)?)?;
+    let commit = match pack.lookup(&want) {
+        Some((i, COMMIT)) => pack.load(sink, i)?,
+        _ => return Err(Error::new(format!("the pack holds no commit {}", fetch.sha))),
+    };
+    // Normally announced as the commit arrived; a deltified commit is only known now.
+    fetch.tree(&commit)?;
+    let tree = fetch.tree.get().ok_or_else(|| Error::new("no tree"))?;
+    checkout(&mut pack, sink, &tree)
+}
+
+/// One commit's fetch: where from, what, and what has been learnt of it.
+struct Fetch<'c, C> {
+    url: String,
+    sha: String,
+    want: [u8; 20],
+    /// The commit's tree, once known (and announced).
+    tree: Cell<Option<[u8; 20]>>,
+    /// Shared by the side-band reader (progress) and the commit hook (`git-tree`), which
+    /// never run at the same time.
+    console: RefCell<&'c mut C>,
+}
+
+impl<C: Console> Fetch<'_, C> {
+    fn note(&self, message: &str) {
+        if let Ok(mut c) = self.console.try_borrow_mut() {
+            c.note(message);
+        }
+    }
+
+    /// Takes the start of the wanted commit: announces its tree, the first time.
+    fn tree(&self, commit: &[u8]) -> Result<()> {
+        if self.tree.get().is_some() {
+            return Ok(());
+        }
+        let tree = commit
+            .strip_prefix(b"tree ")
+            .and_then(|rest| parse_hex(rest.get(..40)?))
+            .ok_or_else(|| Error::new(format!("commit {} has no tree line", self.sha)))?;
+        self.tree.set(Some(tree));
+        let mut console = self.console.try_borrow_mut().map_err(|_| Error::new("console busy"))?;
+        console.announce(&format!("git-tree {}\n", hex(&tree)))
+    }
+
+    /// POSTs a fetch request and reads the pack that answers it.
+    fn pack<N: Net, K: Sink>(&self, net: &mut N, sink: &mut K, body: &[u8]) -> Result<Pack> {
+        let url = &self.url;
+        let body = Body::open(net, "POST", url, UPLOAD_PACK_HEADERS, body)?;
+        let mut reader = PktReader::new(Buffered::new(body, 32 * 1024));
+        // Everything before the pack: v2's `shallow-info` section up to the `packfile` line,
+        // or v0's shallow lines and its NAK.
+        loop {
+            match reader.next_packet().map_err(|e| e.context(url))? {
+                Some(Packet::Data(d)) => {
+                    let line = pktline::line(d);
+                    if line == b"packfile" || line == b"NAK" || line.starts_with(b"ACK ") {
+                        break;
+                    }
+                    if let Some(e) = server_error(d) {
+                        return Err(e);
+                    }
+                }
+                Some(_) => {}
+                None => return Err(Error::new(format!("{url}: the answer ended before the pack"))),
+            }
+        }
+        let mut demux = Demux {
+            src: reader.into_inner(),
+            left: 0,
+            done: false,
+            fetch: self,
+        };
+        let pack = Pack::read(&mut demux, sink, &mut |id, head| {
+            if *id == self.want { self.tree(head) } else { Ok(()) }
+        })
+        .map_err(|e| e.context(url))?;
+        demux.src.into_inner().close()?;
+        Ok(pack)
+    }
+}
+
+/// The body of a fetch request for one commit, shallow, deltas by offset, no progress; with
+/// `alone`, without its tree and blobs.
+fn request(sha: &str, protocol: Protocol, alone: bool) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    if let Protocol::V2 { .. } = protocol {
+        pktline::encode(&mut body, b"command=fetch\n")?;
+        body.extend_from_slice(pktline::DELIM);
+        pktline::encode(&mut body, format!("want {sha}\n").as_bytes())?;
+        let filter: &[&str] = if alone { &["filter tree:0\n"] } else { &[] };
+        for arg in ["deepen 1\n", "ofs-delta\n", "no-progress\n"]
+            .iter()
+            .chain(filter)
+            .chain(&["done\n"])
+        {
+            pktline::encode(&mut body, arg.as_bytes())?;
+        }
+        body.extend_from_slice(pktline::FLUSH);
+    } else {
+        // v0 (gitprotocol-pack): capabilities ride on the first want.
+        let want = format!("want {sha} side-band-64k ofs-delta shallow no-progress\n");
+        pktline::encode(&mut body, want.as_bytes())?;
+        pktline::encode(&mut body, b"deepen 1\n")?;
+        body.extend_from_slice(pktline::FLUSH);
+        pktline::encode(&mut body, b"done\n")?;
+    }
+    Ok(body)
+}
+
+/// The pack data of a side-band-64k stream: band 1 is the pack, band 2 progress (to the
+/// log), band 3 a fatal error from the server; a flush ends it.
+struct Demux<'f, 'c, S, C> {
+    src: S,
+    /// Pack bytes left in the current packet.
+    left: usize,
+    done: bool,
+    fetch: &'f Fetch<'c, C>,
+}
+
+impl<S: Source, C: Console> Source for Demux<'_, '_, S, C> {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
+        while self.left == 0 {
+            if self.done {
+                return Ok(0);
+            }
+            let len = pktline::read_len(&mut self.src)?.ok_or_else(|| Error::new("the pack stream ended early"))?;
+            if len == 0 {
+                self.done = true;
+                continue;
+            }
+            let mut band = [0u8];
+            if len < 5 || read_full(&mut self.src, &mut band)? != 1 {
+                return Err(Error::new("malformed side-band packet"));
+            }
+            if band == [1] {
+                self.left = len - 5;
+                continue;
+            }
+            let mut message = vec![0; len - 5];
+            if read_full(&mut self.src, &mut message)? != message.len() {
+                return Err(Error::new("truncated pkt-line stream"));
+            }
+            let text = show(pktline::line(&message));
+            match band {
+                [2] => self.fetch.note(text.trim_end_matches(['\r', '\n'])),
+                [3] => return Err(Error::new(format!("the git server said: {text}"))),
+                _ => return Err(Error::new("malformed side-band packet")),
+            }
+        }
+        let want = self.left.min(buf.len());
+        let n = self.src.read(buf.get_mut(..want).unwrap_or_default())?;
+        if n == 0 && want > 0 {
+            return Err(Error::new("the pack stream ended early"));
+        }
+        self.left -= n.min(want);
+        Ok(n)
+    }
+}
+
+/// One tree entry: mode, name, id; and its length.
+fn entry(data: &[u8]) -> Option<(u32, &[u8], [u8; 20], usize)> {
+    let space = data.iter().position(|&b| b == b' ')?;
+    let nul = data.iter().position(|&b| b == 0)?;
+    let mut mode = 0u32;
+    for &b in data.get(..space)? {
+        mode = mode.checked_mul(8)?.checked_add(char::from(b).to_digit(8)?)?;
+    }
+    let name = data.get(space + 1..nul)?;
+    let id: [u8; 20] = data.get(nul + 1..nul + 21)?.try_into().ok()?;
+    Some((mode, name, id, nul + 21))
+}
+
+/// Writes the tree `root` into `sink` as the output's top level: directories, files with their
+/// executable bit, symlinks, and an empty directory for each submodule (as `git archive`
+/// leaves it). Depth-first, with the trees being walked on an explicit stack.
+fn checkout<K: Sink>(pack: &mut Pack, sink: &mut K, root: &[u8; 20]) -> Result<()> {
+    let mut path = Vec::new();
+    let mut stack: Vec<(Rc<Vec<u8>>, usize, usize)> = Vec::new();
+    let mut next = Some(*root);
+    loop {
+        if let Some(id) = next.take() {
+            let tree = match pack.lookup(&id) {
+                Some((i, TREE)) => pack.load(sink, i)?,
+                _ => return Err(missing(&path, &id, "tree")),
+            };
+            stack.push((tree, 0, path.len()));
+        }
+        let Some((tree, pos, len)) = stack.last_mut() else {
+            break;
+        };
+        let rest = tree.get(*pos..).unwrap_or_default();
+        if rest.is_empty() {
+            stack.pop();
+            continue;
+        }
+        path.truncate(*len);
+        let (mode, name, id, used) =
+            entry(rest).ok_or_else(|| Error::new(format!("malformed tree at `{}`", show(&path))))?;
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(name);
+        if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+            return Err(Error::new(format!("a tree holds the bad name `{}`", show(&path))));
+        }
+        *pos += used;
+        match mode >> 12 {
+            // A directory, or a submodule's commit: an empty directory.
+            0o04 | 0o16 => {
+                sink.mkdir(&path).map_err(|_| failed("out_mkdir", &path))?;
+                if mode >> 12 == 0o04 {
+                    next = Some(id);
+                }
+            }
+            0o10 | 0o12 => {
+                let Some((i, BLOB)) = pack.lookup(&id) else {
+                    return Err(missing(&path, &id, "blob"));
+                };
+                if mode >> 12 == 0o12 {
+                    let target = pack.load(sink, i)?;
+                    sink.symlink(&path, &target).map_err(|_| failed("out_symlink", &path))?;
+                } else {
+                    let file = sink
+                        .create(&path, mode & 0o100 != 0)
+                        .map_err(|_| failed("out_create", &path))?;
+                    pack.stream(sink, i, &mut |sink, data| {
+                        sink.write(file, data).map_err(|_| failed("out_write", &path))
+                    })?;
+                    sink.close(file).map_err(|_| failed("out_close", &path))?;
+                }
+            }
+            _ => return Err(Error::new(format!("`{}` has the unknown mode {mode:o}", show(&path)))),
+        }
+    }
+    Ok(())
+}
+
+fn missing(path: &[u8], id: &[u8; 20], what: &str) -> Error {
+    let place = match path {
+        b"" => "the commit's tree".to_owned(),
+        _ => format!("for `{}`", show(path)),
+    };
+    Error::new(format!("the pack holds no {what} {} ({place})", hex(id)))
+}
+
+#[cfg(test)]
+mod tests;
