@@ -183,3 +183,45 @@ pub fn git_archive_extract(root: &Path, owner_repo: &str, rev: &str, dest: &Path
         .unwrap();
     assert!(status.success());
 }
+
+/// The commit `rev` (a branch, tag or commit id) names in `root/OWNER/REPO.git`, as
+/// `git rev-parse --verify REV^{commit}` prints it: annotated tags are peeled to their commit.
+pub fn rev_parse(root: &Path, owner_repo: &str, rev: &str) -> String {
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(root.join(format!("{owner_repo}.git")))
+        .args(["rev-parse", "--verify", "--quiet"])
+        .arg(format!("{rev}^{{commit}}"))
+        .output()
+        .expect("git rev-parse");
+    assert!(
+        out.status.success(),
+        "git rev-parse {rev} failed in {owner_repo}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let commit = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(commit.len(), 40, "git rev-parse printed {commit:?}");
+    commit
+}
+
+impl Forge {
+    /// Every request logged so far, once the log has been quiet for `quiet` (the forge logs
+    /// a request when it ends, e.g. when it notices that the client went away), waiting at
+    /// most `max` in all.
+    pub fn settled_requests(&self, quiet: Duration, max: Duration) -> Vec<Request> {
+        let started = Instant::now();
+        let mut last_len = fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0);
+        let mut last_change = Instant::now();
+        while started.elapsed() < max {
+            std::thread::sleep(Duration::from_millis(50));
+            let len = fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0);
+            if len != last_len {
+                last_len = len;
+                last_change = Instant::now();
+            } else if last_change.elapsed() >= quiet {
+                break;
+            }
+        }
+        self.requests()
+    }
+}
