@@ -88,6 +88,8 @@ pub struct CabFs {
     table: RwLock<Table>,
     dirs: Mutex<lru::LruCache<TreeHash, Arc<Vec<Entry>>>>,
     open: Mutex<HashMap<u64, Open>>,
+    /// Blob files for reads that come without a handle (the plain path), by inode.
+    blobs: Mutex<lru::LruCache<u64, Arc<File>>>,
     /// Passthrough backing files by inode, with the number of opens using each.
     backings: Mutex<HashMap<u64, (BackingId, usize)>>,
     next_fh: AtomicU64,
@@ -118,6 +120,7 @@ impl CabFs {
             table: RwLock::new(table),
             dirs: Mutex::new(lru::LruCache::new(NonZeroUsize::new(4096).expect("non-zero"))),
             open: Mutex::default(),
+            blobs: Mutex::new(lru::LruCache::new(NonZeroUsize::new(256).expect("non-zero"))),
             backings: Mutex::default(),
             next_fh: AtomicU64::new(1),
             passthrough: AtomicBool::new(passthrough),
@@ -125,6 +128,30 @@ impl CabFs {
             uid,
             gid,
         }
+    }
+
+    /// The blob behind a file inode, opened once and kept for a while (reads without a handle).
+    fn blob_file(&self, ino: INodeNo) -> Result<Arc<File>, Errno> {
+        if let Some(file) = self.blobs.lock().unwrap_or_else(|e| e.into_inner()).get(&ino.0) {
+            return Ok(file.clone());
+        }
+        let Some(Kind::Tree {
+            node: Node::File { blob, .. },
+            ..
+        }) = self.kind(ino)
+        else {
+            return Err(Errno::EISDIR);
+        };
+        let path = self.islands.realizer().store().blob_path(&blob);
+        let file = Arc::new(File::open(&path).map_err(|e| {
+            tracing::error!("cannot open blob {}: {e}", path.display());
+            Errno::EIO
+        })?);
+        self.blobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(ino.0, file.clone());
+        Ok(file)
     }
 
     fn remember(&self, fh: u64, open: Open) {
@@ -532,22 +559,18 @@ impl Filesystem for CabFs {
                 }
             }
         }
+        // The plain path: refuse open, so that the kernel stops sending open/release pairs
+        // (`no_open`) and keeps every file's pages (KEEP_CACHE): a warm read is then served
+        // from the page cache alone. Reads arrive with no handle and find the blob by inode.
         self.log_read_path("serving file reads without passthrough");
-        self.remember(
-            fh,
-            Open {
-                file,
-                ino: ino.0,
-                passthrough: false,
-            },
-        );
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        drop(file);
+        reply.error(Errno::ENOSYS);
     }
 
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -555,9 +578,18 @@ impl Filesystem for CabFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let file = match self.open.lock().unwrap_or_else(|e| e.into_inner()).get(&fh.0) {
-            Some(open) => open.file.clone(),
-            None => return reply.error(Errno::EBADF),
+        let opened = self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .map(|o| o.file.clone());
+        let file = match opened {
+            Some(file) => file,
+            None => match self.blob_file(ino) {
+                Ok(file) => file,
+                Err(e) => return reply.error(e),
+            },
         };
         let mut buf = vec![0u8; size as usize];
         let mut filled = 0;
