@@ -75,11 +75,10 @@ impl Table {
     }
 }
 
-/// An open file: the blob, and whether the kernel reads it through passthrough.
+/// A file opened through passthrough: its blob, and the inode whose backing it uses.
 struct Open {
     file: Arc<File>,
     ino: u64,
-    passthrough: bool,
 }
 
 /// The filesystem.
@@ -152,6 +151,14 @@ impl CabFs {
             .unwrap_or_else(|e| e.into_inner())
             .put(ino.0, file.clone());
         Ok(file)
+    }
+
+    /// The plain path: refuse open, so that the kernel stops sending open/release pairs
+    /// (`no_open`) and keeps every file's pages (KEEP_CACHE): a warm read is then served from
+    /// the page cache alone. Reads arrive with no handle and find the blob by inode.
+    fn open_plain(&self, reply: ReplyOpen) {
+        self.log_read_path("serving file reads without passthrough");
+        reply.error(Errno::ENOSYS);
     }
 
     fn remember(&self, fh: u64, open: Open) {
@@ -528,43 +535,26 @@ impl Filesystem for CabFs {
             if let Some((backing, opens)) = backings.get_mut(&ino.0) {
                 *opens += 1;
                 reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), backing);
-                self.remember(
-                    fh,
-                    Open {
-                        file,
-                        ino: ino.0,
-                        passthrough: true,
-                    },
-                );
-                return;
-            }
-            match reply.open_backing(&*file) {
-                Ok(backing) => {
-                    self.log_read_path("serving file reads through FUSE passthrough");
-                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing);
-                    backings.insert(ino.0, (backing, 1));
-                    self.remember(
-                        fh,
-                        Open {
-                            file,
-                            ino: ino.0,
-                            passthrough: true,
-                        },
-                    );
-                    return;
-                }
-                Err(e) => {
-                    tracing::info!("FUSE passthrough refused ({e}); serving reads ourselves from now on");
-                    self.passthrough.store(false, Ordering::Relaxed);
+            } else {
+                match reply.open_backing(&*file) {
+                    Ok(backing) => {
+                        self.log_read_path("serving file reads through FUSE passthrough");
+                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing);
+                        backings.insert(ino.0, (backing, 1));
+                    }
+                    Err(e) => {
+                        tracing::info!("FUSE passthrough refused ({e}); serving reads ourselves from now on");
+                        self.passthrough.store(false, Ordering::Relaxed);
+                        drop(backings);
+                        return self.open_plain(reply);
+                    }
                 }
             }
+            self.remember(fh, Open { file, ino: ino.0 });
+            return;
         }
-        // The plain path: refuse open, so that the kernel stops sending open/release pairs
-        // (`no_open`) and keeps every file's pages (KEEP_CACHE): a warm read is then served
-        // from the page cache alone. Reads arrive with no handle and find the blob by inode.
-        self.log_read_path("serving file reads without passthrough");
         drop(file);
-        reply.error(Errno::ENOSYS);
+        self.open_plain(reply);
     }
 
     fn read(
@@ -615,10 +605,7 @@ impl Filesystem for CabFs {
         reply: ReplyEmpty,
     ) {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
-        if let Some(Open {
-            ino, passthrough: true, ..
-        }) = open
-        {
+        if let Some(Open { ino, .. }) = open {
             let mut backings = self.backings.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((_, opens)) = backings.get_mut(&ino) {
                 *opens -= 1;
