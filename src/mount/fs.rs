@@ -519,16 +519,16 @@ impl Filesystem for CabFs {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        let path = self.islands.realizer().store().blob_path(&blob);
-        let file = match File::open(&path) {
-            Ok(file) => Arc::new(file),
-            Err(e) => {
-                tracing::error!("cannot open blob {}: {e}", path.display());
-                return reply.error(Errno::EIO);
-            }
-        };
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         if self.passthrough.load(Ordering::Relaxed) {
+            let path = self.islands.realizer().store().blob_path(&blob);
+            let file = match File::open(&path) {
+                Ok(file) => Arc::new(file),
+                Err(e) => {
+                    tracing::error!("cannot open blob {}: {e}", path.display());
+                    return reply.error(Errno::EIO);
+                }
+            };
+            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
             // One backing file per inode while any open of it lives: the kernel refuses a
             // second, different backing for an inode that is already open.
             let mut backings = self.backings.lock().unwrap_or_else(|e| e.into_inner());
@@ -553,7 +553,6 @@ impl Filesystem for CabFs {
             self.remember(fh, Open { file, ino: ino.0 });
             return;
         }
-        drop(file);
         self.open_plain(reply);
     }
 
