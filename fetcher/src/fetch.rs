@@ -54,29 +54,44 @@ pub fn discover<N: Net>(net: &mut N, repo_url: &str, resolver: &mut Resolver) ->
 }
 
 /// The commit `reference` (or the default branch) names in the repository at `repo_url`,
-/// asked of the server with protocol v2 `ls-refs`, or read from the v0 ref list when that is
-/// what the server sends; and which protocol that was. `name` names the repository in
-/// messages.
+/// and which protocol the server speaks when that had to be asked (`None` when a v2 `ls-refs`
+/// answered straight away). `name` names the repository in messages.
+///
+/// git asks `info/refs` first and only then `ls-refs`: two round trips. A v2 server answers
+/// `ls-refs` without the first (the exchange is stateless), and an unchanged island is
+/// meant to cost one round trip, so that is tried first; a server that does not answer it
+/// as v2 does (a v0-only server, a proxy that wants the discovery) is then asked the
+/// classic way. Only a failure to reach the server at all ends the attempt.
 pub fn resolve<N: Net, C: Console>(
     net: &mut N,
     console: &mut C,
     repo_url: &str,
     name: &str,
     reference: Option<&str>,
-) -> Result<(String, Protocol)> {
+) -> Result<(String, Option<Protocol>)> {
     let want = Want::new(reference);
     console.note(&format!("resolving {} of {name}", reference.unwrap_or("HEAD")));
+    let url = format!("{repo_url}/git-upload-pack");
     let mut resolver = Resolver::new(&want);
-    let protocol = discover(net, repo_url, &mut resolver)?;
-    if matches!(protocol, Protocol::V2 { .. }) {
-        let url = format!("{repo_url}/git-upload-pack");
-        ls_refs(net, &url, &want.prefixes(), &mut resolver)?;
-        if resolver.resolved().is_none() && want != Want::Head {
-            // The first answer held only names starting like the wanted one; ask for all
-            // branches and tags, to say which ones come close.
+    let protocol = match ls_refs_directly(net, &url, &want.prefixes(), &mut resolver)? {
+        Ok(()) => None,
+        Err(why) => {
+            console.note(&format!(
+                "{url} did not answer ls-refs ({why}); asking for its refs first"
+            ));
             resolver = Resolver::new(&want);
-            ls_refs(net, &url, &want.suggestion_prefixes(), &mut resolver)?;
+            let protocol = discover(net, repo_url, &mut resolver)?;
+            if matches!(protocol, Protocol::V2 { .. }) {
+                ls_refs(net, &url, &want.prefixes(), &mut resolver)?;
+            }
+            Some(protocol)
         }
+    };
+    if resolver.resolved().is_none() && want != Want::Head && protocol != Some(Protocol::V0) {
+        // The first answer held only names starting like the wanted one; ask for all
+        // branches and tags, to say which ones come close.
+        resolver = Resolver::new(&want);
+        ls_refs(net, &url, &want.suggestion_prefixes(), &mut resolver)?;
     }
     match resolver.resolved() {
         Some(sha) => Ok((sha, protocol)),
@@ -90,6 +105,29 @@ fn ls_refs<N: Net>(net: &mut N, url: &str, prefixes: &[String], resolver: &mut R
     let mut reader = PktReader::new(Buffered::new(body, 16 * 1024));
     refs::read_ls_refs(&mut reader, resolver).map_err(|e| e.context(url))?;
     reader.into_inner().into_inner().close()
+}
+
+/// `ls-refs` without the discovery before it. The outer error: the server could not be
+/// reached; the inner one: it answered, but not as a v2 server answers `ls-refs`.
+fn ls_refs_directly<N: Net>(
+    net: &mut N,
+    url: &str,
+    prefixes: &[String],
+    resolver: &mut Resolver,
+) -> Result<core::result::Result<(), String>> {
+    let request = refs::ls_refs_request(prefixes)?;
+    let body = match Body::answer(net, "POST", url, UPLOAD_PACK_HEADERS, &request)? {
+        Ok(body) => body,
+        Err(status) => return Ok(Err(format!("HTTP {status}"))),
+    };
+    let mut reader = PktReader::new(Buffered::new(body, 16 * 1024));
+    if let Err(e) = refs::read_ls_refs(&mut reader, resolver) {
+        // Best effort: the classic way is asked next either way.
+        let _ = reader.into_inner().into_inner().close();
+        return Ok(Err(e.message().to_owned()));
+    }
+    reader.into_inner().into_inner().close()?;
+    Ok(Ok(()))
 }
 
 fn not_found(want: &Want, repo: &str, suggestions: &[String]) -> Error {

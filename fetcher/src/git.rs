@@ -27,15 +27,16 @@ use crate::tar::failed;
 pub fn fetch<N: Net, K: Sink, C: Console>(g: &Git, net: &mut N, sink: &mut K, console: &mut C) -> Result<()> {
     let (sha, protocol) = match &g.rev {
         Some(rev) => (rev.clone(), None),
-        None => {
-            let (sha, protocol) = resolve(net, console, &g.url, &g.url, g.reference.as_deref())?;
-            (sha, Some(protocol))
-        }
+        None => resolve(net, console, &g.url, &g.url, g.reference.as_deref())?,
     };
     // Before any download: the host may hold this commit's tree already and stop us here.
     console.announce(&format!("git-rev {sha}\n"))?;
+    // A server that answered `ls-refs` straight away speaks v2; whether it can `filter` is
+    // found by trying, as a refusal costs the round trip that asking would. Given only a
+    // commit, nothing is known of the server yet: ask.
     let protocol = match protocol {
         Some(p) => p,
+        None if g.rev.is_none() => Protocol::V2 { filter: true },
         None => discover(net, &g.url, &mut Resolver::new(&Want::Head))?,
     };
     let want = parse_hex(sha.as_bytes()).ok_or_else(|| Error::new("bad commit id"))?;
@@ -99,40 +100,49 @@ impl<C: Console> Fetch<'_, C> {
         console.announce(&format!("git-tree {}\n", hex(&tree)))
     }
 
-    /// POSTs a fetch request and reads the pack that answers it.
+    /// POSTs a fetch request and reads the pack that answers it. The response is closed
+    /// either way, as a failed attempt (the commit alone) is followed by another request.
     fn pack<N: Net, K: Sink>(&self, net: &mut N, sink: &mut K, body: &[u8]) -> Result<Pack> {
         let url = &self.url;
         let body = Body::open(net, "POST", url, UPLOAD_PACK_HEADERS, body)?;
         let mut reader = PktReader::new(Buffered::new(body, 32 * 1024));
-        // Everything before the pack: v2's `shallow-info` section up to the `packfile` line,
-        // or v0's shallow lines and its NAK.
-        loop {
-            match reader.next_packet().map_err(|e| e.context(url))? {
-                Some(Packet::Data(d)) => {
-                    let line = pktline::line(d);
-                    if line == b"packfile" || line == b"NAK" || line.starts_with(b"ACK ") {
-                        break;
-                    }
-                    if let Some(e) = server_error(d) {
-                        return Err(e);
-                    }
-                }
-                Some(_) => {}
-                None => return Err(Error::new(format!("{url}: the answer ended before the pack"))),
-            }
-        }
+        let ready = skip_to_pack(&mut reader, url);
         let mut demux = Demux {
             src: reader.into_inner(),
             left: 0,
             done: false,
             fetch: self,
         };
-        let pack = Pack::read(&mut demux, sink, &mut |id, head| {
-            if *id == self.want { self.tree(head) } else { Ok(()) }
-        })
-        .map_err(|e| e.context(url))?;
-        demux.src.into_inner().close()?;
+        let pack = ready.and_then(|()| {
+            Pack::read(&mut demux, sink, &mut |id, head| {
+                if *id == self.want { self.tree(head) } else { Ok(()) }
+            })
+            .map_err(|e| e.context(url))
+        });
+        let closed = demux.src.into_inner().close();
+        let pack = pack?;
+        closed?;
         Ok(pack)
+    }
+}
+
+/// Reads what comes before the pack: v2's `shallow-info` section up to the `packfile` line,
+/// or v0's shallow lines and its NAK.
+fn skip_to_pack<S: Source>(reader: &mut PktReader<S>, url: &str) -> Result<()> {
+    loop {
+        match reader.next_packet().map_err(|e| e.context(url))? {
+            Some(Packet::Data(d)) => {
+                let line = pktline::line(d);
+                if line == b"packfile" || line == b"NAK" || line.starts_with(b"ACK ") {
+                    return Ok(());
+                }
+                if let Some(e) = server_error(d) {
+                    return Err(e);
+                }
+            }
+            Some(_) => {}
+            None => return Err(Error::new(format!("{url}: the answer ended before the pack"))),
+        }
     }
 }
 

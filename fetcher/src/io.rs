@@ -151,6 +151,18 @@ impl<'n, N: Net> Body<'n, N> {
     /// Sends a request and checks that the answer is a success (2xx); the body is then read
     /// from the returned value.
     pub fn open(net: &'n mut N, method: &str, url: &'n str, headers: &str, body: &[u8]) -> Result<Body<'n, N>> {
+        Body::answer(net, method, url, headers, body)?.map_err(|status| Error::new(format!("HTTP {status} for {url}")))
+    }
+
+    /// Sends a request; the outer error is a failure to get any answer, the inner one the
+    /// status of an answer that is not a success (for callers that try something else then).
+    pub fn answer(
+        net: &'n mut N,
+        method: &str,
+        url: &'n str,
+        headers: &str,
+        body: &[u8],
+    ) -> Result<core::result::Result<Body<'n, N>, u16>> {
         let response = net
             .open(method, url, headers, body)
             .map_err(|_| Error::new(format!("http_open failed for {url}")))?;
@@ -160,9 +172,9 @@ impl<'n, N: Net> Body<'n, N> {
         if !(200..300).contains(&status) {
             // Best effort: the failure is what matters, and the host drops everything anyway.
             let _ = net.close(response);
-            return Err(Error::new(format!("HTTP {status} for {url}")));
+            return Ok(Err(status));
         }
-        Ok(Body { net, response, url })
+        Ok(Ok(Body { net, response, url }))
     }
 
     /// Ends the response.
