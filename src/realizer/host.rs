@@ -14,6 +14,8 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -47,8 +49,8 @@ pub struct FifoBarrier {
 
 impl FifoBarrier {
     /// A barrier with nothing written yet.
-    pub fn new() -> std::sync::Arc<FifoBarrier> {
-        std::sync::Arc::new(FifoBarrier {
+    pub fn new() -> Arc<FifoBarrier> {
+        Arc::new(FifoBarrier {
             written: Default::default(),
             processed: tokio::sync::watch::Sender::new(0),
         })
@@ -82,9 +84,49 @@ pub struct Credential {
     pub authorization: String,
 }
 
+/// The realizer's HTTP clients, each made on first use. A client that verifies TLS loads the
+/// machine's root certificates, reading and parsing ~150 files (3 ms here): a stored island
+/// never needs it, and a plain-HTTP server (a local forge or mirror) gets a client without it.
+pub struct Clients {
+    plain: OnceLock<reqwest::Client>,
+    tls: OnceLock<reqwest::Client>,
+    connect_timeout: Duration,
+}
+
+impl Clients {
+    /// Clients that give up connecting after `connect_timeout`.
+    pub fn new(connect_timeout: Duration) -> Clients {
+        Clients {
+            plain: OnceLock::new(),
+            tls: OnceLock::new(),
+            connect_timeout,
+        }
+    }
+
+    /// The client for `url`'s scheme.
+    fn for_url(&self, url: &reqwest::Url) -> Result<reqwest::Client> {
+        let tls = url.scheme() == "https";
+        let cell = if tls { &self.tls } else { &self.plain };
+        if let Some(client) = cell.get() {
+            return Ok(client.clone());
+        }
+        // Redirects are followed by hand, each one checked against the island's hosts.
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(self.connect_timeout)
+            .user_agent(concat!("cab/", env!("CARGO_PKG_VERSION")));
+        if !tls {
+            // Never used for TLS: no roots to load.
+            builder = builder.tls_certs_only([]);
+        }
+        let client = builder.build().context("cannot set up HTTP")?;
+        Ok(cell.get_or_init(|| client).clone())
+    }
+}
+
 /// HTTP on the guest's behalf.
 pub struct Http {
-    client: reqwest::Client,
+    clients: Arc<Clients>,
     hosts: Vec<String>,
     credential: Option<Credential>,
     responses: HashMap<i32, (reqwest::Response, Pending)>,
@@ -93,7 +135,9 @@ pub struct Http {
     pub downloaded: u64,
     max_download: u64,
     stall: Duration,
-    barrier: std::sync::Arc<FifoBarrier>,
+    barrier: Arc<FifoBarrier>,
+    /// Nanoseconds spent waiting for answers and body chunks from servers.
+    waited: Arc<AtomicU64>,
 }
 
 /// The last chunk received, and how much of it the guest has taken.
@@ -106,15 +150,16 @@ struct Pending {
 impl Http {
     /// HTTP limited to `hosts`.
     pub fn new(
-        client: reqwest::Client,
+        clients: Arc<Clients>,
         hosts: Vec<String>,
         credential: Option<Credential>,
         max_download: u64,
         stall: Duration,
-        barrier: std::sync::Arc<FifoBarrier>,
+        barrier: Arc<FifoBarrier>,
+        waited: Arc<AtomicU64>,
     ) -> Http {
         Http {
-            client,
+            clients,
             hosts,
             credential,
             responses: HashMap::new(),
@@ -123,6 +168,7 @@ impl Http {
             max_download,
             stall,
             barrier,
+            waited,
         }
     }
 
@@ -152,7 +198,7 @@ impl Http {
         let mut body = Some(body);
         for _ in 0..10 {
             self.check_host(&url)?;
-            let mut request = self.client.request(method.clone(), url.clone());
+            let mut request = self.clients.for_url(&url)?.request(method.clone(), url.clone());
             for line in headers.lines().filter(|l| !l.trim().is_empty()) {
                 let (name, value) = line
                     .split_once(':')
@@ -172,8 +218,10 @@ impl Http {
             {
                 request = request.body(b.clone());
             }
-            let response = tokio::time::timeout(self.stall, request.send())
-                .await
+            let asked = Instant::now();
+            let response = tokio::time::timeout(self.stall, request.send()).await;
+            self.count_wait(asked);
+            let response = response
                 .map_err(|_| anyhow!("{url}: no response within {:?}", self.stall))?
                 .with_context(|| format!("request to {url} failed"))?;
             if response.status().is_redirection()
@@ -203,6 +251,11 @@ impl Http {
         bail!("{url}: more than 10 redirects")
     }
 
+    fn count_wait(&self, since: Instant) {
+        self.waited
+            .fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
     async fn read(&mut self, handle: i32, max: usize, progress: &Progress) -> Result<Vec<u8>> {
         let stall = self.stall;
         let Some((response, pending)) = self.responses.get_mut(&handle) else {
@@ -210,8 +263,11 @@ impl Http {
         };
         if pending.at == pending.data.len() {
             let url = response.url().clone();
-            let chunk = tokio::time::timeout(stall, response.chunk())
-                .await
+            let asked = Instant::now();
+            let chunk = tokio::time::timeout(stall, response.chunk()).await;
+            let waited = asked.elapsed().as_nanos() as u64;
+            self.waited.fetch_add(waited, Ordering::Relaxed);
+            let chunk = chunk
                 .map_err(|_| anyhow!("{url}: the server sent nothing for {stall:?}"))?
                 .with_context(|| format!("{url}: the download broke off"))?;
             match chunk {
@@ -249,7 +305,7 @@ pub struct HostState {
     /// The FIFO's write end: the guest's standard output.
     pub fifo: Option<File>,
     /// Counts the lines written to the FIFO, for [`FifoBarrier`].
-    pub barrier: std::sync::Arc<FifoBarrier>,
+    pub barrier: Arc<FifoBarrier>,
     /// The output tree.
     pub output: Output,
     /// HTTP on the guest's behalf.

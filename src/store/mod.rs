@@ -245,7 +245,12 @@ impl Store {
             bail!("cannot index {tree}: it is not published in this store");
         }
         let text = format!("{} {} {}\n{tree}\n", key.how, key.format, key.value);
-        self.write_atomically(&self.root.join("index").join(key.file_name()), text.as_bytes(), false)
+        let path = self.root.join("index").join(key.file_name());
+        // Re-recording what is there (every unchanged island does) writes nothing.
+        if std::fs::read(&path).is_ok_and(|old| old == text.as_bytes()) {
+            return Ok(());
+        }
+        self.write_atomically(&path, text.as_bytes(), false)
     }
 
     /// Makes an ingested tree visible: its root record, written only after all its objects
