@@ -6,7 +6,7 @@
 
 use core::ops::Range;
 
-use crate::crc32::Crc32;
+use crate::crc32::{Crc32, Slicing8};
 use crate::error::{Error, Result};
 use crate::inflate::{Inflater, Step};
 use crate::io::Source;
@@ -48,6 +48,7 @@ pub struct GzDecoder<S> {
     /// Inflated bytes not yet handed out, in the inflater's window.
     pending: Range<usize>,
     crc: Crc32,
+    crc_tables: Slicing8,
     size: u32,
     state: State,
     members: u64,
@@ -65,6 +66,7 @@ impl<S: Source> GzDecoder<S> {
             inflater: Inflater::new(false),
             pending: 0..0,
             crc: Crc32::new(),
+            crc_tables: Slicing8::default(),
             size: 0,
             state: State::Header,
             members: 0,
@@ -179,7 +181,7 @@ impl<S: Source> GzDecoder<S> {
         let (step, used, out) = self.inflater.step(input);
         self.in_pos = (self.in_pos + used).min(self.in_end);
         let data = self.inflater.output(out.clone());
-        self.crc.update(data);
+        self.crc.update_fast(&self.crc_tables, data);
         self.size = self.size.wrapping_add(data.len() as u32);
         self.pending = out;
         match step {
