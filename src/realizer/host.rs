@@ -271,7 +271,10 @@ impl Http {
                 .map_err(|_| anyhow!("{url}: the server sent nothing for {stall:?}"))?
                 .with_context(|| format!("{url}: the download broke off"))?;
             match chunk {
-                None => return Ok(Vec::new()),
+                None => {
+                    tracing::debug!("{url}: the response ended");
+                    return Ok(Vec::new());
+                }
                 Some(bytes) => {
                     self.downloaded += bytes.len() as u64;
                     progress.downloaded(bytes.len() as u64);

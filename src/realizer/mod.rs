@@ -515,6 +515,7 @@ impl Realizer {
             ));
         }
         let downloaded = state.http.downloaded;
+        tracing::debug!("{label}: the fetcher finished; ingesting what it wrote");
         let tree_path = state.output.tree_path();
         drop(state);
         let added = self
