@@ -75,9 +75,8 @@ impl Table {
     }
 }
 
-/// A file opened through passthrough: its blob, and the inode whose backing it uses.
+/// A file opened through passthrough: the inode whose backing it uses.
 struct Open {
-    file: Arc<File>,
     ino: u64,
 }
 
@@ -520,14 +519,6 @@ impl Filesystem for CabFs {
             return reply.error(Errno::EROFS);
         }
         if self.passthrough.load(Ordering::Relaxed) {
-            let path = self.islands.realizer().store().blob_path(&blob);
-            let file = match File::open(&path) {
-                Ok(file) => Arc::new(file),
-                Err(e) => {
-                    tracing::error!("cannot open blob {}: {e}", path.display());
-                    return reply.error(Errno::EIO);
-                }
-            };
             let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
             // One backing file per inode while any open of it lives: the kernel refuses a
             // second, different backing for an inode that is already open.
@@ -536,7 +527,15 @@ impl Filesystem for CabFs {
                 *opens += 1;
                 reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), backing);
             } else {
-                match reply.open_backing(&*file) {
+                let path = self.islands.realizer().store().blob_path(&blob);
+                let file = match File::open(&path) {
+                    Ok(file) => file,
+                    Err(e) => {
+                        tracing::error!("cannot open blob {}: {e}", path.display());
+                        return reply.error(Errno::EIO);
+                    }
+                };
+                match reply.open_backing(&file) {
                     Ok(backing) => {
                         self.log_read_path("serving file reads through FUSE passthrough");
                         reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing);
@@ -550,7 +549,7 @@ impl Filesystem for CabFs {
                     }
                 }
             }
-            self.remember(fh, Open { file, ino: ino.0 });
+            self.remember(fh, Open { ino: ino.0 });
             return;
         }
         self.open_plain(reply);
@@ -560,25 +559,18 @@ impl Filesystem for CabFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let opened = self
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh.0)
-            .map(|o| o.file.clone());
-        let file = match opened {
-            Some(file) => file,
-            None => match self.blob_file(ino) {
-                Ok(file) => file,
-                Err(e) => return reply.error(e),
-            },
+        // Reads come here only on the plain path (no handle), or for a passthrough file the
+        // kernel did not pass through; either way the blob is found by inode.
+        let file = match self.blob_file(ino) {
+            Ok(file) => file,
+            Err(e) => return reply.error(e),
         };
         let mut buf = vec![0u8; size as usize];
         let mut filled = 0;
