@@ -9,19 +9,18 @@
 //! so that is early in the pack; and when the server can filter, the commit is fetched alone
 //! before the pack, so that a stored tree costs no pack at all.
 
-use alloc::rc::Rc;
 use core::cell::{Cell, RefCell};
 
 use crate::args::Git;
+use crate::checkout::{Early, checkout};
 use crate::error::{Error, Result, show};
 use crate::fetch::{UPLOAD_PACK_HEADERS, discover, resolve};
 use crate::io::{Body, Buffered, Console, Net, Sink, Source, read_full};
-use crate::pack::{BLOB, COMMIT, Pack, TREE};
+use crate::pack::{COMMIT, Pack};
 use crate::pktline::{self, Packet, PktReader};
 use crate::prelude::*;
 use crate::refs::{Protocol, Resolver, Want, server_error};
 use crate::sha1::{hex, parse_hex};
-use crate::tar::failed;
 
 /// Fetches `g` into `sink`.
 pub fn fetch<N: Net, K: Sink, C: Console>(g: &Git, net: &mut N, sink: &mut K, console: &mut C) -> Result<()> {
@@ -46,6 +45,7 @@ pub fn fetch<N: Net, K: Sink, C: Console>(g: &Git, net: &mut N, sink: &mut K, co
         want,
         tree: Cell::new(None),
         console: RefCell::new(console),
+        early: RefCell::default(),
     };
     if protocol == (Protocol::V2 { filter: true }) {
         // The commit alone first (`filter tree:0`): a few hundred bytes that tell its tree,
@@ -62,9 +62,9 @@ pub fn fetch<N: Net, K: Sink, C: Console>(g: &Git, net: &mut N, sink: &mut K, co
         _ => return Err(Error::new(format!("the pack holds no commit {}", fetch.sha))),
     };
     // Normally announced as the commit arrived; a deltified commit is only known now.
-    fetch.tree(&commit)?;
+    fetch.tree(sink, &commit)?;
     let tree = fetch.tree.get().ok_or_else(|| Error::new("no tree"))?;
-    checkout(&mut pack, sink, &tree)
+    checkout(&mut pack, sink, &tree, &fetch.early.borrow())
 }
 
 /// One commit's fetch: where from, what, and what has been learnt of it.
@@ -77,6 +77,8 @@ struct Fetch<'c, C> {
     /// Shared by the side-band reader (progress) and the commit hook (`git-tree`), which
     /// never run at the same time.
     console: RefCell<&'c mut C>,
+    /// The part of the tree written while the pack arrives.
+    early: RefCell<Early>,
 }
 
 impl<C: Console> Fetch<'_, C> {
@@ -86,8 +88,9 @@ impl<C: Console> Fetch<'_, C> {
         }
     }
 
-    /// Takes the start of the wanted commit: announces its tree, the first time.
-    fn tree(&self, commit: &[u8]) -> Result<()> {
+    /// Takes the start of the wanted commit: announces its tree, the first time, and starts
+    /// writing it out as it arrives.
+    fn tree<K: Sink>(&self, sink: &mut K, commit: &[u8]) -> Result<()> {
         if self.tree.get().is_some() {
             return Ok(());
         }
@@ -97,7 +100,12 @@ impl<C: Console> Fetch<'_, C> {
             .ok_or_else(|| Error::new(format!("commit {} has no tree line", self.sha)))?;
         self.tree.set(Some(tree));
         let mut console = self.console.try_borrow_mut().map_err(|_| Error::new("console busy"))?;
-        console.announce(&format!("git-tree {}\n", hex(&tree)))
+        console.announce(&format!("git-tree {}\n", hex(&tree)))?;
+        // After the announcement: the host may stop us here, before anything is written.
+        self.early
+            .try_borrow_mut()
+            .map_err(|_| Error::new("early checkout busy"))?
+            .root(sink, &tree)
     }
 
     /// POSTs a fetch request and reads the pack that answers it. The response is closed
@@ -114,8 +122,20 @@ impl<C: Console> Fetch<'_, C> {
             fetch: self,
         };
         let pack = ready.and_then(|()| {
-            Pack::read(&mut demux, sink, &mut |id, head| {
-                if *id == self.want { self.tree(head) } else { Ok(()) }
+            Pack::read(&mut demux, sink, &mut |sink, kind, id, data| {
+                if kind == COMMIT {
+                    if *id == self.want {
+                        self.tree(sink, data)
+                    } else {
+                        Ok(())
+                    }
+                } else {
+                    let mut early = self
+                        .early
+                        .try_borrow_mut()
+                        .map_err(|_| Error::new("early checkout busy"))?;
+                    early.arrived(sink, kind, id, data)
+                }
             })
             .map_err(|e| e.context(url))
         });
@@ -222,92 +242,6 @@ impl<S: Source, C: Console> Source for Demux<'_, '_, S, C> {
         self.left -= n.min(want);
         Ok(n)
     }
-}
-
-/// One tree entry: mode, name, id; and its length.
-fn entry(data: &[u8]) -> Option<(u32, &[u8], [u8; 20], usize)> {
-    let space = data.iter().position(|&b| b == b' ')?;
-    let nul = data.iter().position(|&b| b == 0)?;
-    let mut mode = 0u32;
-    for &b in data.get(..space)? {
-        mode = mode.checked_mul(8)?.checked_add(char::from(b).to_digit(8)?)?;
-    }
-    let name = data.get(space + 1..nul)?;
-    let id: [u8; 20] = data.get(nul + 1..nul + 21)?.try_into().ok()?;
-    Some((mode, name, id, nul + 21))
-}
-
-/// Writes the tree `root` into `sink` as the output's top level: directories, files with their
-/// executable bit, symlinks, and an empty directory for each submodule (as `git archive`
-/// leaves it). Depth-first, with the trees being walked on an explicit stack.
-fn checkout<K: Sink>(pack: &mut Pack, sink: &mut K, root: &[u8; 20]) -> Result<()> {
-    let mut path = Vec::new();
-    let mut stack: Vec<(Rc<Vec<u8>>, usize, usize)> = Vec::new();
-    let mut next = Some(*root);
-    loop {
-        if let Some(id) = next.take() {
-            let tree = match pack.lookup(&id) {
-                Some((i, TREE)) => pack.load(sink, i)?,
-                _ => return Err(missing(&path, &id, "tree")),
-            };
-            stack.push((tree, 0, path.len()));
-        }
-        let Some((tree, pos, len)) = stack.last_mut() else {
-            break;
-        };
-        let rest = tree.get(*pos..).unwrap_or_default();
-        if rest.is_empty() {
-            stack.pop();
-            continue;
-        }
-        path.truncate(*len);
-        let (mode, name, id, used) =
-            entry(rest).ok_or_else(|| Error::new(format!("malformed tree at `{}`", show(&path))))?;
-        if !path.is_empty() {
-            path.push(b'/');
-        }
-        path.extend_from_slice(name);
-        if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
-            return Err(Error::new(format!("a tree holds the bad name `{}`", show(&path))));
-        }
-        *pos += used;
-        match mode >> 12 {
-            // A directory, or a submodule's commit: an empty directory.
-            0o04 | 0o16 => {
-                sink.mkdir(&path).map_err(|_| failed("out_mkdir", &path))?;
-                if mode >> 12 == 0o04 {
-                    next = Some(id);
-                }
-            }
-            0o10 | 0o12 => {
-                let Some((i, BLOB)) = pack.lookup(&id) else {
-                    return Err(missing(&path, &id, "blob"));
-                };
-                if mode >> 12 == 0o12 {
-                    let target = pack.load(sink, i)?;
-                    sink.symlink(&path, &target).map_err(|_| failed("out_symlink", &path))?;
-                } else {
-                    let file = sink
-                        .create(&path, mode & 0o100 != 0)
-                        .map_err(|_| failed("out_create", &path))?;
-                    pack.stream(sink, i, &mut |sink, data| {
-                        sink.write(file, data).map_err(|_| failed("out_write", &path))
-                    })?;
-                    sink.close(file).map_err(|_| failed("out_close", &path))?;
-                }
-            }
-            _ => return Err(Error::new(format!("`{}` has the unknown mode {mode:o}", show(&path)))),
-        }
-    }
-    Ok(())
-}
-
-fn missing(path: &[u8], id: &[u8; 20], what: &str) -> Error {
-    let place = match path {
-        b"" => "the commit's tree".to_owned(),
-        _ => format!("for `{}`", show(path)),
-    };
-    Error::new(format!("the pack holds no {what} {} ({place})", hex(id)))
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ mod prelude {
 }
 
 pub mod args;
+pub mod checkout;
 pub mod crc32;
 pub mod delta;
 pub mod error;

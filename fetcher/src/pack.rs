@@ -12,6 +12,7 @@
 use alloc::collections::VecDeque;
 use alloc::rc::Rc;
 
+use crate::checkout::EARLY_BLOB;
 use crate::delta;
 use crate::error::{Error, Result};
 use crate::inflate::{Inflater, Step};
@@ -69,8 +70,10 @@ struct Obj {
     cached: Option<Rc<Vec<u8>>>,
 }
 
-/// Shown each whole commit as it arrives: its id and its first 46 bytes.
-pub type OnCommit<'a> = dyn FnMut(&[u8; 20], &[u8]) -> Result<()> + 'a;
+/// Shown each whole object as it arrives, with the sink: its type, its id, and its data — the
+/// first 46 bytes of a commit (its `tree` line), all of a tree, all of a blob of at most
+/// [`EARLY_BLOB`] bytes. Bigger blobs and tags are not shown.
+pub type OnObject<'a, K> = dyn FnMut(&mut K, u8, &[u8; 20], &[u8]) -> Result<()> + 'a;
 
 /// A received pack: its index, and the way back to its objects.
 pub struct Pack {
@@ -203,10 +206,10 @@ fn hasher(kind: u8, size: u64) -> Sha1 {
 
 impl Pack {
     /// Reads a whole pack from `net`, spooling it to `sink`'s scratch file, checks it, and
-    /// resolves every delta. Each whole commit is shown to `commit` (its id and its first
-    /// bytes, which hold its `tree` line) as soon as it has arrived: git sends the commits
-    /// first, so a caller learns the tree long before the pack has arrived.
-    pub fn read<K: Sink>(net: &mut dyn Source, sink: &mut K, commit: &mut OnCommit<'_>) -> Result<Pack> {
+    /// resolves every delta. Whole objects are shown to `arrived` as soon as they are in:
+    /// git sends commits first, then trees, then blobs, so a caller learns the tree long
+    /// before the pack has arrived, and can write blobs out as they come.
+    pub fn read<K: Sink>(net: &mut dyn Source, sink: &mut K, arrived: &mut OnObject<'_, K>) -> Result<Pack> {
         let mut input = Input {
             net: Some(net),
             buf: vec![0; CHUNK],
@@ -241,7 +244,7 @@ impl Pack {
         let count = u32::from_be_bytes([n0, n1, n2, n3]);
         for _ in 0..count {
             let start = input.at;
-            pack.object(&mut input, sink, commit)
+            pack.object(&mut input, sink, arrived)
                 .map_err(|e| e.context(&format!("pack object at offset {start}")))?;
         }
         let sum = input.hash.take().unwrap_or_default().finish();
@@ -268,7 +271,7 @@ impl Pack {
 
     /// Reads one object's header and data (pass one: whole objects are hashed, deltas only
     /// checked for size).
-    fn object<K: Sink>(&mut self, input: &mut Input<'_>, sink: &mut K, commit: &mut OnCommit<'_>) -> Result<()> {
+    fn object<K: Sink>(&mut self, input: &mut Input<'_>, sink: &mut K, arrived: &mut OnObject<'_, K>) -> Result<()> {
         let start = input.at;
         let mut b = input.byte(sink)?;
         let kind = (b >> 4) & 7;
@@ -325,18 +328,30 @@ impl Pack {
             input.inflate(sink, &mut self.inflater, size, &mut |_, _| Ok(()))?;
         } else {
             let mut h = hasher(kind, size);
-            // A commit's first line: `tree <40 hex>\n`.
-            let mut head = Vec::new();
-            input.inflate(sink, &mut self.inflater, size, &mut |_, data| {
-                h.update(data);
-                if kind == COMMIT {
-                    head.extend(data.iter().take(46 - head.len().min(46)));
+            // A commit's first line (`tree <40 hex>\n`), a tree, a blob that is not too big.
+            let (keep, limit) = match kind {
+                COMMIT => (true, 46),
+                TREE => (true, size),
+                BLOB => (size <= EARLY_BLOB, size),
+                _ => (false, 0),
+            };
+            let mut data = Vec::new();
+            if keep {
+                // What the header claims, up to what a blob may be: a tree grows past it.
+                data.try_reserve_exact(limit.min(EARLY_BLOB) as usize)
+                    .map_err(|_| Error::new("an object is too large for memory"))?;
+            }
+            input.inflate(sink, &mut self.inflater, size, &mut |_, part| {
+                h.update(part);
+                if keep {
+                    let room = (limit as usize).saturating_sub(data.len());
+                    data.extend_from_slice(part.get(..room.min(part.len())).unwrap_or_default());
                 }
                 Ok(())
             })?;
             obj.id = h.finish();
-            if kind == COMMIT {
-                commit(&obj.id, &head)?;
+            if keep {
+                arrived(sink, kind, &obj.id, &data)?;
             }
         }
         self.objs.push(obj);

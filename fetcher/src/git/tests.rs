@@ -442,8 +442,8 @@ fn refuses_bad_tree_entries() {
         let tree_id = crate::sha1::sha1(&[format!("tree {}\0", tree.len()).as_bytes(), &tree].concat());
         let bytes = crate::testing::pack(&[(3, b"hi"), (2, &tree)]);
         let mut sink = RecordingSink::default();
-        let mut pack = Pack::read(&mut &bytes[..], &mut sink, &mut |_, _| Ok(())).unwrap();
-        let e = checkout(&mut pack, &mut sink, &tree_id).unwrap_err();
+        let mut pack = Pack::read(&mut &bytes[..], &mut sink, &mut |_, _, _, _| Ok(())).unwrap();
+        let e = checkout(&mut pack, &mut sink, &tree_id, &Early::default()).unwrap_err();
         assert_eq!(e.message(), message);
         assert_eq!(sink.file("ok"), (&b"hi"[..], false));
     }

@@ -34,7 +34,7 @@ fn all_objects(dir: &Path) -> BTreeMap<[u8; 20], (u8, Vec<u8>)> {
 
 fn read(pack: &[u8]) -> Result<(Pack, RecordingSink)> {
     let mut sink = RecordingSink::default();
-    let parsed = Pack::read(&mut Trickle::new(pack), &mut sink, &mut |_, _| Ok(()))?;
+    let parsed = Pack::read(&mut Trickle::new(pack), &mut sink, &mut |_, _, _, _| Ok(()))?;
     assert!(sink.scratch == pack, "the scratch file holds the pack");
     Ok((parsed, sink))
 }

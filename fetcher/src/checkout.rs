@@ -1,0 +1,370 @@
+//! Writing a commit's tree out of a pack, mostly while the pack is still arriving.
+//!
+//! git sends a pack's commits first, then its trees, then its blobs. So when a whole blob
+//! arrives, the paths it goes at are usually known already, and [`Early`] writes it there and
+//! then: the writing overlaps the rest of the download (a server takes seconds to send a
+//! pack), and the blob is inflated once, not again from the scratch file afterwards. What
+//! cannot be placed that way — deltified trees and blobs, blobs too big to hold, anything under
+//! such a tree — is left to [`checkout`], which walks the whole tree at the end, checks every
+//! entry, and writes what is not there yet.
+
+use alloc::rc::Rc;
+
+use crate::error::{Error, Result, show};
+use crate::io::Sink;
+use crate::pack::{BLOB, Pack, TREE};
+use crate::prelude::*;
+use crate::sha1::hex;
+use crate::tar::failed;
+
+/// The largest blob written as it arrives; bigger ones are streamed by [`checkout`].
+pub const EARLY_BLOB: u64 = 1 << 20;
+
+/// What has been learnt of the tree while the pack arrives, and what has been written.
+#[derive(Default)]
+pub struct Early {
+    /// What is known of each object met so far, by id.
+    known: Known,
+}
+
+/// What is known of one object.
+#[derive(Default)]
+struct Object {
+    /// A tree that has arrived whole: its entries.
+    tree: Option<Rc<Vec<u8>>>,
+    /// A tree whose place is known but which has not arrived: the paths it goes at.
+    awaited: Vec<Vec<u8>>,
+    /// A blob whose place is known but which has not arrived: where, with which mode.
+    wanted: Vec<(Vec<u8>, u32)>,
+    /// Where it has been written already: a blob's files and symlinks, a tree's (or a
+    /// submodule's) directories.
+    written: Vec<Vec<u8>>,
+}
+
+/// Objects by id, in an open-addressed table (ids are uniformly random already, and the
+/// standard maps would add a fifth to the module).
+#[derive(Default)]
+struct Known {
+    slots: Vec<Option<([u8; 20], Object)>>,
+    len: usize,
+}
+
+impl Known {
+    /// Where `id` is (`Ok`), or the free slot where it would go (`Err`). The table is never
+    /// more than half full, so the probe ends.
+    fn find(&self, id: &[u8; 20]) -> Result<usize, usize> {
+        let mask = self.slots.len().wrapping_sub(1);
+        let mut at = u64::from_le_bytes([id[0], id[1], id[2], id[3], id[4], id[5], id[6], id[7]]) as usize & mask;
+        loop {
+            match self.slots.get(at) {
+                Some(Some((key, _))) if key == id => return Ok(at),
+                Some(Some(_)) => at = (at + 1) & mask,
+                _ => return Err(at),
+            }
+        }
+    }
+
+    fn get(&self, id: &[u8; 20]) -> Option<&Object> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let at = self.find(id).ok()?;
+        self.slots.get(at)?.as_ref().map(|(_, o)| o)
+    }
+
+    #[allow(clippy::indexing_slicing, reason = "find gives indices masked to the table's size")]
+    fn entry(&mut self, id: &[u8; 20]) -> &mut Object {
+        if (self.len + 1) * 2 > self.slots.len() {
+            let old = core::mem::take(&mut self.slots);
+            self.slots.resize_with((old.len() * 2).max(64), || None);
+            for (key, object) in old.into_iter().flatten() {
+                let (Ok(at) | Err(at)) = self.find(&key);
+                self.slots[at] = Some((key, object));
+            }
+        }
+        let (Ok(at) | Err(at)) = self.find(id);
+        let slot = &mut self.slots[at];
+        if slot.is_none() {
+            self.len += 1;
+        }
+        &mut slot.get_or_insert_with(|| (*id, Object::default())).1
+    }
+}
+
+impl Early {
+    /// The commit's tree is `root`: it goes at the top of the output.
+    pub fn root<K: Sink>(&mut self, sink: &mut K, root: &[u8; 20]) -> Result<()> {
+        self.place(sink, *root, Vec::new())
+    }
+
+    /// A whole object has arrived: a tree (all of it) or a blob (all of it, when it is at
+    /// most [`EARLY_BLOB`] bytes).
+    pub fn arrived<K: Sink>(&mut self, sink: &mut K, kind: u8, id: &[u8; 20], data: &[u8]) -> Result<()> {
+        match kind {
+            TREE => {
+                let object = self.known.entry(id);
+                object.tree = Some(Rc::new(data.to_vec()));
+                for path in core::mem::take(&mut object.awaited) {
+                    self.place(sink, *id, path)?;
+                }
+            }
+            BLOB => {
+                let object = self.known.entry(id);
+                let wanted = core::mem::take(&mut object.wanted);
+                for (path, mode) in wanted {
+                    write_blob(sink, &path, mode, data, &mut |sink, file| {
+                        // In pieces, as everything else is written: the host copies each one.
+                        for piece in data.chunks(64 * 1024) {
+                            sink.write(file, piece).map_err(|_| failed("out_write", &path))?;
+                        }
+                        Ok(())
+                    })?;
+                    self.known.entry(id).written.push(path);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Tree `id` goes at `path`: makes its directories and notes where its blobs go, down
+    /// through the subtrees that have arrived. An entry [`checkout`] would refuse (a bad name,
+    /// an unknown mode) stops the placing of that tree, for `checkout` to report.
+    fn place<K: Sink>(&mut self, sink: &mut K, id: [u8; 20], path: Vec<u8>) -> Result<()> {
+        let mut work = vec![(id, path)];
+        while let Some((id, path)) = work.pop() {
+            let object = self.known.entry(&id);
+            let Some(tree) = object.tree.clone() else {
+                object.awaited.push(path);
+                continue;
+            };
+            let mut rest = &tree[..];
+            while let Some((mode, name, child, used)) = entry(rest) {
+                rest = rest.get(used..).unwrap_or_default();
+                if bad_name(name) {
+                    break;
+                }
+                let at = join(&path, name);
+                match mode >> 12 {
+                    0o04 | 0o16 => {
+                        sink.mkdir(&at).map_err(|_| failed("out_mkdir", &at))?;
+                        self.known.entry(&child).written.push(at.clone());
+                        if mode >> 12 == 0o04 {
+                            work.push((child, at));
+                        }
+                    }
+                    0o10 | 0o12 => self.known.entry(&child).wanted.push((at, mode)),
+                    _ => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether object `id` has been written at `path` already.
+    fn has(&self, id: &[u8; 20], path: &[u8]) -> bool {
+        self.known.get(id).is_some_and(|o| o.written.iter().any(|p| p == path))
+    }
+
+    fn tree(&self, id: &[u8; 20]) -> Option<Rc<Vec<u8>>> {
+        self.known.get(id)?.tree.clone()
+    }
+}
+
+/// Writes the tree `root` into `sink` as the output's top level: directories, files with their
+/// executable bit, symlinks, and an empty directory for each submodule (as `git archive`
+/// leaves it), skipping what `early` wrote already. Depth-first, with the trees being walked on
+/// an explicit stack.
+pub fn checkout<K: Sink>(pack: &mut Pack, sink: &mut K, root: &[u8; 20], early: &Early) -> Result<()> {
+    let mut path = Vec::new();
+    let mut stack: Vec<(Rc<Vec<u8>>, usize, usize)> = Vec::new();
+    let mut next = Some(*root);
+    loop {
+        if let Some(id) = next.take() {
+            let tree = match (pack.lookup(&id), early.tree(&id)) {
+                (Some((_, TREE)), Some(tree)) => tree,
+                (Some((i, TREE)), None) => pack.load(sink, i)?,
+                _ => return Err(missing(&path, &id, "tree")),
+            };
+            stack.push((tree, 0, path.len()));
+        }
+        let Some((tree, pos, len)) = stack.last_mut() else {
+            break;
+        };
+        let rest = tree.get(*pos..).unwrap_or_default();
+        if rest.is_empty() {
+            stack.pop();
+            continue;
+        }
+        path.truncate(*len);
+        let (mode, name, id, used) =
+            entry(rest).ok_or_else(|| Error::new(format!("malformed tree at `{}`", show(&path))))?;
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(name);
+        if bad_name(name) {
+            return Err(Error::new(format!("a tree holds the bad name `{}`", show(&path))));
+        }
+        *pos += used;
+        match mode >> 12 {
+            // A directory, or a submodule's commit: an empty directory.
+            0o04 | 0o16 => {
+                if !early.has(&id, &path) {
+                    sink.mkdir(&path).map_err(|_| failed("out_mkdir", &path))?;
+                }
+                if mode >> 12 == 0o04 {
+                    next = Some(id);
+                }
+            }
+            0o10 | 0o12 => {
+                let Some((i, BLOB)) = pack.lookup(&id) else {
+                    return Err(missing(&path, &id, "blob"));
+                };
+                if early.has(&id, &path) {
+                    continue;
+                }
+                if mode >> 12 == 0o12 {
+                    let target = pack.load(sink, i)?;
+                    write_blob(sink, &path, mode, &target, &mut |_, _| Ok(()))?;
+                } else {
+                    write_blob(sink, &path, mode, &[], &mut |sink, file| {
+                        pack.stream(sink, i, &mut |sink, data| {
+                            sink.write(file, data).map_err(|_| failed("out_write", &path))
+                        })
+                    })?;
+                }
+            }
+            _ => return Err(Error::new(format!("`{}` has the unknown mode {mode:o}", show(&path)))),
+        }
+    }
+    Ok(())
+}
+
+/// Writes one blob at `path`: a symlink to `target` (mode 120000), or a file (executable for
+/// mode 100755) whose contents `fill` writes to the open handle it is given.
+fn write_blob<K: Sink>(
+    sink: &mut K,
+    path: &[u8],
+    mode: u32,
+    target: &[u8],
+    fill: &mut dyn FnMut(&mut K, i32) -> Result<()>,
+) -> Result<()> {
+    if mode >> 12 == 0o12 {
+        return sink.symlink(path, target).map_err(|_| failed("out_symlink", path));
+    }
+    let file = sink
+        .create(path, mode & 0o100 != 0)
+        .map_err(|_| failed("out_create", path))?;
+    fill(sink, file)?;
+    sink.close(file).map_err(|_| failed("out_close", path))
+}
+
+/// One tree entry: mode, name, id; and its length.
+fn entry(data: &[u8]) -> Option<(u32, &[u8], [u8; 20], usize)> {
+    let space = data.iter().position(|&b| b == b' ')?;
+    let nul = data.iter().position(|&b| b == 0)?;
+    let mut mode = 0u32;
+    for &b in data.get(..space)? {
+        mode = mode.checked_mul(8)?.checked_add(char::from(b).to_digit(8)?)?;
+    }
+    let name = data.get(space + 1..nul)?;
+    let id: [u8; 20] = data.get(nul + 1..nul + 21)?.try_into().ok()?;
+    Some((mode, name, id, nul + 21))
+}
+
+/// A name no tree entry may have: it would leave its directory or name none.
+fn bad_name(name: &[u8]) -> bool {
+    name.is_empty() || name == b"." || name == b".." || name.contains(&b'/')
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        name.to_vec()
+    } else {
+        [dir, b"/", name].concat()
+    }
+}
+
+fn missing(path: &[u8], id: &[u8; 20], what: &str) -> Error {
+    let place = match path {
+        b"" => "the commit's tree".to_owned(),
+        _ => format!("for `{}`", show(path)),
+    };
+    Error::new(format!("the pack holds no {what} {} ({place})", hex(id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::COMMIT;
+    use crate::sha1::sha1;
+    use crate::testing::{RecordingSink, pack};
+
+    fn id(kind: &str, data: &[u8]) -> [u8; 20] {
+        sha1(&[format!("{kind} {}\0", data.len()).as_bytes(), data].concat())
+    }
+
+    fn tree(entries: &[(&str, &[u8], [u8; 20])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (mode, name, id) in entries {
+            out.extend_from_slice(&[mode.as_bytes(), b" ", name, b"\0", id].concat());
+        }
+        out
+    }
+
+    /// Reads `objects` as a pack the way a fetch does (root known first), then checks out.
+    fn fetch(objects: &[(u8, &[u8])], root: &[u8; 20]) -> (Result<()>, RecordingSink, usize) {
+        let bytes = pack(objects);
+        let mut sink = RecordingSink::default();
+        let mut early = Early::default();
+        early.root(&mut sink, root).unwrap();
+        let read = Pack::read(&mut &bytes[..], &mut sink, &mut |sink, kind, id, data| {
+            if kind == COMMIT {
+                Ok(())
+            } else {
+                early.arrived(sink, kind, id, data)
+            }
+        });
+        let mut pack = read.unwrap();
+        let written_early = sink.calls.len();
+        let result = checkout(&mut pack, &mut sink, root, &early);
+        (result, sink, written_early)
+    }
+
+    #[test]
+    fn blobs_are_written_as_they_arrive_and_the_rest_at_the_end() {
+        let (x, y, link) = (b"x data".as_slice(), b"y data".as_slice(), b"../a".as_slice());
+        let sub = tree(&[("100755", b"run", id("blob", y)), ("120000", b"up", id("blob", link))]);
+        let root = tree(&[("100644", b"a", id("blob", x)), ("40000", b"d", id("tree", &sub))]);
+        let root_id = id("tree", &root);
+
+        // Trees first, as git sends them: everything is written while the pack arrives.
+        let (r, sink, early) = fetch(&[(2, &root), (2, &sub), (3, x), (3, y), (3, link)], &root_id);
+        r.unwrap();
+        assert_eq!(early, sink.calls.len(), "checkout wrote more: {:?}", sink.calls);
+        assert_eq!(sink.file("a"), (x, false));
+        assert_eq!(sink.file("d/run"), (y, true));
+        assert!(
+            sink.calls.contains(&"symlink d/up -> ../a".to_owned()),
+            "{:?}",
+            sink.calls
+        );
+
+        // Blobs first: nothing is known of them as they pass, and checkout writes them.
+        let (r, late, early) = fetch(&[(3, x), (3, y), (3, link), (2, &sub), (2, &root)], &root_id);
+        r.unwrap();
+        assert_eq!(early, 1, "only the directory: {:?}", late.calls);
+        assert_eq!(late.tree, sink.tree);
+    }
+
+    #[test]
+    fn what_early_skips_checkout_refuses() {
+        let x = b"x".as_slice();
+        let root = tree(&[("100644", b"ok", id("blob", x)), ("100644", b"..", id("blob", x))]);
+        let (r, sink, _) = fetch(&[(2, &root), (3, x)], &id("tree", &root));
+        assert_eq!(r.unwrap_err().message(), "a tree holds the bad name `..`");
+        assert_eq!(sink.file("ok"), (x, false));
+        assert!(!sink.tree.contains_key(".."));
+    }
+}
