@@ -73,11 +73,11 @@ pub fn resolve<N: Net, C: Console>(
     console.note(&format!("resolving {} of {name}", reference.unwrap_or("HEAD")));
     let url = format!("{repo_url}/git-upload-pack");
     let mut resolver = Resolver::new(&want);
-    let protocol = match ls_refs_directly(net, &url, &want.prefixes(), &mut resolver)? {
+    let protocol = match ls_refs_answered(net, &url, &want.prefixes(), &mut resolver)? {
         Ok(()) => None,
         Err(why) => {
             console.note(&format!(
-                "{url} did not answer ls-refs ({why}); asking for its refs first"
+                "no ls-refs answer straight away ({why}); asking for the refs first"
             ));
             resolver = Resolver::new(&want);
             let protocol = discover(net, repo_url, &mut resolver)?;
@@ -100,31 +100,27 @@ pub fn resolve<N: Net, C: Console>(
 }
 
 fn ls_refs<N: Net>(net: &mut N, url: &str, prefixes: &[String], resolver: &mut Resolver) -> Result<()> {
-    let request = refs::ls_refs_request(prefixes)?;
-    let body = Body::open(net, "POST", url, UPLOAD_PACK_HEADERS, &request)?;
-    let mut reader = PktReader::new(Buffered::new(body, 16 * 1024));
-    refs::read_ls_refs(&mut reader, resolver).map_err(|e| e.context(url))?;
-    reader.into_inner().into_inner().close()
+    ls_refs_answered(net, url, prefixes, resolver)?
 }
 
-/// `ls-refs` without the discovery before it. The outer error: the server could not be
-/// reached; the inner one: it answered, but not as a v2 server answers `ls-refs`.
-fn ls_refs_directly<N: Net>(
+/// An `ls-refs` exchange. The outer error: the server could not be reached; the inner one: it
+/// answered, but not as a v2 server answers `ls-refs` (a failure status, or another answer).
+fn ls_refs_answered<N: Net>(
     net: &mut N,
     url: &str,
     prefixes: &[String],
     resolver: &mut Resolver,
-) -> Result<core::result::Result<(), String>> {
+) -> Result<Result<()>> {
     let request = refs::ls_refs_request(prefixes)?;
     let body = match Body::answer(net, "POST", url, UPLOAD_PACK_HEADERS, &request)? {
         Ok(body) => body,
-        Err(status) => return Ok(Err(format!("HTTP {status}"))),
+        Err(status) => return Ok(Err(Error::new(format!("HTTP {status} for {url}")))),
     };
     let mut reader = PktReader::new(Buffered::new(body, 16 * 1024));
     if let Err(e) = refs::read_ls_refs(&mut reader, resolver) {
-        // Best effort: the classic way is asked next either way.
+        // Best effort: the answer is refused either way.
         let _ = reader.into_inner().into_inner().close();
-        return Ok(Err(e.message().to_owned()));
+        return Ok(Err(e.context(url)));
     }
     reader.into_inner().into_inner().close()?;
     Ok(Ok(()))

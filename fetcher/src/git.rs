@@ -9,7 +9,7 @@
 //! so that is early in the pack; and when the server can filter, the commit is fetched alone
 //! before the pack, so that a stored tree costs no pack at all.
 
-use core::cell::{Cell, RefCell};
+use core::cell::{Cell, RefCell, RefMut};
 
 use crate::args::Git;
 use crate::checkout::{Early, checkout};
@@ -102,10 +102,13 @@ impl<C: Console> Fetch<'_, C> {
         let mut console = self.console.try_borrow_mut().map_err(|_| Error::new("console busy"))?;
         console.announce(&format!("git-tree {}\n", hex(&tree)))?;
         // After the announcement: the host may stop us here, before anything is written.
+        self.early()?.root(sink, &tree)
+    }
+
+    fn early(&self) -> Result<RefMut<'_, Early>> {
         self.early
             .try_borrow_mut()
-            .map_err(|_| Error::new("early checkout busy"))?
-            .root(sink, &tree)
+            .map_err(|_| Error::new("early checkout busy"))
     }
 
     /// POSTs a fetch request and reads the pack that answers it. The response is closed
@@ -122,20 +125,10 @@ impl<C: Console> Fetch<'_, C> {
             fetch: self,
         };
         let pack = ready.and_then(|()| {
-            Pack::read(&mut demux, sink, &mut |sink, kind, id, data| {
-                if kind == COMMIT {
-                    if *id == self.want {
-                        self.tree(sink, data)
-                    } else {
-                        Ok(())
-                    }
-                } else {
-                    let mut early = self
-                        .early
-                        .try_borrow_mut()
-                        .map_err(|_| Error::new("early checkout busy"))?;
-                    early.arrived(sink, kind, id, data)
-                }
+            Pack::read(&mut demux, sink, &mut |sink, kind, id, data| match kind {
+                COMMIT if *id == self.want => self.tree(sink, data),
+                COMMIT => Ok(()),
+                _ => self.early()?.arrived(sink, kind, id, data),
             })
             .map_err(|e| e.context(url))
         });

@@ -220,7 +220,7 @@ impl Http {
             }
             let asked = Instant::now();
             let response = tokio::time::timeout(self.stall, request.send()).await;
-            self.count_wait(asked);
+            count_wait(&self.waited, asked);
             let response = response
                 .map_err(|_| anyhow!("{url}: no response within {:?}", self.stall))?
                 .with_context(|| format!("request to {url} failed"))?;
@@ -251,11 +251,6 @@ impl Http {
         bail!("{url}: more than 10 redirects")
     }
 
-    fn count_wait(&self, since: Instant) {
-        self.waited
-            .fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    }
-
     async fn read(&mut self, handle: i32, max: usize, progress: &Progress) -> Result<Vec<u8>> {
         let stall = self.stall;
         let Some((response, pending)) = self.responses.get_mut(&handle) else {
@@ -265,8 +260,7 @@ impl Http {
             let url = response.url().clone();
             let asked = Instant::now();
             let chunk = tokio::time::timeout(stall, response.chunk()).await;
-            let waited = asked.elapsed().as_nanos() as u64;
-            self.waited.fetch_add(waited, Ordering::Relaxed);
+            count_wait(&self.waited, asked);
             let chunk = chunk
                 .map_err(|_| anyhow!("{url}: the server sent nothing for {stall:?}"))?
                 .with_context(|| format!("{url}: the download broke off"))?;
@@ -296,6 +290,11 @@ impl Http {
         pending.at += n;
         Ok(out)
     }
+}
+
+/// Adds the time since `since` to a run's time spent waiting for servers.
+fn count_wait(waited: &AtomicU64, since: Instant) {
+    waited.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
 }
 
 /// Everything one run of the fetcher owns. Dropped as a whole when the run ends or is stopped,
