@@ -9,6 +9,8 @@
 //!   roots/<64 hex>           one per published tree: what is known of it (its narHash)
 //!   index/<64 hex>           (how made, format, value) → tree hash, one small file per key
 //!   tmp/<id>/ + <id>.lock    staging; <id>.lock is held (flock) by the live owner
+//!   locks/<name>             store-wide locks (flock), e.g. one per derivation being realized
+//!   cache/                   compiled fetcher modules (an optimisation; never published)
 //! ```
 //!
 //! Every file enters by an atomic rename of a finished temporary file, so a reader sees an
@@ -48,6 +50,30 @@ pub struct Store {
     root: PathBuf,
     /// This process's staging directory for temporary files, made on first use.
     scratch: Arc<Mutex<Option<Arc<Staging>>>>,
+}
+
+/// A store-wide lock, held until dropped (see [`Store::try_lock`]). Its file can carry a
+/// short note from one holder to the next.
+#[derive(Debug)]
+pub struct StoreLock {
+    file: fs::File,
+}
+
+impl StoreLock {
+    /// The note the last holder left.
+    pub fn read(&self) -> io::Result<String> {
+        use std::io::Read;
+        let mut text = String::new();
+        (&self.file).read_to_string(&mut text)?;
+        Ok(text)
+    }
+
+    /// Replaces the note.
+    pub fn write(&self, note: &str) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.set_len(0)?;
+        self.file.write_all_at(note.as_bytes(), 0)
+    }
 }
 
 /// What the store knows of a published tree.
@@ -140,7 +166,7 @@ impl Store {
                 fs::create_dir_all(self.root.join(dir).join(encoding::to_hex(&[byte]))).with_context(ctx)?;
             }
         }
-        for dir in ["roots", "index", "tmp"] {
+        for dir in ["roots", "index", "tmp", "locks"] {
             fs::create_dir_all(self.root.join(dir)).with_context(ctx)?;
         }
         // Another process may be creating the store too: the version file goes in by rename.
@@ -159,6 +185,33 @@ impl Store {
     /// enter the store by rename).
     pub fn staging(&self) -> Result<Staging> {
         Staging::new(&self.root.join("tmp"))
+    }
+
+    /// Takes the store-wide lock `name` if nobody holds it (in this process or another).
+    /// It is held until the returned guard is dropped, or its holder dies.
+    pub fn try_lock(&self, name: &str) -> Result<Option<StoreLock>> {
+        let dir = self.root.join("locks");
+        let path = dir.join(name);
+        let ctx = || format!("cannot take the lock {}", path.display());
+        let open = || {
+            fs::File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+        };
+        let file = match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // A store made before locks existed.
+                fs::create_dir_all(&dir).with_context(ctx)?;
+                open().with_context(ctx)?
+            }
+            other => other.with_context(ctx)?,
+        };
+        Ok(staging::try_lock(&file)
+            .with_context(ctx)?
+            .then_some(StoreLock { file }))
     }
 
     /// This process's staging directory, shared by everything this handle writes.

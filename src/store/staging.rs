@@ -24,7 +24,8 @@ pub struct Staging {
     counter: AtomicU64,
 }
 
-fn try_lock(file: &File) -> io::Result<bool> {
+/// Takes `file`'s exclusive flock if nobody holds it.
+pub(super) fn try_lock(file: &File) -> io::Result<bool> {
     // SAFETY: a plain syscall on a descriptor we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
         return Ok(true);
@@ -122,6 +123,9 @@ fn make_writable(dir: &Path) {
     }
 }
 
+/// How old an unlocked `.pending` file must be before it counts as left behind.
+const PENDING_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Removes every staging directory in `tmp` whose owner is gone. Errors are logged, not
 /// returned: clean-up must never stop real work.
 pub fn clean_stale(tmp: &Path) {
@@ -143,10 +147,16 @@ pub fn clean_stale(tmp: &Path) {
             let _ = fs::remove_file(&lock_path);
         }
     }
-    // `.pending` files are only ever unlocked if their creator died before renaming them.
+    // A `.pending` file is unlocked for a moment after its creator makes it (between create
+    // and flock), so only an old one can be known to be left by a process that died.
     let Ok(entries) = fs::read_dir(tmp) else { return };
     for entry in entries.flatten() {
-        if entry.file_name().to_str().is_some_and(|n| n.ends_with(".pending"))
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|at| at.elapsed().is_ok_and(|age| age > PENDING_GRACE));
+        if old
+            && entry.file_name().to_str().is_some_and(|n| n.ends_with(".pending"))
             && let Ok(lock) = File::open(entry.path())
             && try_lock(&lock).unwrap_or(false)
         {
