@@ -443,10 +443,36 @@ impl fmt::Display for Island {
     }
 }
 
+/// The longest literal accepted, in bytes: room for any real URL or ref, and a bound on what
+/// one literal can cost in memory and in every log line that names it.
+pub const MAX_LITERAL_LEN: usize = 8192;
+
+/// `text` for a log line: whole when short, else its start and its length.
+pub fn shorten(text: &str) -> std::borrow::Cow<'_, str> {
+    const SHOWN: usize = 160;
+    if text.len() <= SHOWN {
+        return text.into();
+    }
+    let mut end = SHOWN;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len()).into()
+}
+
 impl FromStr for Island {
     type Err = ParseError;
 
     fn from_str(s: &str) -> Result<Self, ParseError> {
+        if s.len() > MAX_LITERAL_LEN {
+            return Err(ParseError {
+                column: s.char_indices().take_while(|(i, _)| *i < MAX_LITERAL_LEN).count() + 1,
+                message: format!(
+                    "the literal is {} bytes long; an island literal is at most {MAX_LITERAL_LEN} bytes",
+                    s.len()
+                ),
+            });
+        }
         Parser {
             chars: s.chars().collect(),
             pos: 0,
@@ -475,12 +501,18 @@ impl ParseError {
             .iter()
             .position(|&c| c == '\n')
             .map_or(chars.len(), |i| at + i);
-        let line: String = chars[start..end].iter().collect();
-        let pad: String = chars[start..at]
-            .iter()
-            .map(|&c| if c == '\t' { '\t' } else { ' ' })
+        // A window around the caret: a long line is cut, with `…` where it was.
+        const AROUND: usize = 60;
+        let (from, to) = (start.max(at.saturating_sub(AROUND)), end.min(at + AROUND));
+        let before = if from > start { "…" } else { "" };
+        let after = if to < end { "…" } else { "" };
+        let line: String = chars[from..to].iter().collect();
+        let pad: String = before
+            .chars()
+            .chain(chars[from..at].iter().copied())
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
             .collect();
-        format!("{self}\n  {line}\n  {pad}^")
+        format!("{self}\n  {before}{line}{after}\n  {pad}^")
     }
 }
 
@@ -1213,6 +1245,24 @@ mod tests {
         assert_eq!(err.render(input), format!("{err}\n  \tref = \"a..b\" }}>\n  \t      ^"));
         let end = "<github:o/r".parse::<Island>().unwrap_err();
         assert!(end.render("<github:o/r").ends_with("\n  <github:o/r\n             ^"));
+    }
+
+    #[test]
+    fn huge_literals_are_refused_and_rendered_small() {
+        let owner = "o".repeat(1_000_000);
+        let input = format!("<github:{owner}/r>");
+        let err = input.parse::<Island>().unwrap_err();
+        assert!(err.message.contains("at most 8192 bytes"), "{}", err.message);
+        assert_eq!(err.column, MAX_LITERAL_LEN + 1);
+        let rendered = err.render(&input);
+        assert!(rendered.len() < 400, "{} bytes", rendered.len());
+        assert!(rendered.contains("…"), "{rendered}");
+        assert!(rendered.ends_with('^'), "{rendered}");
+        let just_fits = format!("<tarball:https://h/{}>", "a".repeat(MAX_LITERAL_LEN - 20));
+        assert_eq!(just_fits.len(), MAX_LITERAL_LEN);
+        assert!(just_fits.parse::<Island>().is_ok());
+        assert_eq!(shorten("short"), "short");
+        assert!(shorten(&owner).len() < 200);
     }
 
     #[test]
