@@ -39,6 +39,11 @@ pub enum Method {
 }
 
 impl Method {
+    /// Whether trees made this way come from a commit (which every lock entry must name).
+    pub fn has_rev(self) -> bool {
+        matches!(self, Method::GithubArchive | Method::GitPack)
+    }
+
     /// The name used in index keys and in the derivation's encoding.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1161,6 +1161,28 @@ fn stored_pins_need_no_network() {
     store_verify(&w.store);
 }
 
+/// An island pinned by its hash alone still locks to its commit, however often it is fetched:
+/// a lock entry without the `rev` would be refused the next time the lock is read.
+#[test]
+fn hash_only_pins_still_lock_their_commit() {
+    let w = World::new("fetch-hash-only");
+    let src = w.path().join("src");
+    project_tree(&src, "json", 1);
+    let rev = forge::commit(&w.root, "acme/pinned", &src, "main", "Import");
+    let forge = Forge::start(&w.root, &[]);
+    let url = forge.url();
+    let git_url = format!("{url}/acme/pinned.git");
+    for island in ["<github:acme/pinned>".to_owned(), format!("<git:{git_url}>")] {
+        let first = fetch_json(&w.store, &url, &island);
+        let by_hash = island.replace('>', &format!(":{{ hash = \"{}\" }}>", first.hash));
+        for round in 0..2 {
+            let again = fetch_json(&w.store, &url, &by_hash);
+            assert_eq!(again.rev.as_deref(), Some(rev.as_str()), "{by_hash}, round {round}");
+            assert!(again.locked.contains(&rev), "{}", again.locked);
+        }
+    }
+}
+
 /// A lock must reproduce its tree on a machine that has never seen it, whatever happened to
 /// the ref since: a locked literal whose branch moved on, or was deleted, fetches its `rev`.
 #[test]

@@ -133,6 +133,8 @@ pub struct Http {
     next_handle: i32,
     /// Bytes of response bodies handed to the guest.
     pub downloaded: u64,
+    /// A server answered 404 or 410 (what was asked for does not exist).
+    pub not_found: bool,
     max_download: u64,
     stall: Duration,
     barrier: Arc<FifoBarrier>,
@@ -165,6 +167,7 @@ impl Http {
             responses: HashMap::new(),
             next_handle: 1,
             downloaded: 0,
+            not_found: false,
             max_download,
             stall,
             barrier,
@@ -242,6 +245,9 @@ impl Http {
                 }
                 url = next;
                 continue;
+            }
+            if matches!(response.status().as_u16(), 404 | 410) {
+                self.not_found = true;
             }
             let handle = self.next_handle;
             self.next_handle += 1;

@@ -84,6 +84,81 @@ pub struct Realized {
     pub stopped_early: bool,
 }
 
+/// The island names something that does not exist: a repository or file the server answers
+/// 404 for, or a ref the repository lacks. The mount answers ENOENT for these, not EIO.
+#[derive(Debug)]
+pub struct NotFound(pub String);
+
+impl std::fmt::Display for NotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotFound {}
+
+/// Whether a failed run says the ref it was asked for does not exist (the fetcher's words
+/// for it: fetcher/src/refs.rs `Want::describe`, fetcher/src/fetch.rs `not_found`).
+fn names_a_missing_ref(error: &anyhow::Error) -> bool {
+    let text = format!("{error:#}");
+    ["no branch or tag `", "no ref `", "has no default branch"]
+        .iter()
+        .any(|needle| text.contains(needle))
+}
+
+/// What the last realization of a derivation gave, as its holder notes it in the
+/// derivation's lock: `<unix nanoseconds> <tree> <whole> <rev or ->`.
+struct LastRealized {
+    at: std::time::SystemTime,
+    tree: TreeHash,
+    whole: TreeHash,
+    rev: Option<String>,
+}
+
+impl From<&Realized> for LastRealized {
+    fn from(r: &Realized) -> Self {
+        LastRealized {
+            at: std::time::SystemTime::now(),
+            tree: r.tree,
+            whole: r.whole,
+            rev: r.rev.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for LastRealized {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nanos = self
+            .at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let rev = self.rev.as_deref().unwrap_or("-");
+        writeln!(f, "{nanos} {} {} {rev}", self.tree, self.whole)
+    }
+}
+
+impl std::str::FromStr for LastRealized {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let mut parts = s.split_whitespace();
+        let nanos: u64 = parts.next().and_then(|p| p.parse().ok()).ok_or(())?;
+        let tree = parts.next().and_then(|p| p.parse().ok()).ok_or(())?;
+        let whole = parts.next().and_then(|p| p.parse().ok()).ok_or(())?;
+        let rev = match parts.next().ok_or(())? {
+            "-" => None,
+            rev => Some(rev.to_owned()),
+        };
+        Ok(LastRealized {
+            at: std::time::UNIX_EPOCH + Duration::from_nanos(nanos),
+            tree,
+            whole,
+            rev,
+        })
+    }
+}
+
 /// One line from the hash FIFO, checked.
 enum FifoEvent {
     /// A well-formed line, and the stored tree it names, if any.
@@ -321,6 +396,19 @@ impl Realizer {
 
     /// Realizes a derivation; `label` names it in logs and errors (usually the island).
     pub async fn realize(&self, drv: &Derivation, label: &str) -> Result<Realized> {
+        self.realize_watched(drv, label, &|_| {}).await
+    }
+
+    /// Realizes a derivation, telling `on_rev` the commit as soon as the fetcher reports it
+    /// (before any download). At most one realization of a derivation runs per store at a
+    /// time, in this process or any other: the others wait, then find its tree stored (or,
+    /// for a branch, stop after the one round trip that says its commit is stored).
+    pub async fn realize_watched(
+        &self,
+        drv: &Derivation,
+        label: &str,
+        on_rev: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<Realized> {
         let offered = features();
         if let Some(missing) = drv.features.iter().find(|f| !offered.contains(f)) {
             bail!(
@@ -328,29 +416,20 @@ impl Realizer {
                 offered.join(", ")
             );
         }
-        // Fully pinned and stored: no network at all.
-        if let Some(hash) = drv.hash
-            && (drv.rev.is_some() || !matches!(drv.method, crate::derivation::Method::GithubArchive))
-            && let Some(published) = self.store.published(&hash)?
-        {
-            self.check_expected(drv, label, &hash, &published.nar)?;
-            tracing::debug!("{label}: {hash} is stored");
-            return Ok(Realized {
-                tree: hash,
-                nar: published.nar,
-                rev: drv.rev.clone(),
-                whole: hash,
-                downloaded: 0,
-                stopped_early: false,
-            });
+        if let Some(realized) = self.stored(drv, label)? {
+            return Ok(realized);
         }
-        let id_key = IndexKey::new("derivation", "id", &drv.id().to_string());
-        if drv.is_pinned()
-            && let Some(whole) = self.store.lookup(&id_key)?
-        {
-            return self.finish(drv, label, whole, None, drv.rev.clone(), 0, false, Vec::new());
+        let asked = std::time::SystemTime::now();
+        let (lock, waited) = self.lock_derivation(drv, label).await?;
+        // Whoever held the lock may have stored it meanwhile, or realized this very
+        // derivation while we waited: then its result is ours (one download, whoever asks).
+        if let Some(realized) = self.stored(drv, label)? {
+            return Ok(realized);
         }
-        match &drv.builder {
+        if waited && let Some(realized) = self.realized_meanwhile(&lock, drv, label, asked)? {
+            return Ok(realized);
+        }
+        let realized = match &drv.builder {
             Builder::Local { path } => {
                 let progress = Progress::new(label, self.progress_bars);
                 let added = self
@@ -361,16 +440,131 @@ impl Realizer {
                 let added = added?;
                 self.finish(drv, label, added.tree, Some(added.nar), None, 0, false, Vec::new())
             }
-            Builder::Wasm { module } => self.run_wasm(drv, module, label).await,
+            Builder::Wasm { module } => self.run_wasm(drv, module, label, on_rev).await,
+        }?;
+        if let Err(e) = lock.write(&LastRealized::from(&realized).to_string()) {
+            tracing::debug!("{label}: cannot note the realization in its lock: {e:#}");
+        }
+        Ok(realized)
+    }
+
+    /// The result of a realization of `drv` that ended after `asked`, noted in its lock by
+    /// the process that held it.
+    fn realized_meanwhile(
+        &self,
+        lock: &crate::store::StoreLock,
+        drv: &Derivation,
+        label: &str,
+        asked: std::time::SystemTime,
+    ) -> Result<Option<Realized>> {
+        let Some(last) = lock.read().ok().and_then(|text| text.parse::<LastRealized>().ok()) else {
+            return Ok(None);
+        };
+        if last.at < asked || self.store.published(&last.whole)?.is_none() {
+            return Ok(None);
+        }
+        let published = self.store.published(&last.tree)?;
+        let Some(published) = published else { return Ok(None) };
+        self.check_expected(drv, label, &last.tree, &published.nar)?;
+        tracing::info!("{label}: realized by another process meanwhile: {}", last.tree);
+        Ok(Some(Realized {
+            tree: last.tree,
+            nar: published.nar,
+            rev: last.rev,
+            whole: last.whole,
+            downloaded: 0,
+            stopped_early: true,
+        }))
+    }
+
+    /// The derivation's tree if the store can answer without running anything: a pinned
+    /// island whose tree is stored, or a pinned derivation realized before. Quick enough for
+    /// a FUSE request (a few small file reads).
+    pub fn stored(&self, drv: &Derivation, label: &str) -> Result<Option<Realized>> {
+        // A tree made from a commit is only answered with its commit: pinned by hash alone,
+        // the fetcher must say the commit (one round trip), or the lock would lack it.
+        if drv.method.has_rev() && drv.rev.is_none() {
+            return Ok(None);
+        }
+        // Fully pinned and stored: no network at all.
+        if let Some(hash) = drv.hash
+            && let Some(published) = self.store.published(&hash)?
+        {
+            self.check_rev(drv, label, &hash)?;
+            self.check_expected(drv, label, &hash, &published.nar)?;
+            tracing::debug!("{label}: {hash} is stored");
+            return Ok(Some(Realized {
+                tree: hash,
+                nar: published.nar,
+                rev: drv.rev.clone(),
+                whole: hash,
+                downloaded: 0,
+                stopped_early: false,
+            }));
+        }
+        let id_key = IndexKey::new("derivation", "id", &drv.id().to_string());
+        if drv.is_pinned()
+            && let Some(whole) = self.store.lookup(&id_key)?
+        {
+            return self
+                .finish(drv, label, whole, None, drv.rev.clone(), 0, false, Vec::new())
+                .map(Some);
+        }
+        Ok(None)
+    }
+
+    /// A lock pinning both a commit and a hash must agree with what this store recorded for
+    /// that commit: a hand-edited lock naming another stored tree is refused, not served.
+    fn check_rev(&self, drv: &Derivation, label: &str, hash: &TreeHash) -> Result<()> {
+        let Some(rev) = &drv.rev else { return Ok(()) };
+        let Some(whole) = self.store.lookup(&IndexKey::new(drv.method.as_str(), "git-rev", rev))? else {
+            return Ok(());
+        };
+        let got = if drv.subpath.is_empty() {
+            whole
+        } else {
+            match self.store.subtree(&whole, &drv.subpath) {
+                Ok(tree) => tree,
+                Err(_) => return Ok(()),
+            }
+        };
+        if got != *hash {
+            bail!(
+                "{label}: hash mismatch: commit {rev} is stored here as another tree than the one pinned\n  \
+                 wanted: hash = \"{hash}\"\n     got: hash = \"{got}\""
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until no other realization of `drv` runs on this store; says whether it waited.
+    async fn lock_derivation(&self, drv: &Derivation, label: &str) -> Result<(crate::store::StoreLock, bool)> {
+        let name = format!("drv-{}", drv.id().to_hex());
+        let mut waited = false;
+        loop {
+            if let Some(lock) = self.store.try_lock(&name)? {
+                return Ok((lock, waited));
+            }
+            if !waited {
+                tracing::info!("{label}: another realization of it is running; waiting for it");
+                waited = true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     /// Runs the fetcher, and logs what the run cost besides the network (`-vv` shows it):
     /// the realizer's own overhead per run, which the benchmarks read.
-    async fn run_wasm(&self, drv: &Derivation, module: &TreeHash, label: &str) -> Result<Realized> {
+    async fn run_wasm(
+        &self,
+        drv: &Derivation,
+        module: &TreeHash,
+        label: &str,
+        on_rev: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<Realized> {
         let started = Instant::now();
         let waited = Arc::new(AtomicU64::new(0));
-        let result = self.run_guest(drv, module, label, waited.clone()).await;
+        let result = self.run_guest(drv, module, label, waited.clone(), on_rev).await;
         let took = started.elapsed();
         let waited = Duration::from_nanos(waited.load(Ordering::Relaxed));
         tracing::debug!(
@@ -388,6 +582,7 @@ impl Realizer {
         module: &TreeHash,
         label: &str,
         waited: Arc<AtomicU64>,
+        on_rev: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<Realized> {
         let loaded = self.load(module)?;
         let staging = CleanUpLater(Some(self.store.staging()?));
@@ -461,12 +656,20 @@ impl Realizer {
 
         let mut reported: Vec<(String, String)> = Vec::new();
         let mut rev = drv.rev.clone();
+        if let Some(rev) = &rev {
+            on_rev(rev);
+        }
         let (result, state) = loop {
             tokio::select! {
                 // Events first: a hit must win over the guest's next step.
                 biased;
                 Some(event) = events.recv() => {
-                    if let Some(tree) = note(event, drv, label, &mut reported, &mut rev)? {
+                    let known = rev.is_some();
+                    let hit = note(event, drv, label, &mut reported, &mut rev)?;
+                    if !known && let Some(rev) = &rev {
+                        on_rev(rev);
+                    }
+                    if let Some(tree) = hit {
                         // Stop the guest: dropping its future drops its store and connections.
                         progress.finish();
                         tracing::info!("{label}: already stored as {tree}; stopped the fetch after {} bytes", progress.bytes());
@@ -507,12 +710,17 @@ impl Realizer {
             },
         };
         if code != 0 {
-            return Err(failure(
+            let error = failure(
                 label,
                 state.error,
                 format!("the fetcher exited with code {code}"),
                 &state.stderr_tail,
-            ));
+            );
+            // Before any commit was known: the repository or the ref may not exist at all.
+            if rev.is_none() && (state.http.not_found || names_a_missing_ref(&error)) {
+                return Err(anyhow::Error::new(NotFound(format!("{error:#}"))));
+            }
+            return Err(error);
         }
         let downloaded = state.http.downloaded;
         tracing::debug!("{label}: the fetcher finished; ingesting what it wrote");
