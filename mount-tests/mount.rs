@@ -8,541 +8,20 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::forge::{self, Forge};
+use common::forge;
 use common::*;
-
-/// How long the daemon may take to print `mounted …`.
-const MOUNT_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long one tool run against the mount may take (a fetch included).
-const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long the daemon may take to exit after a signal.
-const STOP_TIMEOUT: Duration = Duration::from_secs(20);
-
-const READ_ONLY: &str = "Read-only file system";
-
-// ---------------------------------------------------------------------------------------------
-// The read path: FUSE passthrough (default) or the daemon's own read path (--no-passthrough)
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    Passthrough,
-    Plain,
-}
-
-const PASSTHROUGH_LINE: &str = "serving file reads through FUSE passthrough";
-const PLAIN_LINE: &str = "serving file reads without passthrough";
-
-impl Mode {
-    fn args(self) -> &'static [&'static str] {
-        match self {
-            Mode::Passthrough => &[],
-            Mode::Plain => &["--no-passthrough"],
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// One test's world: forge, store, project, mount point
-// ---------------------------------------------------------------------------------------------
-
-struct World {
-    // Dropped in this order: the forge stops, then the directory goes.
-    forge: Forge,
-    tmp: TempDir,
-    forge_root: PathBuf,
-    project: PathBuf,
-    store: PathBuf,
-    mnt: PathBuf,
-}
-
-impl World {
-    fn new(label: &str, forge_flags: &[&str]) -> World {
-        let tmp = TempDir::new(label);
-        let forge_root = tmp.join("forge");
-        let project = tmp.join("project");
-        let store = tmp.join("store");
-        let mnt = tmp.join("mnt");
-        for dir in [&forge_root, &project, &mnt] {
-            mkdir(dir);
-        }
-        let forge = Forge::start(&forge_root, forge_flags);
-        World {
-            forge,
-            tmp,
-            forge_root,
-            project,
-            store,
-            mnt,
-        }
-    }
-
-    /// A fresh directory to build a source tree in.
-    fn dir(&self, rel: &str) -> PathBuf {
-        let dir = self.tmp.join(rel);
-        mkdir(&dir);
-        dir
-    }
-
-    /// Pushes `src` as the new head of `main` in `owner/repo`; returns the commit.
-    fn push(&self, owner_repo: &str, src: &Path, message: &str) -> String {
-        forge::commit(&self.forge_root, owner_repo, src, "main", message)
-    }
-
-    /// `git archive` of `rev`, extracted: what the mount must show.
-    fn reference(&self, owner_repo: &str, rev: &str) -> PathBuf {
-        let dest = self
-            .tmp
-            .join(format!("reference-{}-{rev}", owner_repo.replace('/', "-")));
-        if !dest.exists() {
-            forge::git_archive_extract(&self.forge_root, owner_repo, rev, &dest);
-        }
-        dest
-    }
-
-    fn manifest(&self, text: &str) {
-        fs::write(self.project.join("islands.toml"), text).unwrap();
-    }
-
-    fn lock_text(&self) -> String {
-        fs::read_to_string(self.project.join("islands.lock")).unwrap_or_default()
-    }
-
-    /// The `locked` literal of `name` in islands.lock.
-    fn locked(&self, name: &str) -> Option<String> {
-        lock_entry(&self.lock_text(), name).map(|(_, locked)| locked)
-    }
-
-    /// `cab --store STORE -v ARGS…` run in the project directory against the forge.
-    fn cab(&self) -> Command {
-        let mut cmd = cab();
-        cmd.current_dir(&self.project)
-            .env("CAB_GITHUB_URL", self.forge.url())
-            .env("NO_COLOR", "1")
-            .arg("--store")
-            .arg(&self.store)
-            .arg("-v");
-        cmd
-    }
-
-    /// `cab mount MNT ARGS…`, live.
-    fn mount(&self, args: &[&str]) -> Mount {
-        let mut cmd = self.cab();
-        cmd.arg("mount").arg(&self.mnt).args(args);
-        Mount::start(cmd, &self.mnt)
-    }
-
-    fn at(&self, rel: &str) -> PathBuf {
-        if rel.is_empty() {
-            self.mnt.clone()
-        } else {
-            self.mnt.join(rel)
-        }
-    }
-
-    /// Archive downloads the forge has finished so far.
-    fn archives(&self) -> Vec<forge::Request> {
-        self.forge
-            .requests()
-            .into_iter()
-            .filter(|r| r.path.contains("/archive/"))
-            .collect()
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        // The last line of defence: never leave a mount behind, nor delete through one.
-        if is_mounted(&self.mnt) {
-            lazy_unmount(&self.mnt);
-        }
-    }
-}
-
-/// `(original, locked)` of `[islands.NAME]` in a lock file's text.
-fn lock_entry(lock: &str, name: &str) -> Option<(String, String)> {
-    let table: toml::Table = toml::from_str(lock).unwrap_or_else(|e| panic!("islands.lock is not TOML: {e}\n{lock}"));
-    let entry = table.get("islands")?.as_table()?.get(name)?.as_table()?;
-    let field = |key: &str| entry.get(key).and_then(|v| v.as_str()).map(str::to_owned);
-    Some((field("original")?, field("locked")?))
-}
-
-/// The value of `key = "…"` inside an island literal's config.
-fn config_value(literal: &str, key: &str) -> Option<String> {
-    let needle = format!("{key} = \"");
-    let start = literal.find(&needle)? + needle.len();
-    let len = literal[start..].find('"')?;
-    Some(literal[start..start + len].to_owned())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Mounts
-// ---------------------------------------------------------------------------------------------
-
-/// Whether `path` is listed in /proc/self/mounts (a live or a stale mount).
-fn is_mounted(path: &Path) -> bool {
-    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let want = path.to_string_lossy();
-    mounts
-        .lines()
-        .filter_map(|line| line.split(' ').nth(1))
-        .any(|point| point.replace("\\040", " ") == want)
-}
-
-fn lazy_unmount(path: &Path) {
-    let _ = run_timeout(
-        Command::new("fusermount3").arg("-u").arg("-z").arg(path),
-        Duration::from_secs(20),
-    );
-}
-
-/// What a child process wrote to one of its pipes, as it arrives.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<(String, bool)>>);
-
-impl Captured {
-    fn collect(pipe: impl Read + Send + 'static) -> Captured {
-        let captured = Captured::default();
-        let sink = captured.clone();
-        thread::spawn(move || {
-            let mut reader = BufReader::new(pipe);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match reader.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => sink.0.lock().unwrap().0.push_str(&strip_ansi(&text(&line))),
-                }
-            }
-            sink.0.lock().unwrap().1 = true;
-        });
-        captured
-    }
-
-    fn text(&self) -> String {
-        self.0.lock().unwrap().0.clone()
-    }
-
-    fn closed(&self) -> bool {
-        self.0.lock().unwrap().1
-    }
-
-    /// Waits (bounded) until the text contains `needle`.
-    fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.text().contains(needle) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits (bounded) for the writer to close the pipe.
-    fn wait_closed(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.closed() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-/// Log lines may be coloured; matching is on the plain text.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Polls a child until it exits or the timeout passes.
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: a plain syscall on the pid of our own child, which has not been reaped yet.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, sig);
-    }
-}
-
-/// Child processes, killed and reaped when dropped, so a failing test leaves none behind.
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A running `cab mount`: stopped, and its mount point cleared, when dropped.
-struct Mount {
-    child: Child,
-    mnt: PathBuf,
-    what: String,
-    stdout: Captured,
-    stderr: Captured,
-    /// Set after a deliberate SIGKILL: the stale mount is the test's to clear.
-    leave_stale: bool,
-}
-
-impl Mount {
-    fn start(mut cmd: Command, mnt: &Path) -> Mount {
-        let what = describe(&cmd);
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("could not start `{what}`: {e}"));
-        let stdout = Captured::collect(child.stdout.take().unwrap());
-        let stderr = Captured::collect(child.stderr.take().unwrap());
-        // The guard exists before the first assertion: a failure below still cleans up.
-        let mut mount = Mount {
-            child,
-            mnt: mnt.to_owned(),
-            what,
-            stdout,
-            stderr,
-            leave_stale: false,
-        };
-        let deadline = Instant::now() + MOUNT_TIMEOUT;
-        loop {
-            if mount.log().lines().any(|l| l.starts_with("mounted ")) {
-                break;
-            }
-            if let Ok(Some(status)) = mount.child.try_wait() {
-                mount.stderr.wait_closed(Duration::from_secs(5));
-                panic!(
-                    "`{}` exited with {status} before mounting\n--- stderr ---\n{}",
-                    mount.what,
-                    mount.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "`{}` did not mount within {MOUNT_TIMEOUT:?}\n--- stderr ---\n{}",
-                mount.what,
-                mount.log()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-        assert!(
-            is_mounted(mnt),
-            "`mounted` was printed but {} is not in /proc/mounts",
-            mnt.display()
-        );
-        mount
-    }
-
-    /// Everything the daemon logged so far (stderr).
-    fn log(&self) -> String {
-        self.stderr.text()
-    }
-
-    /// What the daemon printed on stdout so far.
-    fn stdout(&self) -> String {
-        self.stdout.text()
-    }
-
-    fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
-        self.stderr.wait_for(needle, timeout)
-    }
-
-    /// Asserts the log names `mode`'s read path (logged at the first open of a file).
-    fn assert_read_path(&self, mode: Mode) {
-        match mode {
-            Mode::Passthrough => assert!(
-                self.wait_log(PASSTHROUGH_LINE, Duration::from_secs(10)),
-                "expected `{PASSTHROUGH_LINE}` in the log (we run as root on a 6.9+ kernel)\n{}",
-                self.log()
-            ),
-            Mode::Plain => {
-                // The daemon's own read path: it must never have handed a file to the kernel.
-                thread::sleep(Duration::from_millis(100));
-                assert!(
-                    !self.log().contains(PASSTHROUGH_LINE),
-                    "--no-passthrough must not use passthrough\n{}",
-                    self.log()
-                );
-                // (That it also says so is checked by `plain_read_path_is_logged`.)
-            }
-        }
-    }
-
-    /// Sends `sig`, waits (bounded) for the daemon to exit; returns its status and full log.
-    fn stop_with(&mut self, sig: i32) -> (ExitStatus, String) {
-        signal(&self.child, sig);
-        let status = wait_child(&mut self.child, STOP_TIMEOUT).unwrap_or_else(|| {
-            panic!(
-                "`{}` did not exit within {STOP_TIMEOUT:?} of signal {sig}\n{}",
-                self.what,
-                self.log()
-            )
-        });
-        self.stderr.wait_closed(Duration::from_secs(5));
-        self.stdout.wait_closed(Duration::from_secs(5));
-        (status, self.log())
-    }
-
-    /// SIGTERM; the daemon must unmount, print `unmounted MNT` and exit 0.
-    fn stop(mut self) -> String {
-        let (status, log) = self.stop_with(libc::SIGTERM);
-        assert_eq!(status.code(), Some(0), "cab mount must exit 0 on SIGTERM\n{log}");
-        assert!(log.contains("unmounted "), "no `unmounted` line\n{log}");
-        assert!(
-            !is_mounted(&self.mnt),
-            "{} is still mounted after the daemon exited",
-            self.mnt.display()
-        );
-        log
-    }
-
-    /// SIGKILL: the daemon dies and leaves a stale mount behind.
-    fn kill9(mut self) -> String {
-        self.leave_stale = true;
-        let (status, log) = self.stop_with(libc::SIGKILL);
-        assert_eq!(status.code(), None, "SIGKILL must kill the daemon");
-        log
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            signal(&self.child, libc::SIGTERM);
-            if wait_child(&mut self.child, Duration::from_secs(5)).is_none() {
-                let _ = self.child.kill();
-                let _ = wait_child(&mut self.child, Duration::from_secs(10));
-            }
-        }
-        if !self.leave_stale && is_mounted(&self.mnt) {
-            lazy_unmount(&self.mnt);
-        }
-        if thread::panicking() {
-            eprintln!("--- log of `{}` ---\n{}", self.what, self.log());
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Running tools against the mount
-// ---------------------------------------------------------------------------------------------
-
-/// A tool, with the C locale so its messages and sorting are predictable.
-fn tool(program: &str) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.env("LC_ALL", "C");
-    cmd
-}
-
-fn sh(script: &str, args: &[&OsStr]) -> Command {
-    let mut cmd = tool("sh");
-    cmd.arg("-c").arg(script).arg("sh").args(args);
-    cmd
-}
-
-fn ok(cmd: &mut Command) -> Output {
-    let what = describe(cmd);
-    let out = run_timeout(cmd, TOOL_TIMEOUT);
-    assert!(out.status.success(), "expected success: {}", report(&what, &out));
-    out
-}
-
-fn ok_text(cmd: &mut Command) -> String {
-    text(&ok(cmd).stdout)
-}
-
-/// Runs a tool that must fail with `message` (e.g. "Read-only file system") on stderr.
-fn fails_with(cmd: &mut Command, message: &str) -> Output {
-    let what = describe(cmd);
-    let out = run_timeout(cmd, TOOL_TIMEOUT);
-    assert!(!out.status.success(), "expected failure: {}", report(&what, &out));
-    assert!(
-        text(&out.stderr).contains(message),
-        "expected {message:?} on stderr: {}",
-        report(&what, &out)
-    );
-    out
-}
-
-/// A file's text through the mount; a failure names the path and the error.
-fn read_text(path: &Path) -> String {
-    fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e} ({e:?})", path.display()))
-}
-
-fn errno_of<T>(result: std::io::Result<T>) -> Option<i32> {
-    result.err().and_then(|e| e.raw_os_error())
-}
-
-/// A Python script run with the mount's paths as arguments; its stdout.
-fn python(script: &str, args: &[&OsStr]) -> String {
-    let mut cmd = tool("python3");
-    cmd.arg("-I").arg("-c").arg(script).args(args);
-    ok_text(&mut cmd)
-}
-
-fn os(p: &Path) -> &OsStr {
-    p.as_os_str()
-}
-
-/// Copies a tree (files with their modes, directories, symlinks), skipping `__pycache__`.
-fn copy_tree(src: &Path, dst: &Path) {
-    mkdir(dst);
-    for entry in fs::read_dir(src).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if name == "__pycache__" {
-            continue;
-        }
-        let (from, to) = (entry.path(), dst.join(&name));
-        let meta = fs::symlink_metadata(&from).unwrap();
-        if meta.is_dir() {
-            copy_tree(&from, &to);
-        } else if meta.file_type().is_symlink() {
-            make_symlink(fs::read_link(&from).unwrap(), &to);
-        } else if meta.is_file() {
-            write_file(&to, &fs::read(&from).unwrap(), meta.permissions().mode() & 0o777);
-        }
-    }
-}
+use support::*;
 
 // ---------------------------------------------------------------------------------------------
 // Source trees
@@ -1415,8 +894,10 @@ fn failure_is_isolated_and_retried() {
     let mount = world.mount(&[]);
 
     let out = fails_with(tool("ls").arg(world.at("bad")), "Input/output error");
+    // The island's directory exists (it is named); listing it is what fails.
+    assert!(fs::metadata(world.at("bad")).unwrap().is_dir());
     assert_eq!(
-        errno_of(fs::read_dir(world.at("bad"))),
+        errno_of(list(&world.at("bad"))),
         Some(libc::EIO),
         "{}",
         text(&out.stderr)
@@ -1431,10 +912,35 @@ fn failure_is_isolated_and_retried() {
     assert!(world.locked("good").is_some());
     assert!(world.locked("bad").is_none(), "a failure pins nothing");
 
-    // The repository appears: the next lookup tries again and succeeds.
+    // The failure is remembered for a moment: asking again and again costs the forge nothing.
+    let asked = world
+        .forge
+        .settled_requests(Duration::from_millis(200), Duration::from_secs(5))
+        .len();
+    for _ in 0..50 {
+        assert_eq!(errno_of(list(&world.at("bad"))), Some(libc::EIO));
+    }
+    assert_eq!(
+        world.forge.requests().len(),
+        asked,
+        "a remembered failure asks the forge nothing"
+    );
+
+    // The repository appears: once the memory of the failure expires (seconds), the next look
+    // tries again and succeeds.
     let fixed = world.dir("fixed");
     write_file(&fixed.join("now.txt"), b"fixed\n", 0o644);
     let rev = world.push("acme/missing", &fixed, "now it exists");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while list(&world.at("bad")).is_err() {
+        assert!(Instant::now() < deadline, "not retried within 15 s\n{}", mount.log());
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        mount.log().contains("not tried again for"),
+        "the log says how long it waits\n{}",
+        mount.log()
+    );
     assert_eq!(ok_text(tool("ls").arg(world.at("bad"))), "now.txt\n");
     assert_eq!(read_text(&world.at("bad/now.txt")), "fixed\n");
     let locked = world.locked("bad").expect("pinned after the retry");

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 
 use super::fetch::{LimitArgs, github_url, runtime};
 use crate::lock::{Lock, Manifest, lock_path};
-use crate::mount::{Islands, Options};
+use crate::mount::{Islands, Options, ReadPath};
 use crate::realizer::Realizer;
 
 #[derive(clap::Args, Debug)]
@@ -24,6 +24,11 @@ pub struct MountArgs {
     /// Serve every read ourselves instead of asking the kernel for FUSE passthrough.
     #[arg(long)]
     no_passthrough: bool,
+    /// The FUSE request timeout to declare to the kernel, in seconds (Linux 6.14+; capped by
+    /// /proc/sys/fs/fuse/max_request_timeout) [default: the kernel's default_request_timeout].
+    /// Requests waiting for a fetch are answered EAGAIN before it runs out.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u16).range(1..))]
+    request_timeout: Option<u16>,
     /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf).
     #[arg(long)]
     allow_other: bool,
@@ -100,9 +105,14 @@ pub fn mount(args: MountArgs, store: Option<PathBuf>) -> Result<ExitCode> {
     let count = manifest.as_ref().map(|m| m.islands.len()).unwrap_or(0);
     let islands = Arc::new(Islands::new(realizer, runtime.handle().clone(), manifest, lock));
     let options = Options {
-        passthrough: !args.no_passthrough,
+        read_path: if args.no_passthrough {
+            ReadPath::Plain
+        } else {
+            ReadPath::Passthrough
+        },
         allow_other: args.allow_other,
         threads: args.threads,
+        request_timeout: args.request_timeout,
     };
     let shown = args.mountpoint.display().to_string();
     crate::mount::serve(islands, &args.mountpoint, &options, &runtime, || {

@@ -1,29 +1,32 @@
-//! The FUSE filesystem: an inode table over three views — named islands at the top,
+//! The filesystem: an inode table over three views — named islands at the top,
 //! `github/OWNER/REPO/REF/` for browsing, `by-hash/<tree hash>/` for stable paths — and the
 //! realized trees beneath them, served straight from the store.
 //!
-//! Caching follows DESIGN.md ("Mount"): inside a realized tree nothing ever changes, so entries
-//! and attributes get long TTLs, negative lookups are cached, directory listings and file pages
-//! are kept; the levels above change while mounted, so they get short TTLs and no negative
-//! caching, and realization hangs off their lookups.
+//! No request waits on a thread. A lookup answers at once: an island's directory exists before
+//! its contents (a `github/…/REF` lookup waits only for the one ref round trip, so a missing
+//! repository or ref is ENOENT). What needs the contents of a tree still being fetched — a
+//! listing, a lookup inside it — is parked until the tree is ready, answered EINTR if its
+//! caller is interrupted, and EAGAIN before the kernel's request timeout (if one is in force)
+//! would end the connection.
+//!
+//! Caching follows docs/DESIGN.md ("Mount"): inside a realized tree nothing ever changes, so
+//! entries and attributes get long TTLs, negative lookups are cached, directory listings and
+//! file pages are kept; the levels above change while mounted, so they get short TTLs and no
+//! negative caching.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::fs::File;
 use std::num::NonZeroUsize;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
 
-use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
-};
-
-use super::islands::{Islands, Ready};
+use super::fuse::abi::{fopen, init};
+use super::fuse::{Attr, Dirents, Filesystem, InitIn, InitOut, Op, Reply, Request};
+use super::islands::{Flight, Islands, Ready, State, stored_tree};
+use super::table::Table;
+use super::timeout::RequestTimeout;
 use crate::hash::TreeHash;
 use crate::hash::tree::{Entry, Node, Object};
 use crate::island::{Config, Format, Island};
@@ -33,17 +36,22 @@ const TREE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The levels above realized trees, which change while mounted.
 const TOP_TTL: Duration = Duration::from_secs(1);
 
+/// An errno.
+type Errno = i32;
+
 /// What an inode is.
 #[derive(Clone, Debug)]
 enum Kind {
     Root,
     Github,
-    GithubOwner(String),
-    GithubRepo(String, String),
+    GithubOwner(Arc<str>),
+    GithubRepo(Arc<str>, Arc<str>),
     ByHash,
-    /// A named island listed but not looked up yet (listing must not fetch).
-    Named(String),
-    /// A stored tree listed under `by-hash/` but not looked up yet.
+    /// A named island's root, realized or not.
+    Named(Arc<str>),
+    /// `github/OWNER/REPO/REF`, whose ref is known; realized or not.
+    Browsed(Arc<Island>),
+    /// `by-hash/<hash>`, a published tree.
     Stored(TreeHash),
     /// A node of a realized tree, and the island it belongs to (for xattrs).
     Tree {
@@ -52,65 +60,56 @@ enum Kind {
     },
 }
 
-/// The inode table. Inodes are never reused during a mount; a path always gets the same one.
-#[derive(Default)]
-struct Table {
-    inodes: Vec<Kind>,
-    by_name: HashMap<(u64, Vec<u8>), u64>,
+/// One entry of a listing: its name and what it is.
+type Listed = (Box<[u8]>, Kind);
+
+/// What an inode's contents are now: there, or still on their way.
+enum Content {
+    Now(Kind),
+    Wait(Arc<Flight>),
 }
 
-impl Table {
-    fn get(&self, ino: u64) -> Option<&Kind> {
-        self.inodes.get(ino.checked_sub(1)? as usize)
-    }
+/// The root's inode (then `github` and `by-hash`, see [`Table::new`]).
+const ROOT: u64 = 1;
 
-    fn intern(&mut self, parent: u64, name: &[u8], make: impl FnOnce() -> Kind) -> u64 {
-        if let Some(&ino) = self.by_name.get(&(parent, name.to_vec())) {
-            return ino;
-        }
-        self.inodes.push(make());
-        let ino = self.inodes.len() as u64;
-        self.by_name.insert((parent, name.to_vec()), ino);
-        ino
-    }
-}
-
-/// A file opened through passthrough: the inode whose backing it uses.
-struct Open {
-    ino: u64,
+/// How the mount serves file reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadPath {
+    /// FUSE passthrough: the kernel reads the blob file itself (needs CAP_SYS_ADMIN).
+    Passthrough,
+    /// The daemon answers reads; the kernel keeps the pages.
+    Plain,
 }
 
 /// The filesystem.
 pub struct CabFs {
     islands: Arc<Islands>,
-    table: RwLock<Table>,
+    table: RwLock<Table<Kind>>,
     dirs: Mutex<lru::LruCache<TreeHash, Arc<Vec<Entry>>>>,
-    open: Mutex<HashMap<u64, Open>>,
+    /// Passthrough opens: handle → inode.
+    open: Mutex<HashMap<u64, u64>>,
     /// Blob files for reads that come without a handle (the plain path), by inode.
     blobs: Mutex<lru::LruCache<u64, Arc<File>>>,
-    /// Passthrough backing files by inode, with the number of opens using each.
-    backings: Mutex<HashMap<u64, (BackingId, usize)>>,
+    /// Passthrough backing ids by inode, with the number of opens using each.
+    backings: Mutex<HashMap<u64, (u32, usize)>>,
     next_fh: AtomicU64,
     passthrough: AtomicBool,
     /// Whether the read path in use has been logged yet.
-    passthrough_seen: AtomicBool,
+    read_path_logged: AtomicBool,
+    timeout: RequestTimeout,
+    /// How long a request may wait for a fetch (set at INIT; None: as long as it takes).
+    budget: OnceLock<Option<Duration>>,
     uid: u32,
     gid: u32,
 }
 
-const ROOT: u64 = 1;
-const GITHUB: u64 = 2;
-const BY_HASH: u64 = 3;
-
 impl CabFs {
-    /// A filesystem serving `islands`; `passthrough` asks for FUSE passthrough where allowed.
-    pub fn new(islands: Arc<Islands>, passthrough: bool) -> CabFs {
-        let mut table = Table::default();
-        table.inodes.push(Kind::Root);
-        table.inodes.push(Kind::Github);
-        table.inodes.push(Kind::ByHash);
-        table.by_name.insert((ROOT, b"github".to_vec()), GITHUB);
-        table.by_name.insert((ROOT, b"by-hash".to_vec()), BY_HASH);
+    /// A filesystem serving `islands`.
+    pub fn new(islands: Arc<Islands>, read_path: ReadPath, timeout: RequestTimeout) -> CabFs {
+        let table = Table::new(
+            Kind::Root,
+            [(&b"github"[..], Kind::Github), (&b"by-hash"[..], Kind::ByHash)],
+        );
         // SAFETY: plain getters.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         CabFs {
@@ -121,65 +120,45 @@ impl CabFs {
             blobs: Mutex::new(lru::LruCache::new(NonZeroUsize::new(256).expect("non-zero"))),
             backings: Mutex::default(),
             next_fh: AtomicU64::new(1),
-            passthrough: AtomicBool::new(passthrough),
-            passthrough_seen: AtomicBool::new(false),
+            passthrough: AtomicBool::new(read_path == ReadPath::Passthrough),
+            read_path_logged: AtomicBool::new(false),
+            timeout,
+            budget: OnceLock::new(),
             uid,
             gid,
         }
     }
 
-    /// The blob behind a file inode, opened once and kept for a while (reads without a handle).
-    fn blob_file(&self, ino: INodeNo) -> Result<Arc<File>, Errno> {
-        if let Some(file) = self.blobs.lock().unwrap_or_else(|e| e.into_inner()).get(&ino.0) {
-            return Ok(file.clone());
-        }
-        let Some(Kind::Tree {
-            node: Node::File { blob, .. },
-            ..
-        }) = self.kind(ino)
-        else {
-            return Err(Errno::EISDIR);
-        };
-        let path = self.islands.realizer().store().blob_path(&blob);
-        let file = Arc::new(File::open(&path).map_err(|e| {
-            tracing::error!("cannot open blob {}: {e}", path.display());
-            Errno::EIO
-        })?);
-        self.blobs
-            .lock()
+    /// How many inodes the table holds (for tests and statfs).
+    pub fn inodes(&self) -> usize {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn kind(&self, ino: u64) -> Option<Kind> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).get(ino).cloned()
+    }
+
+    /// The inode for `name` in `parent`, counted as one more kernel reference.
+    fn look_up(&self, parent: u64, name: &[u8], make: impl FnOnce() -> Kind) -> u64 {
+        self.table
+            .write()
             .unwrap_or_else(|e| e.into_inner())
-            .put(ino.0, file.clone());
-        Ok(file)
+            .look_up(parent, name, make)
     }
 
-    /// The plain path: refuse open, so that the kernel stops sending open/release pairs
-    /// (`no_open`) and keeps every file's pages (KEEP_CACHE): a warm read is then served from
-    /// the page cache alone. Reads arrive with no handle and find the blob by inode.
-    fn open_plain(&self, reply: ReplyOpen) {
-        self.log_read_path("serving file reads without passthrough");
-        reply.error(Errno::ENOSYS);
-    }
-
-    fn remember(&self, fh: u64, open: Open) {
-        self.open.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, open);
+    /// Tells the kernel about `ino`; if it did not take the entry, the reference is dropped.
+    fn answer_entry(&self, reply: Reply, ino: u64, kind: &Kind) {
+        let ttl = Self::ttl(kind);
+        if !reply.entry(&self.attr(ino, kind), ttl, ttl) {
+            self.table.write().unwrap_or_else(|e| e.into_inner()).forget(ino, 1);
+        }
     }
 
     /// Says once which read path serves files (tests and users want to know).
     fn log_read_path(&self, message: &str) {
-        if !self.passthrough_seen.swap(true, Ordering::Relaxed) {
+        if !self.read_path_logged.swap(true, Ordering::Relaxed) {
             tracing::info!("{message}");
         }
-    }
-
-    fn kind(&self, ino: INodeNo) -> Option<Kind> {
-        self.table.read().unwrap_or_else(|e| e.into_inner()).get(ino.0).cloned()
-    }
-
-    fn intern(&self, parent: u64, name: &[u8], make: impl FnOnce() -> Kind) -> u64 {
-        self.table
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .intern(parent, name, make)
     }
 
     /// A directory's entries, decoded once and kept.
@@ -189,10 +168,10 @@ impl CabFs {
         }
         let entries = match self.islands.realizer().store().read_object(tree) {
             Ok(Object::Directory(entries)) => Arc::new(entries),
-            Ok(Object::Root(_)) => return Err(Errno::ENOTDIR),
+            Ok(Object::Root(_)) => return Err(libc::ENOTDIR),
             Err(e) => {
                 tracing::error!("cannot read directory {tree}: {e:#}");
-                return Err(Errno::EIO);
+                return Err(libc::EIO);
             }
         };
         self.dirs
@@ -202,37 +181,47 @@ impl CabFs {
         Ok(entries)
     }
 
-    fn attr(&self, ino: u64, kind: &Kind) -> FileAttr {
-        let (file_type, perm, size, nlink) = match kind {
+    /// What an island root looks like without waiting: its root node once realized, else a
+    /// directory (its contents are on their way).
+    fn shown(&self, kind: &Kind) -> Kind {
+        let ready = match kind {
+            Kind::Named(name) => self.islands.ready_named(name),
+            Kind::Browsed(island) => self.islands.ready_island(island),
+            _ => None,
+        };
+        match ready {
+            Some(ready) => Kind::Tree {
+                node: ready.root.clone(),
+                island: ready,
+            },
+            None => kind.clone(),
+        }
+    }
+
+    fn attr(&self, ino: u64, kind: &Kind) -> Attr {
+        let (mode, size, nlink) = match self.shown(kind) {
             Kind::Tree {
                 node: Node::File { executable, size, .. },
                 ..
-            } => (FileType::RegularFile, if *executable { 0o555 } else { 0o444 }, *size, 1),
+            } => (libc::S_IFREG | if executable { 0o555 } else { 0o444 }, size, 1),
             Kind::Tree {
                 node: Node::Symlink { target },
                 ..
-            } => (FileType::Symlink, 0o777, target.len() as u64, 1),
-            _ => (FileType::Directory, 0o555, 4096, 2),
+            } => (libc::S_IFLNK | 0o777, target.len() as u64, 1),
+            _ => (libc::S_IFDIR | 0o555, 4096, 2),
         };
         // Like the Nix store: contents are timeless, so every time is the epoch plus one second.
         // The listings above realized trees grow while mounted; their mtime says how much.
-        let time = UNIX_EPOCH + Duration::from_secs(1 + self.listing_generation(ino, kind));
-        FileAttr {
-            ino: INodeNo(ino),
+        Attr {
+            ino,
             size,
             blocks: size.div_ceil(512),
-            atime: time,
-            mtime: time,
-            ctime: time,
-            crtime: time,
-            kind: file_type,
-            perm,
+            time: 1 + self.listing_generation(ino, kind),
+            mode,
             nlink,
             uid: self.uid,
             gid: self.gid,
-            rdev: 0,
             blksize: 4096,
-            flags: 0,
         }
     }
 
@@ -248,7 +237,7 @@ impl CabFs {
             }
             Kind::Github | Kind::GithubOwner(_) | Kind::GithubRepo(..) => {
                 let table = self.table.read().unwrap_or_else(|e| e.into_inner());
-                table.by_name.keys().filter(|(parent, _)| *parent == ino).count() as u64
+                table.children(ino).len() as u64
             }
             _ => 0,
         }
@@ -262,179 +251,284 @@ impl CabFs {
         }
     }
 
-    /// The kind of `ino`, realizing a listed-but-unrealized island first.
-    fn settle(&self, ino: u64) -> Result<Kind, Errno> {
-        let kind = self.kind(INodeNo(ino)).ok_or(Errno::ENOENT)?;
-        let (parent, name) = match &kind {
-            Kind::Named(name) => (ROOT, name.clone().into_bytes()),
-            Kind::Stored(hash) => (BY_HASH, hash.to_string().into_bytes()),
-            _ => return Ok(kind),
+    /// The contents of an inode: an island root is resolved to its tree, or to the flight
+    /// that will bring it.
+    fn content(&self, ino: u64) -> Result<Content, Errno> {
+        let kind = self.kind(ino).ok_or(libc::ENOENT)?;
+        let state = match &kind {
+            Kind::Named(name) => self.islands.get_named(name).ok_or(libc::ENOENT)?,
+            Kind::Browsed(island) => self.islands.get_island(island),
+            Kind::Stored(hash) => {
+                return match stored_tree(self.islands.realizer(), *hash) {
+                    Ok(Some(ready)) => Ok(Content::Now(Kind::Tree {
+                        node: ready.root.clone(),
+                        island: ready,
+                    })),
+                    Ok(None) => Err(libc::ENOENT),
+                    Err(e) => {
+                        tracing::error!("cannot read stored tree {hash}: {e:#}");
+                        Err(libc::EIO)
+                    }
+                };
+            }
+            _ => return Ok(Content::Now(kind)),
         };
-        Ok(self.resolve(parent, &name)?.1)
+        match state {
+            State::Ready(ready) => Ok(Content::Now(Kind::Tree {
+                node: ready.root.clone(),
+                island: ready,
+            })),
+            State::Pending(flight) => Ok(Content::Wait(flight)),
+            // Logged once when it failed; each request only gets the errno. The island's
+            // directory exists (it is named, or its ref was found): its contents failed.
+            State::Failed(_) => Err(libc::EIO),
+        }
     }
 
-    /// Resolves `name` in `parent` to an inode and its kind.
-    fn resolve(&self, parent: u64, name: &[u8]) -> Result<(u64, Kind), Errno> {
-        let parent_kind = self.settle(parent)?;
-        let text = std::str::from_utf8(name).map_err(|_| Errno::ENOENT);
-        let ready = |result: Result<Arc<Ready>, String>| result.map_err(|_| Errno::EIO);
-        let tree_root = |ready: Arc<Ready>| -> Result<Kind, Errno> {
-            let node = self.islands.realizer().store().root_node(&ready.tree).map_err(|e| {
-                tracing::error!("cannot read {}: {e:#}", ready.tree);
-                Errno::EIO
-            })?;
-            Ok(Kind::Tree { node, island: ready })
+    /// Parks `reply` until `flight` has ended (or only learned its commit, with `rev_only`),
+    /// then runs `then` with it. Bounded by the request budget where the kernel has one.
+    fn wait(
+        self: &Arc<Self>,
+        flight: Arc<Flight>,
+        reply: Reply,
+        rev_only: bool,
+        then: impl FnOnce(&Arc<CabFs>, Reply) + Send + 'static,
+    ) {
+        let parked = reply.park();
+        if let Some(budget) = self.budget.get().copied().flatten() {
+            let timer = parked.clone();
+            self.islands.runtime().spawn(async move {
+                tokio::time::sleep(budget).await;
+                if let Some(reply) = timer.take() {
+                    tracing::warn!(
+                        "a request waited {:.1} s for a fetch that is still running; answered \
+                         EAGAIN (try again) before the kernel's FUSE request timeout would end the mount",
+                        budget.as_secs_f64()
+                    );
+                    reply.error(libc::EAGAIN);
+                }
+            });
+        }
+        let fs = self.clone();
+        let resume = move || {
+            if let Some(reply) = parked.take() {
+                then(&fs, reply);
+            }
         };
-        let kind = match &parent_kind {
-            Kind::Root => match name {
-                b"github" => return Ok((GITHUB, Kind::Github)),
-                b"by-hash" => return Ok((BY_HASH, Kind::ByHash)),
+        if rev_only {
+            flight.when_rev_known(resume);
+        } else {
+            flight.when_done(resume);
+        }
+    }
+
+    fn lookup(self: &Arc<Self>, parent: u64, name: Vec<u8>, reply: Reply) {
+        let Some(parent_kind) = self.kind(parent) else {
+            return reply.error(libc::ENOENT);
+        };
+        let text = std::str::from_utf8(&name).ok();
+        match parent_kind {
+            Kind::Root => match &name[..] {
+                b"github" => self.answer_entry(reply, self.look_up(ROOT, &name, || Kind::Github), &Kind::Github),
+                b"by-hash" => self.answer_entry(reply, self.look_up(ROOT, &name, || Kind::ByHash), &Kind::ByHash),
                 _ => {
-                    let Some(result) = self.islands.get_named(text?) else {
-                        return Err(Errno::ENOENT);
+                    let Some(text) = text.filter(|t| self.islands.has_name(t)) else {
+                        return reply.error(libc::ENOENT);
                     };
-                    tree_root(ready(result)?)?
+                    // The directory exists before its contents: start the realization and
+                    // answer now.
+                    let _ = self.islands.get_named(text);
+                    let kind = Kind::Named(text.into());
+                    let ino = self.look_up(ROOT, &name, || kind.clone());
+                    self.answer_entry(reply, ino, &kind);
                 }
             },
-            Kind::Github => {
-                let owner = text?;
-                if !valid_github_part(owner) {
-                    return Err(Errno::ENOENT);
+            Kind::Github => match text.filter(|t| valid_github_part(t)) {
+                Some(owner) => {
+                    let kind = Kind::GithubOwner(owner.into());
+                    let ino = self.look_up(parent, &name, || kind.clone());
+                    self.answer_entry(reply, ino, &kind);
                 }
-                Kind::GithubOwner(owner.to_owned())
-            }
-            Kind::GithubOwner(owner) => {
-                let repo = text?;
-                if !valid_github_part(repo) {
-                    return Err(Errno::ENOENT);
+                None => reply.error(libc::ENOENT),
+            },
+            Kind::GithubOwner(owner) => match text.filter(|t| valid_github_part(t)) {
+                Some(repo) => {
+                    let kind = Kind::GithubRepo(owner, repo.into());
+                    let ino = self.look_up(parent, &name, || kind.clone());
+                    self.answer_entry(reply, ino, &kind);
                 }
-                Kind::GithubRepo(owner.clone(), repo.to_owned())
-            }
+                None => reply.error(libc::ENOENT),
+            },
             Kind::GithubRepo(owner, repo) => {
-                let reference = text?;
-                let config = Config {
-                    r#ref: Some(reference.to_owned()),
-                    ..Config::default()
+                let Some(island) = text.and_then(|r| browsed_island(&owner, &repo, r)) else {
+                    return reply.error(libc::ENOENT);
                 };
-                let island = Island {
-                    format: Format::Github,
-                    location: format!("{owner}/{repo}"),
-                    config,
-                    subpath: None,
-                };
-                // Round-trip through the parser: it validates the ref as a literal would.
-                let island: Island = island.to_string().parse().map_err(|_| Errno::ENOENT)?;
-                tree_root(ready(self.islands.get_island(&island))?)?
+                match self.islands.get_island(&island) {
+                    State::Failed(failure) => reply.error(if failure.not_found { libc::ENOENT } else { libc::EIO }),
+                    State::Pending(flight) if flight.rev().is_none() => {
+                        // One round trip tells whether the ref exists.
+                        self.wait(flight, reply, true, move |fs, reply| fs.lookup(parent, name, reply));
+                    }
+                    State::Ready(_) | State::Pending(_) => {
+                        let kind = Kind::Browsed(Arc::new(island));
+                        let ino = self.look_up(parent, &name, || kind.clone());
+                        self.answer_entry(reply, ino, &kind);
+                    }
+                }
             }
             Kind::ByHash => {
-                let hash: TreeHash = text?.parse().map_err(|_| Errno::ENOENT)?;
-                let store = self.islands.realizer().store();
-                match store.published(&hash) {
-                    Ok(Some(published)) => {
-                        let locked = Island {
-                            format: Format::Fs,
-                            location: String::new(),
-                            config: Config {
-                                hash: Some(hash),
-                                nar_hash: Some(published.nar),
-                                ..Config::default()
-                            },
-                            subpath: None,
-                        };
-                        tree_root(Arc::new(Ready {
-                            tree: hash,
-                            rev: None,
-                            locked,
-                        }))?
+                let Some(hash) = text.and_then(|t| t.parse::<TreeHash>().ok()) else {
+                    return reply.error(libc::ENOENT);
+                };
+                match self.islands.realizer().store().published(&hash) {
+                    Ok(Some(_)) => {
+                        let kind = Kind::Stored(hash);
+                        let ino = self.look_up(parent, &name, || kind.clone());
+                        self.answer_entry(reply, ino, &kind);
                     }
-                    Ok(None) => return Err(Errno::ENOENT),
-                    Err(_) => return Err(Errno::EIO),
+                    Ok(None) => reply.error(libc::ENOENT),
+                    Err(_) => reply.error(libc::EIO),
                 }
             }
-            Kind::Tree {
-                node: Node::Directory { tree },
-                island,
-            } => {
-                let entries = self.entries(tree)?;
-                let at = entries
-                    .binary_search_by(|e| e.name.as_slice().cmp(name))
-                    .map_err(|_| Errno::ENOENT)?;
-                Kind::Tree {
-                    node: entries[at].node.clone(),
-                    island: island.clone(),
+            Kind::Named(_) | Kind::Browsed(_) | Kind::Stored(_) => match self.content(parent) {
+                Ok(Content::Now(kind)) => self.lookup_in_tree(parent, &kind, &name, reply),
+                Ok(Content::Wait(flight)) => {
+                    self.wait(flight, reply, false, move |fs, reply| fs.lookup(parent, name, reply))
                 }
-            }
-            Kind::Tree { .. } => return Err(Errno::ENOTDIR),
-            Kind::Named(_) | Kind::Stored(_) => unreachable!("settled above"),
-        };
-        let fresh = kind.clone();
-        let ino = self.intern(parent, name, move || fresh);
-        // Top-level names are re-resolved on every lookup (a pin may have been written); keep
-        // the table's kind current for them.
-        if !matches!(parent_kind, Kind::Tree { .. }) {
-            let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
-            if let Some(slot) = table.inodes.get_mut(ino as usize - 1) {
-                *slot = kind.clone();
-            }
+                Err(e) => reply.error(e),
+            },
+            kind @ Kind::Tree { .. } => self.lookup_in_tree(parent, &kind, &name, reply),
         }
-        Ok((ino, kind))
     }
 
-    /// The children of a directory inode: (name, kind) pairs, interned.
-    fn children(&self, ino: u64) -> Result<Vec<(u64, Vec<u8>, Kind)>, Errno> {
-        let kind = self.settle(ino)?;
-        let mut out = Vec::new();
-        match kind {
+    fn lookup_in_tree(&self, parent: u64, parent_kind: &Kind, name: &[u8], reply: Reply) {
+        let Kind::Tree {
+            node: Node::Directory { tree },
+            island,
+        } = parent_kind
+        else {
+            return reply.error(libc::ENOTDIR);
+        };
+        let entries = match self.entries(tree) {
+            Ok(entries) => entries,
+            Err(e) => return reply.error(e),
+        };
+        match entries.binary_search_by(|e| e.name.as_slice().cmp(name)) {
+            Ok(at) => {
+                let kind = Kind::Tree {
+                    node: entries[at].node.clone(),
+                    island: island.clone(),
+                };
+                let ino = self.look_up(parent, name, || kind.clone());
+                self.answer_entry(reply, ino, &kind);
+            }
+            // A negative entry with a long TTL: the kernel remembers the absence.
+            Err(_) => reply.negative_entry(TREE_TTL),
+        }
+    }
+
+    /// The entries of a directory: (name, kind), in order.
+    fn list(&self, ino: u64, kind: Kind) -> Result<Vec<Listed>, Errno> {
+        Ok(match kind {
             Kind::Tree {
                 node: Node::Directory { tree },
                 island,
-            } => {
-                for entry in self.entries(&tree)?.iter() {
+            } => self
+                .entries(&tree)?
+                .iter()
+                .map(|entry| {
                     let kind = Kind::Tree {
                         node: entry.node.clone(),
                         island: island.clone(),
                     };
-                    let child = kind.clone();
-                    let ino = self.intern(ino, &entry.name, move || child);
-                    out.push((ino, entry.name.clone(), kind));
-                }
-            }
-            Kind::Tree { .. } => return Err(Errno::ENOTDIR),
+                    (entry.name.as_slice().into(), kind)
+                })
+                .collect(),
+            Kind::Tree { .. } => return Err(libc::ENOTDIR),
             Kind::Root => {
-                out.push((GITHUB, b"github".to_vec(), Kind::Github));
-                out.push((BY_HASH, b"by-hash".to_vec(), Kind::ByHash));
+                let mut out: Vec<Listed> = vec![
+                    (b"github"[..].into(), Kind::Github),
+                    (b"by-hash"[..].into(), Kind::ByHash),
+                ];
                 // Named islands are listed without realizing them: listing must stay cheap.
                 for name in self.islands.names() {
-                    let listed = Kind::Named(name.clone());
-                    let ino = self.intern(ROOT, name.as_bytes(), || listed);
-                    let kind = self.kind(INodeNo(ino)).unwrap_or(Kind::Named(name.clone()));
-                    out.push((ino, name.into_bytes(), kind));
+                    let kind = Kind::Named(name.as_str().into());
+                    out.push((name.into_bytes().into(), kind));
                 }
+                out
             }
             Kind::ByHash => {
-                let roots = self.islands.realizer().store().roots().map_err(|_| Errno::EIO)?;
-                for hash in roots {
-                    let name = hash.to_string().into_bytes();
-                    let ino = self.intern(BY_HASH, &name, || Kind::Stored(hash));
-                    let kind = self.kind(INodeNo(ino)).unwrap_or(Kind::Stored(hash));
-                    out.push((ino, name, kind));
-                }
+                let roots = self.islands.realizer().store().roots().map_err(|_| libc::EIO)?;
+                roots
+                    .into_iter()
+                    .map(|hash| (hash.to_string().into_bytes().into(), Kind::Stored(hash)))
+                    .collect()
             }
-            // Browsing levels list what has been looked up so far.
-            Kind::Named(_) | Kind::Stored(_) => unreachable!("settled above"),
+            // Browsing levels list what the kernel has looked up and still holds.
             Kind::Github | Kind::GithubOwner(_) | Kind::GithubRepo(..) => {
                 let table = self.table.read().unwrap_or_else(|e| e.into_inner());
-                let mut seen: Vec<_> = table
-                    .by_name
-                    .iter()
-                    .filter(|((parent, _), _)| *parent == ino)
-                    .filter_map(|((_, name), &child)| Some((child, name.clone(), table.get(child)?.clone())))
-                    .collect();
-                seen.sort_by(|a, b| a.1.cmp(&b.1));
-                out.extend(seen);
+                table
+                    .children(ino)
+                    .into_iter()
+                    .map(|(_, name, kind)| (name, kind))
+                    .collect()
+            }
+            Kind::Named(_) | Kind::Browsed(_) | Kind::Stored(_) => unreachable!("resolved by content()"),
+        })
+    }
+
+    fn readdir(self: &Arc<Self>, ino: u64, offset: u64, size: u32, plus: bool, reply: Reply) {
+        let kind = match self.content(ino) {
+            Ok(Content::Now(kind)) => kind,
+            Ok(Content::Wait(flight)) => {
+                return self.wait(flight, reply, false, move |fs, reply| {
+                    fs.readdir(ino, offset, size, plus, reply)
+                });
+            }
+            Err(e) => return reply.error(e),
+        };
+        let here = self.kind(ino).unwrap_or(Kind::Root);
+        let children = match self.list(ino, kind) {
+            Ok(children) => children,
+            Err(e) => return reply.error(e),
+        };
+        let mut dirents = Dirents::new(size);
+        let dots = [(&b"."[..], here.clone()), (&b".."[..], here)];
+        let all = dots
+            .into_iter()
+            .map(|(n, k)| (n.into(), k, true))
+            .chain(children.into_iter().map(|(n, k)| (n, k, false)));
+        for (i, (name, kind, dot)) in all.enumerate().skip(offset as usize) {
+            let next = (i + 1) as u64;
+            let full = if plus {
+                // Each entry given with its attributes is a reference the kernel holds (but
+                // for `.` and `..`), so it is counted only once it surely fits.
+                if !dirents.fits(&name, true) {
+                    true
+                } else {
+                    let child = if dot {
+                        ino
+                    } else {
+                        self.look_up(ino, &name, || kind.clone())
+                    };
+                    !dirents.add_plus(&self.attr(child, &kind), Self::ttl(&kind), next, &name)
+                }
+            } else {
+                let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+                // Plain readdir gives no reference: an inode number that is not in the table
+                // is shown as a stable stand-in.
+                let child = if dot {
+                    ino
+                } else {
+                    table.find(ino, &name).unwrap_or_else(|| stand_in_ino(ino, &name))
+                };
+                !dirents.add(child, next, self.attr(child, &kind).dirent_type(), &name)
+            };
+            if full {
+                break;
             }
         }
-        Ok(out)
+        dirents.send(reply);
     }
 
     fn xattrs(&self, kind: &Kind) -> Vec<(&'static str, Vec<u8>)> {
@@ -446,126 +540,130 @@ impl CabFs {
         if let Some(rev) = &island.rev {
             out.push(("user.cab.rev", rev.clone().into_bytes()));
         }
-        out.push(("user.cab.island", island.locked.to_string().into_bytes()));
+        if island.locked.format != Format::Fs || island.locked.fs_path().is_some() {
+            out.push(("user.cab.island", island.locked.to_string().into_bytes()));
+        }
         out
     }
-}
 
-fn valid_github_part(s: &str) -> bool {
-    !s.is_empty() && s != "." && s != ".." && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-}
-
-impl Filesystem for CabFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        for flag in [
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_CACHE_SYMLINKS,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-        ] {
-            let _ = config.add_capabilities(flag);
-        }
-        let _ = config.set_max_readahead(1 << 20);
-        if self.passthrough.load(Ordering::Relaxed) {
-            let granted =
-                config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(1).is_ok();
-            if !granted {
-                tracing::info!("FUSE passthrough is not available from this kernel; serving reads ourselves");
-                self.passthrough.store(false, Ordering::Relaxed);
+    fn xattr(self: &Arc<Self>, ino: u64, name: Option<Vec<u8>>, size: u32, reply: Reply) {
+        let kind = match self.content(ino) {
+            Ok(Content::Now(kind)) => kind,
+            Ok(Content::Wait(flight)) => {
+                return self.wait(flight, reply, false, move |fs, reply| fs.xattr(ino, name, size, reply));
             }
-        }
-        Ok(())
-    }
-
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.resolve(parent.0, name.as_bytes()) {
-            Ok((ino, kind)) => reply.entry(&Self::ttl(&kind), &self.attr(ino, &kind), Generation(0)),
-            Err(e) if e == Errno::ENOENT && matches!(self.kind(parent), Some(Kind::Tree { .. })) => {
-                // A negative entry (inode 0) with a long TTL: the kernel remembers the absence.
-                let mut attr = self.attr(0, &Kind::Root);
-                attr.ino = INodeNo(0);
-                reply.entry(&TREE_TTL, &attr, Generation(0));
-            }
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.kind(ino) {
-            Some(kind) => reply.attr(&Self::ttl(&kind), &self.attr(ino.0, &kind)),
-            None => reply.error(Errno::ENOENT),
-        }
-    }
-
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.kind(ino) {
-            Some(Kind::Tree {
-                node: Node::Symlink { target },
-                ..
-            }) => reply.data(&target),
-            Some(_) => reply.error(Errno::EINVAL),
-            None => reply.error(Errno::ENOENT),
-        }
-    }
-
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let Some(Kind::Tree {
-            node: Node::File { blob, .. },
-            ..
-        }) = self.kind(ino)
-        else {
-            return reply.error(Errno::EISDIR);
+            Err(e) => return reply.error(e),
         };
-        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            return reply.error(Errno::EROFS);
+        let value = match &name {
+            Some(name) => match self
+                .xattrs(&kind)
+                .into_iter()
+                .find(|(n, _)| n.as_bytes() == name.as_slice())
+            {
+                Some((_, value)) => value,
+                None => return reply.error(libc::ENODATA),
+            },
+            None => {
+                let mut list = Vec::new();
+                for (name, _) in self.xattrs(&kind) {
+                    list.extend_from_slice(name.as_bytes());
+                    list.push(0);
+                }
+                list
+            }
+        };
+        if size == 0 {
+            reply.xattr_size(value.len() as u32)
+        } else if (size as usize) < value.len() {
+            reply.error(libc::ERANGE)
+        } else {
+            reply.data(&value)
         }
-        if self.passthrough.load(Ordering::Relaxed) {
-            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-            // One backing file per inode while any open of it lives: the kernel refuses a
-            // second, different backing for an inode that is already open.
-            let mut backings = self.backings.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((backing, opens)) = backings.get_mut(&ino.0) {
+    }
+
+    /// The file node behind `ino` (a file in a tree, or an island whose root is a file).
+    fn file(&self, ino: u64) -> Result<[u8; 32], Errno> {
+        match self.content(ino)? {
+            Content::Now(Kind::Tree {
+                node: Node::File { blob, .. },
+                ..
+            }) => Ok(blob),
+            Content::Now(_) => Err(libc::EISDIR),
+            Content::Wait(_) => Err(libc::EAGAIN),
+        }
+    }
+
+    /// The blob behind a file inode, opened once and kept for a while (reads without a handle).
+    fn blob_file(&self, ino: u64) -> Result<Arc<File>, Errno> {
+        if let Some(file) = self.blobs.lock().unwrap_or_else(|e| e.into_inner()).get(&ino) {
+            return Ok(file.clone());
+        }
+        let blob = self.file(ino)?;
+        let path = self.islands.realizer().store().blob_path(&blob);
+        let file = Arc::new(File::open(&path).map_err(|e| {
+            tracing::error!("cannot open blob {}: {e}", path.display());
+            libc::EIO
+        })?);
+        self.blobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(ino, file.clone());
+        Ok(file)
+    }
+
+    fn open(&self, ino: u64, flags: u32, reply: Reply) {
+        let blob = match self.file(ino) {
+            Ok(blob) => blob,
+            Err(e) => return reply.error(e),
+        };
+        if flags as i32 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(libc::EROFS);
+        }
+        if !self.passthrough.load(Ordering::Relaxed) {
+            // The plain path: refuse open, so that the kernel stops sending open/release
+            // pairs and keeps every file's pages: a warm read is then served from the page
+            // cache alone. Reads arrive with no handle and find the blob by inode.
+            self.log_read_path("serving file reads without passthrough");
+            return reply.error(libc::ENOSYS);
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        // One backing file per inode while any open of it lives: the kernel refuses a second,
+        // different backing for an inode that is already open.
+        let mut backings = self.backings.lock().unwrap_or_else(|e| e.into_inner());
+        let id = match backings.get_mut(&ino) {
+            Some((id, opens)) => {
                 *opens += 1;
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), backing);
-            } else {
+                *id
+            }
+            None => {
                 let path = self.islands.realizer().store().blob_path(&blob);
                 let file = match File::open(&path) {
                     Ok(file) => file,
                     Err(e) => {
                         tracing::error!("cannot open blob {}: {e}", path.display());
-                        return reply.error(Errno::EIO);
+                        return reply.error(libc::EIO);
                     }
                 };
-                match reply.open_backing(&file) {
-                    Ok(backing) => {
+                match reply.channel().open_backing(&file) {
+                    Ok(id) => {
                         self.log_read_path("serving file reads through FUSE passthrough");
-                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing);
-                        backings.insert(ino.0, (backing, 1));
+                        backings.insert(ino, (id, 1));
+                        id
                     }
                     Err(e) => {
                         tracing::info!("FUSE passthrough refused ({e}); serving reads ourselves from now on");
                         self.passthrough.store(false, Ordering::Relaxed);
-                        drop(backings);
-                        return self.open_plain(reply);
+                        return reply.error(libc::ENOSYS);
                     }
                 }
             }
-            self.remember(fh, Open { ino: ino.0 });
-            return;
-        }
-        self.open_plain(reply);
+        };
+        drop(backings);
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, ino);
+        reply.opened(fh, fopen::PASSTHROUGH, id);
     }
 
-    fn read(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<fuser::LockOwner>,
-        reply: ReplyData,
-    ) {
+    fn read(&self, ino: u64, offset: u64, size: u32, reply: Reply) {
         // Reads come here only on the plain path (no handle), or for a passthrough file the
         // kernel did not pass through; either way the blob is found by inode.
         let file = match self.blob_file(ino) {
@@ -579,28 +677,20 @@ impl Filesystem for CabFs {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return reply.error(Errno::EIO),
+                Err(_) => return reply.error(libc::EIO),
             }
         }
         reply.data(&buf[..filled]);
     }
 
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<fuser::LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        let open = self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
-        if let Some(Open { ino, .. }) = open {
+    fn release(&self, fh: u64, reply: Reply) {
+        let ino = self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh);
+        if let Some(ino) = ino {
             let mut backings = self.backings.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((_, opens)) = backings.get_mut(&ino) {
+            if let Some((id, opens)) = backings.get_mut(&ino) {
                 *opens -= 1;
                 if *opens == 0 {
+                    reply.channel().close_backing(*id);
                     backings.remove(&ino);
                 }
             }
@@ -608,105 +698,135 @@ impl Filesystem for CabFs {
         reply.ok();
     }
 
-    /// Refused, so that the kernel stops asking (`no_opendir`): it then keeps every
-    /// directory's listing and pages (KEEP_CACHE | CACHE_DIR), and a warm walk sends us no
-    /// opendir/releasedir pair per directory. Listings above the realized trees can change;
-    /// their mtime changes with them (see [`CabFs::attr`]), which makes the kernel drop its
-    /// cached copy.
-    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply.error(Errno::ENOSYS);
+    fn readlink(self: &Arc<Self>, ino: u64, reply: Reply) {
+        match self.content(ino) {
+            Ok(Content::Now(Kind::Tree {
+                node: Node::Symlink { target },
+                ..
+            })) => reply.data(&target),
+            Ok(Content::Now(_)) => reply.error(libc::EINVAL),
+            Ok(Content::Wait(flight)) => self.wait(flight, reply, false, move |fs, reply| fs.readlink(ino, reply)),
+            Err(e) => reply.error(e),
+        }
     }
+}
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let children = match self.children(ino.0) {
-            Ok(children) => children,
-            Err(e) => return reply.error(e),
+/// `github/OWNER/REPO/REF` as an island, validated as a literal would be.
+fn browsed_island(owner: &str, repo: &str, reference: &str) -> Option<Island> {
+    let island = Island {
+        format: Format::Github,
+        location: format!("{owner}/{repo}"),
+        config: Config {
+            r#ref: Some(reference.to_owned()),
+            ..Config::default()
+        },
+        subpath: None,
+    };
+    island.to_string().parse().ok()
+}
+
+fn valid_github_part(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 100
+        && s != "."
+        && s != ".."
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// An inode number for a plain-readdir entry the table does not hold: stable, and never one
+/// the table hands out (the high bit is set).
+fn stand_in_ino(parent: u64, name: &[u8]) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&parent.to_le_bytes());
+    h.update(name);
+    let bytes = h.finalize();
+    u64::from_le_bytes(bytes.as_bytes()[..8].try_into().unwrap_or_default()) | 1 << 63
+}
+
+impl Filesystem for CabFs {
+    fn init(&self, offered: &InitIn) -> InitOut {
+        let mut flags =
+            init::ASYNC_READ | init::DO_READDIRPLUS | init::CACHE_SYMLINKS | init::PARALLEL_DIROPS | init::MAX_PAGES;
+        let mut out = InitOut {
+            max_readahead: offered.max_readahead,
+            max_background: 64,
+            congestion_threshold: 48,
+            max_write: 128 * 1024,
+            max_pages: 256,
+            ..InitOut::default()
         };
-        let dots = [
-            (ino.0, b".".to_vec(), FileType::Directory),
-            (ino.0, b"..".to_vec(), FileType::Directory),
-        ];
-        let all = dots.into_iter().chain(children.into_iter().map(|(i, n, k)| {
-            let t = self.attr(i, &k).kind;
-            (i, n, t)
-        }));
-        for (i, (child, name, file_type)) in all.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(child), (i + 1) as u64, file_type, OsStr::from_bytes(&name)) {
-                break;
+        if self.passthrough.load(Ordering::Relaxed) {
+            if offered.flags & init::PASSTHROUGH != 0 {
+                flags |= init::PASSTHROUGH;
+                out.max_stack_depth = 1;
+            } else {
+                tracing::info!("FUSE passthrough is not available from this kernel; serving reads ourselves");
+                self.passthrough.store(false, Ordering::Relaxed);
             }
         }
-        reply.ok();
+        let offers_timeout = offered.flags & init::REQUEST_TIMEOUT != 0;
+        if offers_timeout && let Some(declared) = self.timeout.declared() {
+            flags |= init::REQUEST_TIMEOUT;
+            out.request_timeout = declared;
+        }
+        out.flags = flags;
+        let in_force = self.timeout.in_force(offers_timeout);
+        let budget = in_force.map(RequestTimeout::budget);
+        if let Some(limit) = in_force {
+            tracing::info!(
+                "the kernel ends FUSE requests after {} s; a request waiting for a fetch is answered \
+                 EAGAIN after {:.1} s",
+                limit.as_secs(),
+                budget.unwrap_or_default().as_secs_f64()
+            );
+        }
+        let _ = self.budget.set(budget);
+        out
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let children = match self.children(ino.0) {
-            Ok(children) => children,
-            Err(e) => return reply.error(e),
-        };
-        let here = self.kind(ino).unwrap_or(Kind::Root);
-        let dots = [(ino.0, b".".to_vec(), here.clone()), (ino.0, b"..".to_vec(), here)];
-        for (i, (child, name, kind)) in dots.into_iter().chain(children).enumerate().skip(offset as usize) {
-            // Listed islands are not realized by listing: they show as directories with a short
-            // TTL, and are realized when something looks inside.
-            let attr = self.attr(child, &kind);
-            if reply.add(
-                INodeNo(child),
-                (i + 1) as u64,
-                OsStr::from_bytes(&name),
-                &Self::ttl(&kind),
-                &attr,
-                Generation(0),
-            ) {
-                break;
+    fn forget(&self, nodes: &[(u64, u64)]) {
+        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+        for &(ino, n) in nodes {
+            table.forget(ino, n);
+        }
+        drop(table);
+        let mut blobs = self.blobs.lock().unwrap_or_else(|e| e.into_inner());
+        for &(ino, _) in nodes {
+            blobs.pop(&ino);
+        }
+    }
+
+    fn handle(self: &Arc<Self>, request: Request<'_>, reply: Reply) {
+        let ino = request.nodeid;
+        match request.op {
+            Op::Lookup { name } => self.lookup(ino, name.to_vec(), reply),
+            Op::GetAttr => match self.kind(ino) {
+                Some(kind) => reply.attr(&self.attr(ino, &kind), Self::ttl(&self.shown(&kind))),
+                None => reply.error(libc::ENOENT),
+            },
+            Op::ReadLink => self.readlink(ino, reply),
+            Op::Open { flags } => self.open(ino, flags, reply),
+            Op::Read { offset, size } => self.read(ino, offset, size, reply),
+            Op::Release { fh } => self.release(fh, reply),
+            // Refused, so that the kernel stops asking: it then keeps every directory's
+            // listing and pages, and a warm walk sends no opendir/releasedir pair per
+            // directory. Listings above the realized trees can change; their mtime changes
+            // with them (see `attr`), which makes the kernel drop its cached copy.
+            Op::OpenDir => reply.error(libc::ENOSYS),
+            Op::ReleaseDir => reply.ok(),
+            Op::ReadDir { offset, size } => self.readdir(ino, offset, size, false, reply),
+            Op::ReadDirPlus { offset, size } => self.readdir(ino, offset, size, true, reply),
+            Op::StatFs => reply.statfs(self.inodes() as u64, 4096, 255),
+            Op::GetXattr { name, size } => self.xattr(ino, Some(name.to_vec()), size, reply),
+            Op::ListXattr { size } => self.xattr(ino, None, size, reply),
+            Op::Access { mask } => {
+                if mask as i32 & libc::W_OK != 0 {
+                    reply.error(libc::EROFS)
+                } else {
+                    reply.ok()
+                }
             }
-        }
-        reply.ok();
-    }
-
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
-        reply.statfs(0, 0, 0, table.inodes.len() as u64, 0, 4096, 255, 4096);
-    }
-
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let Some(kind) = self.kind(ino) else {
-            return reply.error(Errno::ENOENT);
-        };
-        match self
-            .xattrs(&kind)
-            .into_iter()
-            .find(|(n, _)| n.as_bytes() == name.as_bytes())
-        {
-            None => reply.error(Errno::NO_XATTR),
-            Some((_, value)) if size == 0 => reply.size(value.len() as u32),
-            Some((_, value)) if (size as usize) < value.len() => reply.error(Errno::ERANGE),
-            Some((_, value)) => reply.data(&value),
-        }
-    }
-
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let Some(kind) = self.kind(ino) else {
-            return reply.error(Errno::ENOENT);
-        };
-        let mut list = Vec::new();
-        for (name, _) in self.xattrs(&kind) {
-            list.extend_from_slice(name.as_bytes());
-            list.push(0);
-        }
-        if size == 0 {
-            reply.size(list.len() as u32)
-        } else if (size as usize) < list.len() {
-            reply.error(Errno::ERANGE)
-        } else {
-            reply.data(&list)
-        }
-    }
-
-    fn access(&self, _req: &Request, _ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        if mask.bits() & libc::W_OK != 0 {
-            reply.error(Errno::EROFS)
-        } else {
-            reply.ok()
+            _ => reply.error(libc::ENOSYS),
         }
     }
 }

@@ -1,37 +1,43 @@
 //! `cab mount`: the islands of a manifest, GitHub browsing and every stored tree under one
-//! read-only FUSE mount. See [`fs`] for the filesystem and [`islands`] for realization on
-//! lookup.
+//! read-only FUSE mount. [`fuse`] speaks the kernel protocol, [`fs`] is the filesystem,
+//! [`table`] its inodes, [`islands`] realization off the request path, and [`timeout`] the
+//! kernel's request timeout.
 
 mod fs;
+pub mod fuse;
 mod islands;
+mod table;
+mod timeout;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use fuser::{Config, MountOption, SessionACL};
 
-pub use self::fs::CabFs;
+pub use self::fs::{CabFs, ReadPath};
 pub use self::islands::Islands;
+pub use self::timeout::RequestTimeout;
 
 /// How to mount.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Ask the kernel for FUSE passthrough (falls back by itself when refused).
-    pub passthrough: bool,
+    /// How file reads are served.
+    pub read_path: ReadPath,
     /// Let other users see the mount (`allow_other`).
     pub allow_other: bool,
     /// FUSE worker threads.
     pub threads: usize,
+    /// The request timeout cab declares (None: the kernel's default, if one is set).
+    pub request_timeout: Option<u16>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
-            passthrough: true,
+            read_path: ReadPath::Passthrough,
             allow_other: false,
             threads: 4,
+            request_timeout: None,
         }
     }
 }
@@ -52,19 +58,7 @@ fn is_mount_point(path: &Path) -> bool {
 
 /// Unmounts `mountpoint`; `lazy` detaches a mount whose daemon is gone.
 pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
-    let mut args = vec!["-u"];
-    if lazy {
-        args.push("-z");
-    }
-    let status = Command::new("fusermount3")
-        .args(&args)
-        .arg(mountpoint)
-        .status()
-        .context("cannot run fusermount3 (install the fuse3 package)")?;
-    if !status.success() {
-        bail!("fusermount3 could not unmount {}", mountpoint.display());
-    }
-    Ok(())
+    fuse::unmount(mountpoint, lazy)
 }
 
 /// Clears a mount left behind by a daemon that was killed ("Transport endpoint is not
@@ -93,6 +87,11 @@ fn fuse_connection(path: &Path) -> Option<u32> {
     })
 }
 
+/// Whether `path` is listed in /proc/self/mountinfo (live or stale; never asks the daemon).
+fn listed_as_mounted(path: &Path) -> bool {
+    fuse_connection(path).is_some()
+}
+
 /// Mounts `islands` at `mountpoint` and serves until unmounted (Ctrl-C, SIGTERM or
 /// `cab unmount`). `ready` is called once the mount is live.
 pub fn serve(
@@ -115,31 +114,25 @@ pub fn serve(
             mountpoint.display()
         );
     }
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::RO,
-        MountOption::NoSuid,
-        MountOption::NoDev,
-        MountOption::NoAtime,
-        MountOption::DefaultPermissions,
-        MountOption::FSName("cab".into()),
-        MountOption::Subtype("cab".into()),
-    ];
-    config.acl = if options.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
+    let timeout = RequestTimeout::read(options.request_timeout);
+    let fs = Arc::new(CabFs::new(islands, options.read_path, timeout));
+    let mount_options = fuse::MountOptions {
+        name: "cab".into(),
+        allow_other: options.allow_other,
     };
-    config.n_threads = Some(options.threads.max(1));
-    config.clone_fd = true;
-    let fs = CabFs::new(islands, options.passthrough);
-    let mut session = fuser::Session::new(fs, mountpoint, &config).with_context(|| {
+    let channel = fuse::Channel::mount(mountpoint, &mount_options).with_context(|| {
         format!(
             "cannot mount at {} (is fuse3 installed and /dev/fuse usable?)",
             mountpoint.display()
         )
     })?;
-    let mut unmounter = session.unmount_callable();
+    let session = match fuse::Session::handshake(fs.as_ref(), channel) {
+        Ok(session) => session,
+        Err(e) => {
+            let _ = unmount(mountpoint, true);
+            return Err(e).with_context(|| format!("the kernel and cab could not agree on {}", mountpoint.display()));
+        }
+    };
     let shown = mountpoint.display().to_string();
     let path = mountpoint.to_owned();
     runtime.spawn(async move {
@@ -155,26 +148,46 @@ pub fn serve(
             _ = term.recv() => {}
         }
         tracing::info!("unmounting {shown}");
-        if let Err(e) = unmounter.unmount() {
-            // Busy (a file or directory in it is open): detach it now, and end the connection
-            // so that the daemon can exit; whoever still holds files gets errors, as with any
-            // filesystem that goes away.
-            tracing::warn!("{shown} is busy ({e}); detaching it");
-            let connection = fuse_connection(&path);
-            if let Err(e) = unmount(&path, true) {
-                tracing::error!("cannot detach {shown}: {e:#}");
+        let result = tokio::task::spawn_blocking(move || {
+            if let Err(e) = unmount(&path, false) {
+                // Busy (a file or directory in it is open): detach it now, and end the
+                // connection so that the daemon can exit; whoever still holds files gets
+                // errors, as with any filesystem that goes away.
+                tracing::warn!("{} is busy ({e:#}); detaching it", path.display());
+                let connection = fuse_connection(&path);
+                if let Err(e) = unmount(&path, true) {
+                    tracing::error!("cannot detach {}: {e:#}", path.display());
+                }
+                let aborted = connection
+                    .is_some_and(|c| std::fs::write(format!("/sys/fs/fuse/connections/{c}/abort"), "1").is_ok());
+                if !aborted {
+                    // The connection cannot be ended from here; the mount is detached, so
+                    // this process has nothing left to serve.
+                    eprintln!("unmounted {} (detached while busy)", path.display());
+                    std::process::exit(0);
+                }
             }
-            let aborted = connection
-                .map(|c| std::fs::write(format!("/sys/fs/fuse/connections/{c}/abort"), "1").is_ok())
-                .unwrap_or(false);
-            if !aborted {
-                eprintln!("unmounted {shown} (detached while busy)");
-                std::process::exit(0);
-            }
+        })
+        .await;
+        if result.is_err() {
+            tracing::error!("unmounting panicked");
         }
     });
     ready();
     session
-        .run()
-        .with_context(|| format!("the mount at {} failed", mountpoint.display()))
+        .run(fs, options.threads)
+        .with_context(|| format!("the mount at {} failed", mountpoint.display()))?;
+    // The connection is over. Unmounted: the point is gone from the mount table. Still
+    // listed: the kernel aborted the connection under a live mount (its request timeout, or
+    // someone wrote to its `abort`), which leaves it stale; clear it and say so.
+    if listed_as_mounted(mountpoint) {
+        let _ = unmount(mountpoint, true);
+        bail!(
+            "the kernel ended the FUSE connection of {} while it was mounted (aborted; a request \
+             outlived /proc/sys/fs/fuse/default_request_timeout or max_request_timeout?); the stale \
+             mount was cleared",
+            mountpoint.display()
+        );
+    }
+    Ok(())
 }

@@ -1,0 +1,600 @@
+//! The mount under faults: fetches slower than the kernel's FUSE request timeout, stalled
+//! fetches while other islands are used, callers interrupted while they wait, hand-edited
+//! locks, absurd literals, and months of browsing (inodes the kernel forgets). Every test runs
+//! the real `cab mount` against the real forge and real tools (see mount-tests/README.md).
+//!
+//! The tests here run one at a time: one of them changes a kernel setting for every FUSE mount
+//! (and restores it on every exit path), and the others measure how the mount answers.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use support::*;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A sysctl set for the length of a test; the old value comes back when dropped (also when
+/// the test fails).
+struct Sysctl {
+    path: PathBuf,
+    old: String,
+}
+
+impl Sysctl {
+    /// Sets `path` to `value`; None where the kernel has no such setting.
+    fn set(path: &str, value: &str) -> Option<Sysctl> {
+        let old = fs::read_to_string(path).ok()?;
+        fs::write(path, value).unwrap_or_else(|e| panic!("cannot set {path}: {e} (the tests run as root)"));
+        Some(Sysctl {
+            path: path.into(),
+            old: old.trim().to_owned(),
+        })
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(&self.path, &self.old) {
+            eprintln!("cannot restore {} to {}: {e}", self.path.display(), self.old);
+        }
+    }
+}
+
+/// How a directory listing ended: its names, or the errno.
+fn listing(dir: &Path) -> Result<Vec<String>, i32> {
+    fs::read_dir(dir)
+        .and_then(|entries| {
+            entries
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect()
+        })
+        .map_err(|e| e.raw_os_error().unwrap_or(0))
+}
+
+/// Runs `what`, which must finish within `bound` (a hang shows as a failure, not a stuck run).
+fn answers_within<T: Send + 'static>(bound: Duration, label: &str, what: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(what());
+    });
+    rx.recv_timeout(bound)
+        .unwrap_or_else(|_| panic!("{label}: no answer within {bound:?}: the mount hangs"))
+}
+
+/// The state letter of a process (`R`, `S`, `D`, …) from /proc.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.trim_start().chars().next()
+}
+
+/// The daemon's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// How many inodes the daemon holds (it reports its table's size as statfs's file count).
+fn daemon_inodes(mnt: &Path) -> u64 {
+    let out = ok_text(tool("stat").args(["-f", "-c", "%c"]).arg(mnt));
+    out.trim().parse().unwrap()
+}
+
+/// Makes the kernel drop every unused dentry and inode, which sends FORGETs to the daemon.
+fn drop_kernel_caches() {
+    fs::write("/proc/sys/vm/drop_caches", "2").expect("cannot write /proc/sys/vm/drop_caches (root)");
+}
+
+/// A repository whose archive is `size` incompressible bytes plus a small file.
+fn push_big(world: &World, repo: &str, size: usize, seed: u64) {
+    let src = world.dir(&format!("src-{}", repo.replace('/', "-")));
+    write_file(&src.join("payload.bin"), &pseudo_random(size, seed), 0o644);
+    write_file(&src.join("small.txt"), format!("{repo}\n").as_bytes(), 0o644);
+    world.push(repo, &src, "payload");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. The kernel's request timeout
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_fetch_longer_than_the_kernel_request_timeout_leaves_the_mount_alive() {
+    let _serial = serial();
+    let Some(_timeout) = Sysctl::set("/proc/sys/fs/fuse/default_request_timeout", "10") else {
+        eprintln!("skipped: this kernel has no FUSE request timeout (Linux 6.14+)");
+        return;
+    };
+    // About 40 s to download: longer than the timeout (10 s, which the kernel enforces at its
+    // next 15 s check), by far.
+    let world = World::new(
+        "faults-timeout",
+        &["--throttle", "60000", "--throttle-path-regex", "slow"],
+    );
+    push_big(&world, "acme/slow", 2_400_000, 1);
+    world.manifest("slow = '<github:acme/slow>'\n");
+    let mount = world.mount(&[]);
+    assert!(
+        mount.wait_log("the kernel ends FUSE requests after 10 s", Duration::from_secs(5)),
+        "the daemon reads the timeout in force at mount\n{}",
+        mount.log()
+    );
+    let started = Instant::now();
+    let slow = world.at("slow");
+    let first = answers_within(Duration::from_secs(14), "the first listing", {
+        let slow = slow.clone();
+        move || listing(&slow)
+    });
+    assert_eq!(
+        first,
+        Err(libc::EAGAIN),
+        "answered EAGAIN before the timeout\n{}",
+        mount.log()
+    );
+    assert!(mount.log().contains("answered EAGAIN"), "{}", mount.log());
+    // Asked again and again while the download goes on: each answer comes in time, and the
+    // mount stays alive throughout (the kernel would have aborted it at ~15-30 s).
+    let names = loop {
+        match answers_within(Duration::from_secs(14), "a later listing", {
+            let slow = slow.clone();
+            move || listing(&slow)
+        }) {
+            Ok(names) => break names,
+            Err(libc::EAGAIN) => {}
+            Err(errno) => panic!("errno {errno} while the fetch ran\n{}", mount.log()),
+        }
+        assert_eq!(
+            listing(&world.at("")).map(|mut n| {
+                n.sort();
+                n
+            }),
+            Ok(vec!["by-hash".to_string(), "github".into(), "slow".into()])
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(150),
+            "the fetch never ended\n{}",
+            mount.log()
+        );
+    };
+    assert!(
+        started.elapsed() > Duration::from_secs(20),
+        "the fetch was meant to outlast the kernel's timeout; it took {:?}",
+        started.elapsed()
+    );
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, ["payload.bin", "small.txt"]);
+    assert_eq!(read_text(&slow.join("small.txt")), "acme/slow\n");
+    assert!(!mount.log().contains("ended the FUSE connection"), "{}", mount.log());
+    mount.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Stalled fetches hold nothing up, and their waiters can be interrupted
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn stalled_fetches_block_nothing_and_their_waiters_can_be_interrupted() {
+    let _serial = serial();
+    // The `slow*` archives trickle at 2 KB/s: they stall for the length of the test.
+    let world = World::new("faults-stall", &["--throttle", "2000", "--throttle-path-regex", "slow"]);
+    let stored_src = world.dir("stored-src");
+    write_file(&stored_src.join("here.txt"), b"stored\n", 0o644);
+    world.push("acme/stored", &stored_src, "stored");
+    world.manifest("stored = '<github:acme/stored>'\n");
+    ok(world.cab().arg("update"));
+    let mut manifest = String::from("stored = '<github:acme/stored>'\n");
+    for i in 0..6 {
+        push_big(&world, &format!("acme/slow{i}"), 1_000_000, 10 + i);
+        manifest.push_str(&format!("slow{i} = '<github:acme/slow{i}>'\n"));
+    }
+    world.manifest(&manifest);
+    let mount = world.mount(&[]);
+
+    // Six processes wait inside six islands whose downloads stall.
+    let mut waiting = Children(
+        (0..6)
+            .map(|i| {
+                tool("ls")
+                    .arg(world.at(&format!("slow{i}")))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while mount.log().matches("fetcher: downloading").count() < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "not all six downloads started\n{}",
+            mount.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(300));
+    for (i, child) in waiting.0.iter_mut().enumerate() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ls slow{i} ended while its fetch stalls"
+        );
+        assert_ne!(process_state(child.id()), Some('D'), "ls slow{i} waits unkillably");
+    }
+
+    // Everything else answers at once: the root, the stored island, by-hash, and even the
+    // stalled islands' own directories (a lookup never waits for a download).
+    let bound = Duration::from_secs(5);
+    let mnt = world.mnt.clone();
+    let root = answers_within(bound, "ls MNT", {
+        let mnt = mnt.clone();
+        move || listing(&mnt)
+    });
+    assert_eq!(root.map(|n| n.len()), Ok(9));
+    let here = answers_within(bound, "cat MNT/stored/here.txt", {
+        let mnt = mnt.clone();
+        move || fs::read_to_string(mnt.join("stored/here.txt")).unwrap()
+    });
+    assert_eq!(here, "stored\n");
+    let by_hash = answers_within(bound, "ls MNT/by-hash", {
+        let mnt = mnt.clone();
+        move || listing(&mnt.join("by-hash"))
+    });
+    assert_eq!(by_hash.map(|n| n.len()), Ok(1));
+    for i in 0..6 {
+        let is_dir = answers_within(bound, "stat MNT/slowN", {
+            let mnt = mnt.clone();
+            move || fs::metadata(mnt.join(format!("slow{i}"))).map(|m| m.is_dir())
+        });
+        assert!(is_dir.unwrap(), "slow{i} is a directory before its contents arrive");
+    }
+    let stat_stored = answers_within(bound, "stat MNT/stored", move || {
+        Command::new("stat").arg(mnt.join("stored")).output().unwrap()
+    });
+    assert!(stat_stored.status.success());
+
+    // Ctrl-C and SIGKILL free a waiting caller at once.
+    for (i, child) in waiting.0.iter_mut().enumerate() {
+        let sig = if i % 2 == 0 { libc::SIGINT } else { libc::SIGKILL };
+        // SAFETY: a plain syscall on the pid of our own child, which has not been reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    }
+    let freed = Instant::now();
+    for (i, child) in waiting.0.iter_mut().enumerate() {
+        let status = wait_child(child, Duration::from_secs(5));
+        assert!(
+            status.is_some(),
+            "ls slow{i} was not freed by its signal\n{}",
+            mount.log()
+        );
+    }
+    assert!(freed.elapsed() < Duration::from_secs(5));
+    mount.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. A hand-edited lock that names another stored tree
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_lock_swapped_to_another_stored_tree_is_refused() {
+    let _serial = serial();
+    let world = World::new("faults-swap", &[]);
+    let src = world.dir("src");
+    write_file(&src.join("which.txt"), b"first\n", 0o644);
+    world.push("acme/one", &src, "one");
+    write_file(&src.join("which.txt"), b"second\n", 0o644);
+    world.push("acme/two", &src, "two");
+    world.manifest("one = '<github:acme/one>'\ntwo = '<github:acme/two>'\n");
+    ok(world.cab().arg("update"));
+    let one = world.locked("one").unwrap();
+    let two = world.locked("two").unwrap();
+    let (hash_two, nar_two) = (
+        config_value(&two, "hash").unwrap(),
+        config_value(&two, "narHash").unwrap(),
+    );
+    let swapped = one
+        .replace(&config_value(&one, "hash").unwrap(), &hash_two)
+        .replace(&config_value(&one, "narHash").unwrap(), &nar_two);
+    assert_ne!(swapped, one);
+    let lock_path = world.project.join("islands.lock");
+    let lock = fs::read_to_string(&lock_path).unwrap().replace(&one, &swapped);
+    fs::write(&lock_path, lock).unwrap();
+
+    // `cab fetch` of the edited literal: refused, wanted and got side by side.
+    let out = fails_with(world.cab().arg("fetch").arg(&swapped), "hash mismatch");
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("wanted: hash = \"{hash_two}\"")), "{err}");
+    assert!(
+        err.contains(&format!("got: hash = \"{}\"", config_value(&one, "hash").unwrap())),
+        "{err}"
+    );
+
+    // The mount does not serve the other tree under this name.
+    let mount = world.mount(&[]);
+    assert_eq!(listing(&world.at("one")), Err(libc::EIO));
+    assert!(
+        mount.wait_log("hash mismatch", Duration::from_secs(5)),
+        "{}",
+        mount.log()
+    );
+    assert_eq!(read_text(&world.at("two/which.txt")), "second\n");
+    mount.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Absurd literals
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_huge_literal_is_refused_with_a_clear_error_and_a_small_log() {
+    let _serial = serial();
+    let world = World::new("faults-huge", &[]);
+    let owner = "o".repeat(1_000_000);
+    world.manifest(&format!("huge = '<github:{owner}/repo>'\n"));
+    let mut cmd = world.cab();
+    cmd.arg("-v").arg("mount").arg(&world.mnt);
+    let out = run_timeout(&mut cmd, Duration::from_secs(60));
+    assert!(
+        !out.status.success(),
+        "mounting a manifest with a 1 MB literal must fail"
+    );
+    let err = text(&out.stderr);
+    assert!(err.contains("at most 8192 bytes"), "{}", &err[..err.len().min(2000)]);
+    assert!(
+        err.contains("island `huge`"),
+        "names the island: {}",
+        &err[..err.len().min(2000)]
+    );
+    assert!(
+        out.stderr.len() < 4096,
+        "{} bytes of log for one bad literal",
+        out.stderr.len()
+    );
+    assert!(!is_mounted(&world.mnt));
+
+    // One argument may hold at most 128 KiB (the kernel's MAX_ARG_STRLEN).
+    let out = run_timeout(
+        world
+            .cab()
+            .arg("fetch")
+            .arg(format!("<github:{}/repo>", &owner[..100_000])),
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+    assert!(out.stderr.len() < 4096, "{} bytes of log", out.stderr.len());
+    assert!(text(&out.stderr).contains("at most 8192 bytes"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Months of browsing: inodes the kernel forgets are freed; failures are remembered
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn forgotten_inodes_are_freed_and_memory_stays_bounded() {
+    let _serial = serial();
+    let world = World::new("faults-forget", &[]);
+    let mount = world.mount(&[]);
+    let pid = mount.child.id();
+    // 100,000 distinct names looked up, in two halves.
+    let browse = |from: usize, to: usize| {
+        let script = "import os, sys\n\
+             base, a, b = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])\n\
+             for i in range(a, b):\n    os.stat(os.path.join(base, 'github', 'owner%d' % i))\n";
+        ok(tool("python3")
+            .args(["-I", "-c", script])
+            .arg(&world.mnt)
+            .arg(from.to_string())
+            .arg(to.to_string()));
+    };
+    browse(0, 50_000);
+    assert!(
+        daemon_inodes(&world.mnt) > 50_000,
+        "every name held while the kernel holds it"
+    );
+    drop_kernel_caches();
+    let after_first = daemon_inodes(&world.mnt);
+    let rss_first = rss_kib(pid);
+    browse(50_000, 100_000);
+    drop_kernel_caches();
+    let after_second = daemon_inodes(&world.mnt);
+    let rss_second = rss_kib(pid);
+    assert!(
+        after_first < 1000,
+        "{after_first} inodes left after the kernel forgot them"
+    );
+    assert!(
+        after_second < 1000,
+        "{after_second} inodes left after the kernel forgot them"
+    );
+    assert!(
+        rss_second < rss_first + rss_first / 4 + 16 * 1024,
+        "memory grows with distinct names: {rss_first} KiB after 50,000, {rss_second} KiB after 100,000"
+    );
+
+    // One failing path asked 200 times: the failure is remembered, the forge asked little.
+    let missing = world.at("github/acme/nothere/main");
+    for _ in 0..200 {
+        assert_eq!(errno_of(fs::metadata(&missing)), Some(libc::ENOENT));
+    }
+    let asked = world
+        .forge
+        .settled_requests(Duration::from_millis(300), Duration::from_secs(10))
+        .len();
+    assert!(
+        asked <= 4,
+        "200 looks at one failing path asked the forge {asked} times"
+    );
+    // Distinct failing paths leave nothing behind in the inode table.
+    for i in 0..200 {
+        let path = world.at(&format!("github/acme/missing{i}/main"));
+        assert_eq!(errno_of(fs::metadata(&path)), Some(libc::ENOENT), "{}", path.display());
+    }
+    drop_kernel_caches();
+    assert!(daemon_inodes(&world.mnt) < 1000);
+    mount.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. A connection the kernel aborts is a failure, not a clean stop
+// ---------------------------------------------------------------------------------------------
+
+/// The FUSE connection number of the mount at `mnt`, from /proc/self/mountinfo.
+fn connection_of(mnt: &Path) -> u32 {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = mnt.to_string_lossy();
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            (fields.get(4) == Some(&want.as_ref())).then(|| fields[2].split(':').nth(1).unwrap().parse().unwrap())
+        })
+        .expect("the mount is in /proc/self/mountinfo")
+}
+
+/// The FUSE control filesystem at /sys/fs/fuse/connections, mounted for the test if it was
+/// not (and unmounted again when dropped).
+struct FuseControl {
+    mounted_here: bool,
+}
+
+impl FuseControl {
+    fn ensure() -> FuseControl {
+        let mounted = fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(2) == Some("fusectl"));
+        if !mounted {
+            ok(Command::new("mount").args(["-t", "fusectl", "fusectl", "/sys/fs/fuse/connections"]));
+        }
+        FuseControl { mounted_here: !mounted }
+    }
+}
+
+impl Drop for FuseControl {
+    fn drop(&mut self) {
+        if self.mounted_here {
+            let _ = Command::new("umount").arg("/sys/fs/fuse/connections").status();
+        }
+    }
+}
+
+#[test]
+fn an_aborted_connection_is_reported_as_a_failure() {
+    let _serial = serial();
+    let _control = FuseControl::ensure();
+    let world = World::new("faults-abort", &[]);
+    let mut mount = world.mount(&[]);
+    let connection = connection_of(&world.mnt);
+    fs::write(format!("/sys/fs/fuse/connections/{connection}/abort"), "1").unwrap();
+    let status = wait_child(&mut mount.child, STOP_TIMEOUT).expect("the daemon ends with its connection");
+    mount.stderr.wait_closed(Duration::from_secs(5));
+    let log = mount.log();
+    assert_eq!(status.code(), Some(1), "a supervisor must see a failure\n{log}");
+    assert!(log.contains("the kernel ended the FUSE connection"), "{log}");
+    assert!(!log.contains("\nunmounted "), "{log}");
+    assert!(!is_mounted(&world.mnt), "the stale mount is cleared");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. An unprivileged user mounts through fusermount3
+// ---------------------------------------------------------------------------------------------
+
+/// /dev/fuse opened up to every user for the test (as distributions ship it), its mode
+/// restored when dropped.
+struct OpenDevFuse {
+    mode: u32,
+}
+
+impl OpenDevFuse {
+    fn new() -> OpenDevFuse {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata("/dev/fuse").unwrap().permissions().mode() & 0o7777;
+        fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
+        OpenDevFuse { mode }
+    }
+}
+
+impl Drop for OpenDevFuse {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(self.mode));
+    }
+}
+
+/// `command` run as `nobody`.
+fn as_nobody(program: &Path) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(program);
+    cmd
+}
+
+#[test]
+fn an_unprivileged_user_mounts_through_fusermount3() {
+    let _serial = serial();
+    let _open = OpenDevFuse::new();
+    let tmp = TempDir::new("faults-user");
+    let (tree, store, project, mnt) = (
+        tmp.join("tree"),
+        tmp.join("store"),
+        tmp.join("project"),
+        tmp.join("mnt"),
+    );
+    write_file(&tree.join("hello.txt"), b"from a user's mount\n", 0o644);
+    for dir in [&store, &project, &mnt] {
+        mkdir(dir);
+    }
+    fs::write(
+        project.join("islands.toml"),
+        format!("t = '<fs::{}>'\n", tree.display()),
+    )
+    .unwrap();
+    ok(Command::new("chown").args(["-R", "nobody"]).arg(tmp.path()));
+    let mut cmd = as_nobody(&cab_path());
+    cmd.current_dir(&project)
+        .env("HOME", tmp.path())
+        .arg("--store")
+        .arg(&store)
+        .arg("-v")
+        .arg("mount")
+        .arg(&mnt);
+    let mount = Mount::start(cmd, &mnt);
+    let mut cat = as_nobody(Path::new("/bin/cat"));
+    cat.arg(mnt.join("t/hello.txt"));
+    assert_eq!(ok_text(&mut cat), "from a user's mount\n");
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = mounts.lines().find(|l| l.contains(&*mnt.to_string_lossy())).unwrap();
+    assert!(line.contains("user_id=65534"), "mounted for nobody: {line}");
+    let mut unmount = as_nobody(&cab_path());
+    unmount.arg("unmount").arg(&mnt);
+    ok(&mut unmount);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while is_mounted(&mnt) {
+        assert!(
+            Instant::now() < deadline,
+            "`cab unmount` as the user did not unmount\n{}",
+            mount.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn cab_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cab"))
+}

@@ -1,0 +1,22 @@
+//! FUSE, spoken directly: the kernel protocol cab's mount needs, and nothing else.
+//!
+//! cab used fuser until the mount had to answer every request in bounded time. fuser 0.18 (the
+//! newest release) answers FUSE_INTERRUPT with ENOSYS, which turns interrupts off for the
+//! whole connection: a process waiting on a fetch can then not be freed by Ctrl-C or even
+//! SIGKILL until the fetch ends. Nor can it declare a request timeout in FUSE_INIT, or let a
+//! reply be parked without holding a worker thread's request context. What cab needs is small
+//! — a dozen read-only operations — so it is written here: [`abi`] (the wire format),
+//! [`request`] (parsing), [`reply`] (answers, parking, interrupts), [`channel`] (mounting and
+//! the descriptor) and [`session`] (handshake and worker threads).
+
+pub mod abi;
+pub mod channel;
+pub mod reply;
+pub mod request;
+pub mod session;
+
+pub use abi::{Attr, InitIn, InitOut};
+pub use channel::{Channel, MountOptions, unmount};
+pub use reply::{Dirents, Interrupts, Parked, Reply};
+pub use request::{Op, Request};
+pub use session::{Filesystem, Session};

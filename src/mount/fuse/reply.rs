@@ -1,0 +1,277 @@
+//! Answers to requests. A [`Reply`] is the one way to answer a request: it can travel to any
+//! thread, it answers exactly once, and one dropped unanswered answers EIO, so no request is
+//! ever left waiting. A reply that must wait (for a tree being fetched) is *parked*: it holds
+//! no thread while it waits, and an interrupt from the kernel (the caller got a signal)
+//! answers it EINTR at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use super::abi::{self, Attr, Out};
+use super::channel::Channel;
+
+/// Parked requests by unique, and interrupts that arrived before their request was parked.
+#[derive(Default)]
+pub struct Interrupts {
+    state: Mutex<InterruptState>,
+}
+
+#[derive(Default)]
+struct InterruptState {
+    parked: HashMap<u64, Weak<Slot>>,
+    /// Interrupts for requests not (yet) parked: a request being handled on another thread
+    /// may park a moment later. Kept briefly, bounded.
+    early: VecDeque<(u64, Instant)>,
+}
+
+/// How long an interrupt for an unknown request is remembered.
+const EARLY_INTERRUPT_KEPT: Duration = Duration::from_secs(10);
+/// At most this many are remembered.
+const EARLY_INTERRUPTS_MAX: usize = 4096;
+
+impl Interrupts {
+    /// The kernel interrupts request `unique`: a parked one is answered EINTR now.
+    pub fn interrupt(&self, unique: u64) {
+        let slot = {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            match state.parked.remove(&unique).and_then(|w| w.upgrade()) {
+                Some(slot) => slot,
+                None => {
+                    let now = Instant::now();
+                    while state
+                        .early
+                        .front()
+                        .is_some_and(|(_, at)| now.duration_since(*at) > EARLY_INTERRUPT_KEPT)
+                        || state.early.len() >= EARLY_INTERRUPTS_MAX
+                    {
+                        state.early.pop_front();
+                    }
+                    state.early.push_back((unique, now));
+                    return;
+                }
+            }
+        };
+        if let Some(reply) = slot.reply.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            tracing::debug!("request {unique} interrupted by its caller; answered EINTR");
+            reply.error(libc::EINTR);
+        }
+    }
+
+    /// How many requests are parked now.
+    pub fn parked(&self) -> usize {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).parked.len()
+    }
+}
+
+struct Slot {
+    unique: u64,
+    reply: Mutex<Option<Reply>>,
+    interrupts: Arc<Interrupts>,
+}
+
+/// A parked request: whoever takes its reply first answers it (the wait's end, a deadline,
+/// or an interrupt). Cheap to clone.
+#[derive(Clone)]
+pub struct Parked(Arc<Slot>);
+
+impl Parked {
+    /// The reply, if nobody has answered yet.
+    pub fn take(&self) -> Option<Reply> {
+        let reply = self.0.reply.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if reply.is_some() {
+            let mut state = self.0.interrupts.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.parked.remove(&self.0.unique);
+        }
+        reply
+    }
+
+    /// Whether it has been answered already.
+    pub fn answered(&self) -> bool {
+        self.0.reply.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+    }
+}
+
+/// The answer to one request.
+pub struct Reply {
+    unique: u64,
+    channel: Arc<Channel>,
+    interrupts: Arc<Interrupts>,
+    answered: bool,
+}
+
+impl Reply {
+    /// The reply to request `unique`, read from `channel`.
+    pub fn new(unique: u64, channel: Arc<Channel>, interrupts: Arc<Interrupts>) -> Reply {
+        Reply {
+            unique,
+            channel,
+            interrupts,
+            answered: false,
+        }
+    }
+
+    /// The channel the request came from (notifications may go out on it too).
+    pub fn channel(&self) -> &Arc<Channel> {
+        &self.channel
+    }
+
+    /// Sends the answer; false if the kernel no longer wanted it (interrupted, aborted).
+    fn send(mut self, error: i32, body: &[&[u8]]) -> bool {
+        self.answered = true;
+        match self.channel.send_message(self.unique, -error, body) {
+            Ok(()) => true,
+            Err(e) => {
+                // ENOENT: the request was interrupted and answered already, or is gone.
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    tracing::debug!("cannot answer request {}: {e}", self.unique);
+                }
+                false
+            }
+        }
+    }
+
+    /// Fails the request with `errno`.
+    pub fn error(self, errno: i32) {
+        self.send(errno, &[]);
+    }
+
+    /// Succeeds with no data.
+    pub fn ok(self) {
+        self.send(0, &[]);
+    }
+
+    /// Answers a lookup; false if the kernel did not take it (so it holds no reference).
+    pub fn entry(self, attr: &Attr, entry_ttl: Duration, attr_ttl: Duration) -> bool {
+        let mut out = Out::with_capacity(abi::ENTRY_OUT_SIZE);
+        abi::entry_out(&mut out, attr, entry_ttl, attr_ttl);
+        self.send(0, &[&out.bytes])
+    }
+
+    /// Answers a lookup with "no such name", remembered by the kernel for `ttl`.
+    pub fn negative_entry(self, ttl: Duration) {
+        let attr = Attr::default();
+        self.entry(&attr, ttl, Duration::ZERO);
+    }
+
+    /// Answers getattr.
+    pub fn attr(self, attr: &Attr, ttl: Duration) {
+        let mut out = Out::with_capacity(104);
+        abi::attr_out(&mut out, attr, ttl);
+        self.send(0, &[&out.bytes]);
+    }
+
+    /// Answers with bytes (read, readlink, getxattr, listxattr, readdir).
+    pub fn data(self, data: &[u8]) {
+        self.send(0, &[data]);
+    }
+
+    /// Answers an open: a handle, `fopen` flags, and a passthrough backing id (0: none).
+    pub fn opened(self, fh: u64, flags: u32, backing_id: u32) {
+        let mut out = Out::with_capacity(16);
+        out.u64(fh).u32(flags).u32(backing_id);
+        self.send(0, &[&out.bytes]);
+    }
+
+    /// Answers getxattr/listxattr asked for the size only.
+    pub fn xattr_size(self, size: u32) {
+        let mut out = Out::with_capacity(8);
+        out.u32(size).u32(0);
+        self.send(0, &[&out.bytes]);
+    }
+
+    /// Answers statfs.
+    pub fn statfs(self, files: u64, block_size: u32, name_max: u32) {
+        let mut out = Out::with_capacity(80);
+        out.u64(0).u64(0).u64(0).u64(files).u64(0);
+        out.u32(block_size).u32(name_max).u32(block_size).u32(0);
+        out.bytes.resize(80, 0);
+        self.send(0, &[&out.bytes]);
+    }
+
+    /// Parks the request until [`Parked::take`] gives its reply back. An interrupt that came
+    /// before it was parked answers it at once.
+    pub fn park(self) -> Parked {
+        let unique = self.unique;
+        let interrupts = self.interrupts.clone();
+        let slot = Arc::new(Slot {
+            unique,
+            reply: Mutex::new(None),
+            interrupts: interrupts.clone(),
+        });
+        let mut state = interrupts.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = state.early.iter().position(|(u, _)| *u == unique) {
+            state.early.remove(at);
+            drop(state);
+            tracing::debug!("request {unique} was interrupted before it could wait; answered EINTR");
+            self.error(libc::EINTR);
+            return Parked(slot);
+        }
+        state.parked.insert(unique, Arc::downgrade(&slot));
+        drop(state);
+        *slot.reply.lock().unwrap_or_else(|e| e.into_inner()) = Some(self);
+        Parked(slot)
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if !self.answered {
+            tracing::error!("request {} was dropped unanswered (a bug); answering EIO", self.unique);
+            self.answered = true;
+            let _ = self.channel.send_message(self.unique, -libc::EIO, &[]);
+        }
+    }
+}
+
+/// Directory entries for one readdir or readdirplus answer, up to the size the kernel asked.
+pub struct Dirents {
+    out: Out,
+    max: usize,
+}
+
+impl Dirents {
+    /// Room for `max` bytes.
+    pub fn new(max: u32) -> Dirents {
+        Dirents {
+            out: Out::with_capacity((max as usize).min(64 * 1024)),
+            max: max as usize,
+        }
+    }
+
+    /// Whether an entry named `name` still fits (`plus`: a readdirplus entry).
+    pub fn fits(&self, name: &[u8], plus: bool) -> bool {
+        let size = (abi::DIRENT_SIZE + name.len()).next_multiple_of(8) + if plus { abi::ENTRY_OUT_SIZE } else { 0 };
+        self.out.bytes.len() + size <= self.max
+    }
+
+    /// Adds a readdir entry; false when full (the entry was not added).
+    pub fn add(&mut self, ino: u64, offset: u64, kind: u32, name: &[u8]) -> bool {
+        if !self.fits(name, false) {
+            return false;
+        }
+        abi::dirent(&mut self.out, ino, offset, kind, name);
+        true
+    }
+
+    /// Adds a readdirplus entry (an entry and its attributes); false when full.
+    pub fn add_plus(&mut self, attr: &Attr, ttl: Duration, offset: u64, name: &[u8]) -> bool {
+        if !self.fits(name, true) {
+            return false;
+        }
+        abi::entry_out(&mut self.out, attr, ttl, ttl);
+        abi::dirent(&mut self.out, attr.ino, offset, attr.dirent_type(), name);
+        true
+    }
+
+    /// Sends them.
+    pub fn send(self, reply: Reply) {
+        reply.data(&self.out.bytes);
+    }
+}
+
+/// Whether an I/O error means the connection is over.
+pub fn is_disconnect(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENODEV)
+}
