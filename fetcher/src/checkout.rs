@@ -15,7 +15,7 @@ use crate::io::Sink;
 use crate::pack::{BLOB, Pack, TREE};
 use crate::prelude::*;
 use crate::sha1::hex;
-use crate::tar::failed;
+use crate::tree::failed;
 
 /// The largest blob written as it arrives; bigger ones are streamed by [`checkout`].
 pub const EARLY_BLOB: u64 = 1 << 20;

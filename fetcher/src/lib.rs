@@ -4,7 +4,7 @@
 //! output tree go through the host's module `cab` (see [`host`], built for wasm32 only).
 //!
 //! Everything but [`host`] is plain Rust over the small traits in [`io`], so the whole fetch —
-//! ref resolution, gzip, tar, git packs — is tested natively with `cargo test`.
+//! ref resolution, every archive format, git packs — is tested natively with `cargo test`.
 
 #![cfg_attr(not(test), no_std)]
 
@@ -20,7 +20,9 @@ mod prelude {
     pub use alloc::{format, vec};
 }
 
+pub mod archive;
 pub mod args;
+pub mod bzip2;
 pub mod checkout;
 pub mod crc32;
 pub mod delta;
@@ -41,6 +43,10 @@ pub mod suggest;
 pub mod tar;
 #[cfg(test)]
 mod testing;
+pub mod tree;
+pub mod xz;
+pub mod zip;
+pub mod zstd;
 
 use crate::error::Result;
 use crate::io::{Console, Net, Sink};

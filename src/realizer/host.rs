@@ -505,6 +505,16 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     )?;
     linker.func_wrap(
         "cab",
+        "out_copy",
+        |mut c: Caller<'_, HostState>, fp: i32, fl: i32, p: i32, l: i32| -> i32 {
+            let result = bytes(&mut c, fp, fl)
+                .and_then(|from| Ok((from, bytes(&mut c, p, l)?)))
+                .and_then(|(from, path)| c.data_mut().output.copy(&from, &path));
+            c.data_mut().settle(result, |()| 0)
+        },
+    )?;
+    linker.func_wrap(
+        "cab",
         "scratch_append",
         |mut c: Caller<'_, HostState>, p: i32, l: i32| -> i64 {
             let result = bytes(&mut c, p, l).and_then(|data| c.data_mut().output.scratch_append(&data));
