@@ -28,6 +28,8 @@ pub mod crc32;
 pub mod delta;
 pub mod error;
 pub mod fetch;
+#[cfg(test)]
+mod fuzz;
 pub mod git;
 pub mod gzip;
 pub mod heap;
@@ -43,6 +45,11 @@ pub mod suggest;
 pub mod tar;
 #[cfg(test)]
 mod testing;
+
+// The tests' allocator counts what each thread holds, so that the fuzz tests can bound it.
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: fuzz::Counting = fuzz::Counting;
 pub mod tree;
 pub mod xz;
 pub mod zip;
