@@ -560,7 +560,7 @@ fn fuzz_packs_and_deltas() {
             }
         });
         if let Ok(mut pack) = read {
-            let _ = crate::checkout::checkout(&mut pack, &mut sink, &root, &early);
+            let _ = crate::checkout::checkout(&mut pack, &mut sink, &root, &mut early);
         }
     });
     // Deltas alone: a base and a delta, split at a byte the input chooses.

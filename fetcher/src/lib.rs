@@ -22,6 +22,7 @@ mod prelude {
 
 pub mod archive;
 pub mod args;
+pub mod attributes;
 pub mod bzip2;
 pub mod checkout;
 pub mod crc32;
@@ -41,6 +42,7 @@ pub mod pack;
 pub mod pktline;
 pub mod refs;
 pub mod sha1;
+pub mod subst;
 pub mod suggest;
 pub mod tar;
 #[cfg(test)]

@@ -285,7 +285,12 @@ impl<S: Source, K: Sink> Extractor<'_, '_, S, K> {
                 if size > 0 {
                     return Err(member(name, "a hard link that carries data is not supported"));
                 }
-                let target = normalize(link).map_err(|why| member(link, why))?;
+                let target = normalize(link).map_err(|why| {
+                    member(
+                        name,
+                        &format!("a hard link to `{}`, outside the archive: {why}", show(link)),
+                    )
+                })?;
                 if target.is_empty() || target == path {
                     return Err(member(name, "a hard link to nothing, or to itself"));
                 }

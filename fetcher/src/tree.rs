@@ -38,12 +38,41 @@ pub fn normalize(name: &[u8]) -> core::result::Result<Vec<u8>, &'static str> {
     Ok(out)
 }
 
+/// Directories made so far, whether listed or implied by a deeper path.
+#[derive(Default)]
+pub struct Dirs(BTreeSet<Vec<u8>>);
+
+impl Dirs {
+    /// Makes the directories above `path` that are not made yet.
+    pub fn parents<K: Sink>(&mut self, sink: &mut K, path: &[u8]) -> Result<()> {
+        for (i, &b) in path.iter().enumerate() {
+            if b == b'/' {
+                self.make_one(sink, path.get(..i).unwrap_or_default())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes directory `path` and those above it, unless they are made already.
+    pub fn make<K: Sink>(&mut self, sink: &mut K, path: &[u8]) -> Result<()> {
+        self.parents(sink, path)?;
+        self.make_one(sink, path)
+    }
+
+    fn make_one<K: Sink>(&mut self, sink: &mut K, dir: &[u8]) -> Result<()> {
+        if !self.0.contains(dir) {
+            sink.mkdir(dir).map_err(|_| failed("out_mkdir", dir))?;
+            self.0.insert(dir.to_vec());
+        }
+        Ok(())
+    }
+}
+
 /// The tree being made.
 pub struct Tree<'k, K> {
     /// Where it is made.
     pub sink: &'k mut K,
-    /// Directories made so far, whether listed or implied by a deeper path.
-    dirs: BTreeSet<Vec<u8>>,
+    dirs: Dirs,
     /// The first top-level name met.
     top: Option<Vec<u8>>,
     /// Whether a second top-level name was met.
@@ -55,7 +84,7 @@ impl<'k, K: Sink> Tree<'k, K> {
     pub fn new(sink: &'k mut K) -> Tree<'k, K> {
         Tree {
             sink,
-            dirs: BTreeSet::new(),
+            dirs: Dirs::default(),
             top: None,
             many: false,
         }
@@ -69,27 +98,13 @@ impl<'k, K: Sink> Tree<'k, K> {
             Some(t) if t != top => self.many = true,
             Some(_) => {}
         }
-        for (i, &b) in path.iter().enumerate() {
-            if b != b'/' {
-                continue;
-            }
-            let parent = path.get(..i).unwrap_or_default();
-            if !self.dirs.contains(parent) {
-                self.sink.mkdir(parent).map_err(|_| failed("out_mkdir", parent))?;
-                self.dirs.insert(parent.to_vec());
-            }
-        }
-        Ok(())
+        self.dirs.parents(self.sink, path)
     }
 
     /// Makes directory `path`, unless it is made already.
     pub fn dir(&mut self, path: &[u8]) -> Result<()> {
         self.enter(path)?;
-        if !self.dirs.contains(path) {
-            self.sink.mkdir(path).map_err(|_| failed("out_mkdir", path))?;
-            self.dirs.insert(path.to_vec());
-        }
-        Ok(())
+        self.dirs.make(self.sink, path)
     }
 
     /// Makes file `path` and returns its handle.
