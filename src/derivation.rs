@@ -24,15 +24,17 @@ pub struct Environment {
     pub fetcher: TreeHash,
 }
 
-/// How a tree was made: part of every index key, since the same commit can give different
-/// trees by different routes (a GitHub archive honours `export-ignore`, a git pack does not).
+/// How a tree was made: part of every index key, since the same commit could give different
+/// trees by different routes (before git islands applied `export-ignore` and `export-subst` as
+/// GitHub's archives do, a git pack gave the plain checkout).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     /// A GitHub-style `archive/<rev>.tar.gz`.
     GithubArchive,
     /// A plain `.tar.gz` URL.
     Tarball,
-    /// A shallow fetch over git's smart HTTP pack protocol.
+    /// A shallow fetch over git's smart HTTP pack protocol, exported as `git archive` exports
+    /// it (gitattributes applied).
     GitPack,
     /// A local tree, ingested.
     Fs,
@@ -49,7 +51,9 @@ impl Method {
         match self {
             Method::GithubArchive => "github-archive",
             Method::Tarball => "tarball",
-            Method::GitPack => "git-pack",
+            // Not "git-pack", the name of the plain checkouts that came before: a store's
+            // entries under that name hold trees without the attributes applied.
+            Method::GitPack => "git-export",
             Method::Fs => "fs",
         }
     }

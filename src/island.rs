@@ -710,9 +710,21 @@ impl Parser {
         }
 
         let start = self.pos;
+        // An IPv6 literal host (`http://[::1]:8080/…`) has colons of its own: inside the
+        // brackets that follow `://` or `@`, `:` and `::` separate nothing.
+        let mut in_brackets = false;
         loop {
             match self.peek() {
                 None => return Err(self.expected(self.pos, "`>` to close the island")),
+                Some('[') if self.text(start).ends_with("://") || self.text(start).ends_with('@') => {
+                    in_brackets = true;
+                    self.pos += 1;
+                }
+                Some(']') => {
+                    in_brackets = false;
+                    self.pos += 1;
+                }
+                Some(':') if in_brackets => self.pos += 1,
                 Some('>') => break,
                 // An empty location (`fs`) is followed by one `:` and the path: `<fs::/path>`.
                 Some(':') if self.pos == start => break,
@@ -1282,5 +1294,32 @@ mod tests {
             assert_eq!(f.to_string().parse::<Format>().unwrap(), f);
         }
         assert!("GitHub".parse::<Format>().unwrap_err().message.contains("`fs`"));
+    }
+
+    #[test]
+    fn ipv6_literal_hosts() {
+        for text in [
+            "<tarball:http://[::1]:8080/x.tar.gz>",
+            "<tarball:http://[::1]/x.tar.gz::/sub>",
+            "<git:https://user@[2001:db8::1]:443/r.git:{ ref = \"main\" }>",
+            "<tarball:http://[::1]:8080/x.tar.gz:{ narHash = \"sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\" }:/a>",
+        ] {
+            let island = text
+                .parse::<Island>()
+                .unwrap_or_else(|e| panic!("{text}: {}", e.render(text)));
+            assert!(island.location.contains("]"), "{text}: {}", island.location);
+            assert_eq!(island.to_string(), text);
+            round_trips(&island);
+        }
+        let island: Island = "<tarball:http://[::1]:8080/x.tar.gz::/sub>".parse().unwrap();
+        assert_eq!(island.location, "http://[::1]:8080/x.tar.gz");
+        assert_eq!(island.subpath.unwrap().to_string(), "/sub");
+        assert!(
+            "<tarball:http://[::1/x>"
+                .parse::<Island>()
+                .unwrap_err()
+                .message
+                .contains("`]`")
+        );
     }
 }

@@ -480,3 +480,113 @@ fn python_stdlib_against_git_clone() {
     fs::create_dir_all(&scratch).unwrap();
     assert_matches_checkout(&store, &fetched, &bare, &rev, &scratch);
 }
+
+/// What Nix 2.8's `builtins.fetchGit` makes of `rev` in the repository at `bare`: its narHash.
+fn nix_fetch_git(bare: &Path, rev: &str) -> String {
+    require_nix();
+    let expr = format!(
+        "(builtins.fetchGit {{ url = \"file://{}\"; ref = \"main\"; rev = \"{rev}\"; }}).narHash",
+        bare.display()
+    );
+    let out = run_ok(Command::new("nix-instantiate").args(["--eval", "-E", &expr]));
+    text(&out.stdout).trim().trim_matches('"').to_owned()
+}
+
+/// A repository whose `.gitattributes` files leave paths out (`export-ignore`: files, whole
+/// directories, through a macro, in a subdirectory's own file) and expand `$Format:…$`
+/// (`export-subst`): the git island, the github island of the same commit, `git archive` and
+/// Nix's `builtins.fetchGit` all give one tree. (Placeholders that depend on the exporting
+/// repository rather than the commit, such as `%d`, differ between hosts by nature; cab
+/// leaves them empty, as the fetcher's unit tests check.)
+#[test]
+fn gitattributes_make_git_and_github_islands_agree_with_git_archive_and_nix() {
+    let tmp = TempDir::new("git-attributes");
+    let work = tmp.join("work");
+    git(tmp.path(), &["init", "-q", "-b", "main", work.to_str().unwrap()]);
+    write(
+        &work,
+        ".gitattributes",
+        b"[attr]maintainer export-ignore\n\
+          .gitattributes export-ignore\n\
+          /.github/ export-ignore\n\
+          tests/** export-ignore\n\
+          *.orig maintainer\n\
+          VERSION export-subst\n\
+          src/**/version.h export-subst\n",
+        0o644,
+    );
+    write(
+        &work,
+        "VERSION",
+        b"commit $Format:%H$ (short $Format:%h$), tree $Format:%T$\n\
+          by $Format:%an <%ae>$ on $Format:%cI$: $Format:%s$, $Format:%f$\n\
+          left alone: $Format without a colon$\n",
+        0o644,
+    );
+    write(&work, ".github/workflows/ci.yml", b"on: push\n", 0o644);
+    write(&work, "tests/unit/test_a.py", b"assert True\n", 0o644);
+    write(&work, "src/lib.c", b"int f(void) { return 1; }\n", 0o644);
+    write(&work, "src/gen/version.h", b"#define REV \"$Format:%h$\"\n", 0o644);
+    write(&work, "src/patch.orig", b"leftover\n", 0o644);
+    write(
+        &work,
+        "src/.gitattributes",
+        b"scratch/ export-ignore\nnotes.txt export-subst\n",
+        0o644,
+    );
+    write(&work, "src/scratch/tmp.txt", b"scratch\n", 0o644);
+    write(&work, "src/notes.txt", b"built from $Format:%h$\n", 0o644);
+    write(&work, "bin/tool", b"#!/bin/sh\necho $Format:%H$\n", 0o755);
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "Release 1.0\n\nWith notes."]);
+    let rev = git(&work, &["rev-parse", "HEAD"]);
+    let root = tmp.join("forge");
+    let bare = publish(&work, &root, "acme/attrs");
+
+    // The reference: what `git archive` exports of the commit.
+    let archived = tmp.join("archived");
+    common::forge::git_archive_extract(&root, "acme/attrs", &rev, &archived);
+    assert!(!archived.join("tests").exists() && !archived.join("src/scratch").exists());
+    let version = fs::read_to_string(archived.join("VERSION")).unwrap();
+    assert!(
+        version.starts_with(&format!("commit {rev} (short {})", &rev[..7])),
+        "{version}"
+    );
+
+    let forge = Forge::start(&root, &[]);
+    let store = tmp.join("store");
+    let git_island = fetch_ok(&store, &island(&forge, "acme/attrs", "ref = \"main\""));
+    let mut cmd = cab();
+    cmd.arg("--store")
+        .arg(&store)
+        .args(["fetch", "--json", "<github:acme/attrs>"])
+        .env("CAB_GITHUB_URL", forge.url());
+    let out = run_timeout(&mut cmd, FETCH_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "{}",
+        report("cab fetch <github:acme/attrs>", &out)
+    );
+    let github: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+
+    assert_eq!(git_island.rev, rev);
+    assert_eq!(github["hash"], git_island.hash, "<github:…> and <git:…> differ");
+    assert_eq!(github["narHash"], git_island.nar);
+    let exported = tmp.join("exported");
+    run_ok(
+        cab_in(&store)
+            .args(["store", "export", &git_island.hash])
+            .arg(&exported),
+    );
+    assert_same_tree(&archived, &exported);
+    assert_eq!(
+        git_island.nar,
+        nix_hash(&archived, None),
+        "narHash is not Nix's for git archive's tree"
+    );
+    assert_eq!(
+        git_island.nar,
+        nix_fetch_git(&bare, &rev),
+        "narHash is not builtins.fetchGit's"
+    );
+}

@@ -17,7 +17,7 @@ pub enum Request {
     Github(Github),
     /// Any git smart-HTTP repository at a ref or commit.
     Git(Git),
-    /// A `.tar.gz` at a URL.
+    /// An archive at a URL, in any format [`crate::archive`] reads.
     Tarball {
         /// Where it is.
         url: String,

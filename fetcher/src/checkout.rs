@@ -7,15 +7,22 @@
 //! cannot be placed that way — deltified trees and blobs, blobs too big to hold, anything under
 //! such a tree — is left to [`checkout`], which walks the whole tree at the end, checks every
 //! entry, and writes what is not there yet.
+//!
+//! Both write the tree as `git archive` exports it: `export-ignore` paths left out,
+//! `export-subst` files expanded (see [`crate::attributes`], [`crate::subst`]). A directory
+//! with a `.gitattributes` is placed only once that file has arrived (git sends it among the
+//! first blobs); what arrives before it is written by [`checkout`].
 
 use alloc::rc::Rc;
 
+use crate::attributes::Attributes;
 use crate::error::{Error, Result, show};
 use crate::io::Sink;
 use crate::pack::{BLOB, Pack, TREE};
 use crate::prelude::*;
 use crate::sha1::hex;
-use crate::tar::failed;
+use crate::subst::Commit;
+use crate::tree::{Dirs, failed};
 
 /// The largest blob written as it arrives; bigger ones are streamed by [`checkout`].
 pub const EARLY_BLOB: u64 = 1 << 20;
@@ -25,6 +32,13 @@ pub const EARLY_BLOB: u64 = 1 << 20;
 pub struct Early {
     /// What is known of each object met so far, by id.
     known: Known,
+    /// The `.gitattributes` files read so far, by directory.
+    pub attrs: Attributes,
+    /// The commit being exported, for `export-subst`.
+    pub commit: Option<Commit>,
+    /// The directories made: each only once something in it is written, since `git
+    /// archive` leaves out a directory whose contents are all `export-ignore`d.
+    pub dirs: Dirs,
 }
 
 /// What is known of one object.
@@ -34,9 +48,14 @@ struct Object {
     tree: Option<Rc<Vec<u8>>>,
     /// A tree whose place is known but which has not arrived: the paths it goes at.
     awaited: Vec<Vec<u8>>,
-    /// A blob whose place is known but which has not arrived: where, with which mode.
-    wanted: Vec<(Vec<u8>, u32)>,
-    /// Where it has been written already: a blob's files and symlinks, a tree's (or a
+    /// A blob whose place is known but which has not arrived: where, with which mode, and
+    /// whether `export-subst` applies.
+    wanted: Vec<(Vec<u8>, u32, bool)>,
+    /// A `.gitattributes` blob not arrived yet: the trees waiting for it, and their paths.
+    rules_for: Vec<([u8; 20], Vec<u8>)>,
+    /// A blob that has arrived (and gone).
+    arrived: bool,
+    /// Where it has been written already: a blob's files and symlinks (a tree's or a
     /// submodule's) directories.
     written: Vec<Vec<u8>>,
 }
@@ -110,8 +129,21 @@ impl Early {
             }
             BLOB => {
                 let object = self.known.entry(id);
-                let wanted = core::mem::take(&mut object.wanted);
-                for (path, mode) in wanted {
+                object.arrived = true;
+                // A `.gitattributes` first: the trees waiting for it can be placed now, and
+                // that may want this very blob (the file itself is part of the tree).
+                for (tree, dir) in core::mem::take(&mut object.rules_for) {
+                    self.attrs.add(&dir, data);
+                    self.place(sink, tree, dir)?;
+                }
+                let wanted = core::mem::take(&mut self.known.entry(id).wanted);
+                for (path, mode, subst) in wanted {
+                    let expanded = if subst {
+                        Some(substitute(self.commit.as_ref(), data)?)
+                    } else {
+                        None
+                    };
+                    let data = expanded.as_deref().unwrap_or(data);
                     write_blob(sink, &path, mode, data, &mut |sink, file| {
                         // In pieces, as everything else is written: the host copies each one.
                         for piece in data.chunks(64 * 1024) {
@@ -138,6 +170,17 @@ impl Early {
                 object.awaited.push(path);
                 continue;
             };
+            // Nothing of a directory is placed before its own `.gitattributes` is read. If
+            // that blob came already (it is not kept), [`checkout`] does the directory.
+            if !self.attrs.has(&path)
+                && let Some(rules) = rules_blob(&tree)
+            {
+                let object = self.known.entry(&rules);
+                if !object.arrived {
+                    object.rules_for.push((id, path));
+                }
+                continue;
+            }
             let mut rest = &tree[..];
             while let Some((mode, name, child, used)) = entry(rest) {
                 rest = rest.get(used..).unwrap_or_default();
@@ -145,15 +188,20 @@ impl Early {
                     break;
                 }
                 let at = join(&path, name);
+                if mode >> 12 != 0o04 {
+                    // As `git archive`: a directory is made once anything but a directory is
+                    // met in it, even something it then leaves out.
+                    self.dirs.parents(sink, &at)?;
+                }
+                let export = self.attrs.export(&at, matches!(mode >> 12, 0o04 | 0o16));
+                if export.ignore {
+                    continue;
+                }
                 match mode >> 12 {
-                    0o04 | 0o16 => {
-                        sink.mkdir(&at).map_err(|_| failed("out_mkdir", &at))?;
-                        self.known.entry(&child).written.push(at.clone());
-                        if mode >> 12 == 0o04 {
-                            work.push((child, at));
-                        }
-                    }
-                    0o10 | 0o12 => self.known.entry(&child).wanted.push((at, mode)),
+                    0o04 => work.push((child, at)),
+                    0o16 => self.dirs.make(sink, &at)?,
+                    0o10 => self.known.entry(&child).wanted.push((at, mode, export.subst)),
+                    0o12 => self.known.entry(&child).wanted.push((at, mode, false)),
                     _ => break,
                 }
             }
@@ -173,9 +221,10 @@ impl Early {
 
 /// Writes the tree `root` into `sink` as the output's top level: directories, files with their
 /// executable bit, symlinks, and an empty directory for each submodule (as `git archive`
-/// leaves it), skipping what `early` wrote already. Depth-first, with the trees being walked on
-/// an explicit stack.
-pub fn checkout<K: Sink>(pack: &mut Pack, sink: &mut K, root: &[u8; 20], early: &Early) -> Result<()> {
+/// leaves it), without what `export-ignore` leaves out and with `export-subst` expanded,
+/// skipping what `early` wrote already. Depth-first, with the trees being walked on an
+/// explicit stack.
+pub fn checkout<K: Sink>(pack: &mut Pack, sink: &mut K, root: &[u8; 20], early: &mut Early) -> Result<()> {
     let mut path = Vec::new();
     let mut stack: Vec<(Rc<Vec<u8>>, usize, usize)> = Vec::new();
     let mut next = Some(*root);
@@ -186,6 +235,15 @@ pub fn checkout<K: Sink>(pack: &mut Pack, sink: &mut K, root: &[u8; 20], early: 
                 (Some((i, TREE)), None) => pack.load(sink, i)?,
                 _ => return Err(missing(&path, &id, "tree")),
             };
+            if !early.attrs.has(&path)
+                && let Some(rules) = rules_blob(&tree)
+            {
+                let Some((i, BLOB)) = pack.lookup(&rules) else {
+                    return Err(missing(&join(&path, b".gitattributes"), &rules, "blob"));
+                };
+                let data = pack.load(sink, i)?;
+                early.attrs.add(&path, &data);
+            }
             stack.push((tree, 0, path.len()));
         }
         let Some((tree, pos, len)) = stack.last_mut() else {
@@ -207,16 +265,18 @@ pub fn checkout<K: Sink>(pack: &mut Pack, sink: &mut K, root: &[u8; 20], early: 
             return Err(Error::new(format!("a tree holds the bad name `{}`", show(&path))));
         }
         *pos += used;
+        if mode >> 12 != 0o04 {
+            early.dirs.parents(sink, &path)?;
+        }
+        let export = early.attrs.export(&path, matches!(mode >> 12, 0o04 | 0o16));
+        if export.ignore {
+            continue;
+        }
         match mode >> 12 {
-            // A directory, or a submodule's commit: an empty directory.
-            0o04 | 0o16 => {
-                if !early.has(&id, &path) {
-                    sink.mkdir(&path).map_err(|_| failed("out_mkdir", &path))?;
-                }
-                if mode >> 12 == 0o04 {
-                    next = Some(id);
-                }
-            }
+            // A directory, made once something in it is; a submodule's commit, an empty
+            // directory.
+            0o04 => next = Some(id),
+            0o16 => early.dirs.make(sink, &path)?,
             0o10 | 0o12 => {
                 let Some((i, BLOB)) = pack.lookup(&id) else {
                     return Err(missing(&path, &id, "blob"));
@@ -227,6 +287,14 @@ pub fn checkout<K: Sink>(pack: &mut Pack, sink: &mut K, root: &[u8; 20], early: 
                 if mode >> 12 == 0o12 {
                     let target = pack.load(sink, i)?;
                     write_blob(sink, &path, mode, &target, &mut |_, _| Ok(()))?;
+                } else if export.subst {
+                    let data = substitute(early.commit.as_ref(), &pack.load(sink, i)?)?;
+                    write_blob(sink, &path, mode, &[], &mut |sink, file| {
+                        for piece in data.chunks(64 * 1024) {
+                            sink.write(file, piece).map_err(|_| failed("out_write", &path))?;
+                        }
+                        Ok(())
+                    })?;
                 } else {
                     write_blob(sink, &path, mode, &[], &mut |sink, file| {
                         pack.stream(sink, i, &mut |sink, data| {
@@ -271,6 +339,24 @@ fn entry(data: &[u8]) -> Option<(u32, &[u8], [u8; 20], usize)> {
     let name = data.get(space + 1..nul)?;
     let id: [u8; 20] = data.get(nul + 1..nul + 21)?.try_into().ok()?;
     Some((mode, name, id, nul + 21))
+}
+
+/// The `.gitattributes` of a tree, if it has one that is a file (git reads no other).
+fn rules_blob(tree: &[u8]) -> Option<[u8; 20]> {
+    let mut rest = tree;
+    while let Some((mode, name, id, used)) = entry(rest) {
+        if name == b".gitattributes" && mode >> 12 == 0o10 {
+            return Some(id);
+        }
+        rest = rest.get(used..).unwrap_or_default();
+    }
+    None
+}
+
+/// `data` with `export-subst` applied, from `commit`.
+fn substitute(commit: Option<&Commit>, data: &[u8]) -> Result<Vec<u8>> {
+    let commit = commit.ok_or_else(|| Error::new("an export-subst file, but the commit could not be read"))?;
+    Ok(commit.substitute(data))
 }
 
 /// A name no tree entry may have: it would leave its directory or name none.
@@ -328,7 +414,7 @@ mod tests {
         });
         let mut pack = read.unwrap();
         let written_early = sink.calls.len();
-        let result = checkout(&mut pack, &mut sink, root, &early);
+        let result = checkout(&mut pack, &mut sink, root, &mut early);
         (result, sink, written_early)
     }
 

@@ -31,7 +31,11 @@ pub fn apply(base: &[u8], delta: &[u8]) -> Result<Vec<u8>> {
     }
     let want = size(&mut d)?;
     let mut out = Vec::new();
-    out.try_reserve_exact(want).map_err(|_| bad("result too large"))?;
+    // Room for what the delta most likely makes, not for what it announces: a few bytes of
+    // delta could announce gigabytes (a fuzz test found that), and the result grows only as
+    // the instructions make it.
+    out.try_reserve_exact(want.min(base.len().saturating_add(delta.len())))
+        .map_err(|_| bad("result too large"))?;
     while let Some(&op) = d.next() {
         let piece = if op & 0x80 != 0 {
             // Copy: which offset and size bytes follow is given by the low seven bits.
@@ -60,6 +64,7 @@ pub fn apply(base: &[u8], delta: &[u8]) -> Result<Vec<u8>> {
         if piece.len() > want - out.len() {
             return Err(bad("result larger than announced"));
         }
+        out.try_reserve(piece.len()).map_err(|_| bad("result too large"))?;
         out.extend_from_slice(piece);
     }
     if out.len() != want {

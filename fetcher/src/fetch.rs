@@ -1,17 +1,16 @@
 //! The fetches, from request to output tree: `github` (resolve the ref over git smart HTTP,
 //! announce the commit, unpack GitHub's archive of it), `git` (the same ref resolution, then
-//! the pack protocol: see [`crate::git`]) and `tarball` (unpack a URL). Everything outside
+//! the pack protocol: see [`crate::git`]) and `tarball` (unpack the archive at a URL, whichever of the formats [`crate::archive`] reads). Everything outside
 //! the guest comes through the [`Net`], [`Sink`] and [`Console`] it is given, so this runs
 //! unchanged under the unit tests.
 
+use crate::archive;
 use crate::args::{Github, Request};
 use crate::error::{Error, Result};
-use crate::gzip::GzDecoder;
 use crate::io::{Body, Buffered, Console, Net, Sink};
 use crate::pktline::PktReader;
 use crate::prelude::*;
 use crate::refs::{self, Protocol, Resolver, Want};
-use crate::tar;
 
 /// Headers of a protocol v2 command request (gitprotocol-http).
 pub const UPLOAD_PACK_HEADERS: &str = "Content-Type: application/x-git-upload-pack-request\n\
@@ -141,13 +140,13 @@ fn not_found(want: &Want, repo: &str, suggestions: &[String]) -> Error {
     }
 }
 
-/// Downloads a `.tar.gz` and unpacks it into `sink` as it arrives.
+/// Downloads an archive and unpacks it into `sink` as it arrives, whatever its format.
 fn unpack<N: Net, K: Sink, C: Console>(net: &mut N, sink: &mut K, console: &mut C, url: &str) -> Result<()> {
     console.note(&format!("downloading {url}"));
-    let body = Body::open(net, "GET", url, "", b"")?;
-    let mut gz = GzDecoder::new(body);
-    tar::extract(&mut gz, sink).map_err(|e| if e.mentions(url) { e } else { e.context(url) })?;
-    gz.into_inner().close()
+    let mut body = Body::open(net, "GET", url, "", b"")?;
+    let format = archive::unpack(&mut body, sink).map_err(|e| if e.mentions(url) { e } else { e.context(url) })?;
+    console.note(&format!("unpacked {url} ({format:?})"));
+    body.close()
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use crate::pktline::{self, Packet, PktReader};
 use crate::prelude::*;
 use crate::refs::{Protocol, Resolver, Want, server_error};
 use crate::sha1::{hex, parse_hex};
+use crate::subst::Commit;
 
 /// Fetches `g` into `sink`.
 pub fn fetch<N: Net, K: Sink, C: Console>(g: &Git, net: &mut N, sink: &mut K, console: &mut C) -> Result<()> {
@@ -64,7 +65,7 @@ pub fn fetch<N: Net, K: Sink, C: Console>(g: &Git, net: &mut N, sink: &mut K, co
     // Normally announced as the commit arrived; a deltified commit is only known now.
     fetch.tree(sink, &commit)?;
     let tree = fetch.tree.get().ok_or_else(|| Error::new("no tree"))?;
-    checkout(&mut pack, sink, &tree, &fetch.early.borrow())
+    checkout(&mut pack, sink, &tree, &mut *fetch.early()?)
 }
 
 /// One commit's fetch: where from, what, and what has been learnt of it.
@@ -99,6 +100,7 @@ impl<C: Console> Fetch<'_, C> {
             .and_then(|rest| parse_hex(rest.get(..40)?))
             .ok_or_else(|| Error::new(format!("commit {} has no tree line", self.sha)))?;
         self.tree.set(Some(tree));
+        self.early()?.commit = Commit::parse(&self.want, commit);
         let mut console = self.console.try_borrow_mut().map_err(|_| Error::new("console busy"))?;
         console.announce(&format!("git-tree {}\n", hex(&tree)))?;
         // After the announcement: the host may stop us here, before anything is written.

@@ -8,8 +8,8 @@ use core::ops::Range;
 
 use crate::crc32::{Crc32, Slicing8};
 use crate::error::{Error, Result};
-use crate::inflate::{Inflater, Step};
-use crate::io::Source;
+use crate::inflate::Inflater;
+use crate::io::{Input, Source};
 use crate::prelude::*;
 
 /// How much compressed input is read from the source at once.
@@ -39,11 +39,7 @@ enum State {
 
 /// Decodes the gzip stream read from `S`.
 pub struct GzDecoder<S> {
-    src: S,
-    input: Vec<u8>,
-    in_pos: usize,
-    in_end: usize,
-    eof: bool,
+    input: Input<S>,
     inflater: Inflater,
     /// Inflated bytes not yet handed out, in the inflater's window.
     pending: Range<usize>,
@@ -58,11 +54,7 @@ impl<S: Source> GzDecoder<S> {
     /// A decoder reading compressed bytes from `src`.
     pub fn new(src: S) -> GzDecoder<S> {
         GzDecoder {
-            src,
-            input: vec![0; INPUT],
-            in_pos: 0,
-            in_end: 0,
-            eof: false,
+            input: Input::new(src, INPUT),
             inflater: Inflater::new(false),
             pending: 0..0,
             crc: Crc32::new(),
@@ -75,33 +67,12 @@ impl<S: Source> GzDecoder<S> {
 
     /// Gives the compressed source back.
     pub fn into_inner(self) -> S {
-        self.src
-    }
-
-    /// Refills the input buffer once it is used up; afterwards either input is available or
-    /// `eof` is set.
-    fn fill(&mut self) -> Result<()> {
-        if self.in_pos == self.in_end && !self.eof {
-            let n = self.src.read(&mut self.input)?;
-            self.in_pos = 0;
-            self.in_end = n.min(self.input.len());
-            self.eof = n == 0;
-        }
-        Ok(())
+        self.input.into_inner()
     }
 
     /// The next compressed byte, or `None` at the end of the source.
     fn byte(&mut self) -> Result<Option<u8>> {
-        self.fill()?;
-        let b = self
-            .input
-            .get(self.in_pos)
-            .copied()
-            .filter(|_| self.in_pos < self.in_end);
-        if b.is_some() {
-            self.in_pos += 1;
-        }
-        Ok(b)
+        self.input.byte()
     }
 
     /// The next byte of a header or trailer, which must be there.
@@ -176,20 +147,15 @@ impl<S: Source> GzDecoder<S> {
 
     /// Inflates what the input allows into the window, making it pending.
     fn inflate(&mut self) -> Result<()> {
-        self.fill()?;
-        let input = self.input.get(self.in_pos..self.in_end).unwrap_or_default();
-        let (step, used, out) = self.inflater.step(input);
-        self.in_pos = (self.in_pos + used).min(self.in_end);
+        let (done, out) = self
+            .inflater
+            .step_from(&mut self.input, truncated, || corrupt("invalid deflate data"))?;
         let data = self.inflater.output(out.clone());
         self.crc.update_fast(&self.crc_tables, data);
         self.size = self.size.wrapping_add(data.len() as u32);
         self.pending = out;
-        match step {
-            Step::Done => self.state = State::Trailer,
-            // Only when all input is used; the end of the source then means it was cut short.
-            Step::More if self.eof && self.in_pos == self.in_end && self.pending.is_empty() => return Err(truncated()),
-            Step::More => {}
-            Step::Corrupt => return Err(corrupt("invalid deflate data")),
+        if done {
+            self.state = State::Trailer;
         }
         Ok(())
     }
@@ -253,19 +219,10 @@ impl<S: Source> Source for GzDecoder<S> {
 mod tests {
 
     use super::*;
-    use crate::testing::{Trickle, gzip, noise};
+    use crate::testing::{Trickle, drain, gzip, noise};
 
     fn gunzip(data: &[u8]) -> Result<Vec<u8>> {
-        let mut d = GzDecoder::new(Trickle::new(data));
-        let mut out = Vec::new();
-        let mut buf = vec![0; 777];
-        loop {
-            let n = d.read(&mut buf)?;
-            if n == 0 {
-                return Ok(out);
-            }
-            out.extend_from_slice(&buf[..n]);
-        }
+        drain(GzDecoder::new(Trickle::new(data)))
     }
 
     fn sample() -> Vec<u8> {

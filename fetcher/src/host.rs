@@ -40,6 +40,7 @@ unsafe extern "C" {
     fn out_close(handle: i32) -> i32;
     fn out_symlink(path_ptr: *const u8, path_len: usize, target_ptr: *const u8, target_len: usize) -> i32;
     fn out_set_root(path_ptr: *const u8, path_len: usize) -> i32;
+    fn out_copy(from_ptr: *const u8, from_len: usize, path_ptr: *const u8, path_len: usize) -> i32;
     fn scratch_append(data_ptr: *const u8, data_len: usize) -> i64;
     fn scratch_read(offset: i64, buf_ptr: *mut u8, buf_len: usize) -> i32;
 }
@@ -113,6 +114,11 @@ impl Sink for HostSink {
     fn symlink(&mut self, path: &[u8], target: &[u8]) -> Result<(), Refused> {
         // SAFETY: live slices, only read.
         check(unsafe { out_symlink(path.as_ptr(), path.len(), target.as_ptr(), target.len()) }).map(drop)
+    }
+
+    fn copy(&mut self, from: &[u8], path: &[u8]) -> Result<(), Refused> {
+        // SAFETY: live slices, only read.
+        check(unsafe { out_copy(from.as_ptr(), from.len(), path.as_ptr(), path.len()) }).map(drop)
     }
 
     fn set_root(&mut self, path: &[u8]) -> Result<(), Refused> {

@@ -7,6 +7,8 @@ use core::ops::Range;
 use miniz_oxide::inflate::TINFLStatus;
 use miniz_oxide::inflate::core::{DecompressorOxide, decompress, inflate_flags};
 
+use crate::error::{Error, Result};
+use crate::io::{Input, Source};
 use crate::prelude::*;
 
 /// The output window: DEFLATE looks back at most 32 KiB, and miniz_oxide wants a power of two.
@@ -79,5 +81,28 @@ impl Inflater {
     /// Bytes the last step produced.
     pub fn output(&self, range: Range<usize>) -> &[u8] {
         self.window.get(range).unwrap_or_default()
+    }
+}
+
+impl Inflater {
+    /// One step over `input`, which it refills and consumes: whether the stream is done, and
+    /// where in the window the bytes it made are. An input that ends before the stream does
+    /// is the `truncated` error, data that is not DEFLATE the `corrupt` one.
+    pub fn step_from<S: Source>(
+        &mut self,
+        input: &mut Input<S>,
+        truncated: fn() -> Error,
+        corrupt: fn() -> Error,
+    ) -> Result<(bool, Range<usize>)> {
+        input.fill()?;
+        let (step, used, out) = self.step(input.available());
+        input.consume(used);
+        match step {
+            Step::Done => Ok((true, out)),
+            // Only when all input is used; the end of the source then means it was cut short.
+            Step::More if input.ended() && out.is_empty() => Err(truncated()),
+            Step::More => Ok((false, out)),
+            Step::Corrupt => Err(corrupt()),
+        }
     }
 }

@@ -98,6 +98,122 @@ impl<S: Source> Source for Buffered<S> {
     }
 }
 
+/// A source read in large pieces into a buffer that a decoder consumes as it can: the input
+/// side of every decompressor here.
+pub struct Input<S> {
+    src: S,
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+    eof: bool,
+}
+
+impl<S: Source> Input<S> {
+    /// Reads `src` in pieces of `capacity` bytes.
+    pub fn new(src: S, capacity: usize) -> Input<S> {
+        Input {
+            src,
+            buf: vec![0; capacity.max(1)],
+            pos: 0,
+            end: 0,
+            eof: false,
+        }
+    }
+
+    /// Gives the source back; anything still buffered is dropped.
+    pub fn into_inner(self) -> S {
+        self.src
+    }
+
+    /// Reads the next piece once the last is used up; afterwards [`Input::available`] is
+    /// empty only at the end of the source.
+    pub fn fill(&mut self) -> Result<()> {
+        if self.pos == self.end && !self.eof {
+            let n = self.src.read(&mut self.buf)?;
+            self.pos = 0;
+            self.end = n.min(self.buf.len());
+            self.eof = n == 0;
+        }
+        Ok(())
+    }
+
+    /// What is buffered and not yet used.
+    pub fn available(&self) -> &[u8] {
+        self.buf.get(self.pos..self.end).unwrap_or_default()
+    }
+
+    /// Marks `n` buffered bytes used.
+    pub fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.end);
+    }
+
+    /// Whether the source has ended and everything was used.
+    pub fn ended(&self) -> bool {
+        self.eof && self.pos == self.end
+    }
+
+    /// Whether the source has ended (what is buffered may still be unused).
+    pub fn eof(&self) -> bool {
+        self.eof
+    }
+
+    /// Fills, then tells whether nothing is left.
+    pub fn at_end(&mut self) -> Result<bool> {
+        self.fill()?;
+        Ok(self.pos == self.end)
+    }
+
+    /// The next byte, or `None` at the end.
+    pub fn byte(&mut self) -> Result<Option<u8>> {
+        self.fill()?;
+        let b = self.available().first().copied();
+        self.consume(usize::from(b.is_some()));
+        Ok(b)
+    }
+
+    /// Skips `n` bytes; `false` if the source ended first.
+    pub fn skip(&mut self, mut n: u64) -> Result<bool> {
+        while n > 0 {
+            if self.at_end()? {
+                return Ok(false);
+            }
+            let step = (self.available().len() as u64).min(n);
+            self.consume(step as usize);
+            n -= step;
+        }
+        Ok(true)
+    }
+
+    /// Moves what is unused to the front and reads more behind it, for a decoder that needs
+    /// more than a piece's end holds; `false` when the buffer is full or the source ended.
+    pub fn read_more(&mut self) -> Result<bool> {
+        self.buf.copy_within(self.pos..self.end, 0);
+        self.end -= self.pos;
+        self.pos = 0;
+        let rest = self.buf.get_mut(self.end..).unwrap_or_default();
+        if rest.is_empty() || self.eof {
+            return Ok(false);
+        }
+        let n = self.src.read(rest)?;
+        self.end += n.min(rest.len());
+        self.eof = n == 0;
+        Ok(n > 0)
+    }
+}
+
+impl<S: Source> Source for Input<S> {
+    fn read(&mut self, out: &mut [u8]) -> Result<usize> {
+        self.fill()?;
+        let avail = self.available();
+        let n = avail.len().min(out.len());
+        if let (Some(dest), Some(src)) = (out.get_mut(..n), avail.get(..n)) {
+            dest.copy_from_slice(src);
+        }
+        self.consume(n);
+        Ok(n)
+    }
+}
+
 /// Where an unpacked tree goes: paths are relative, `/`-separated bytes, already checked.
 pub trait Sink {
     /// Makes a directory whose parent exists.
@@ -110,6 +226,9 @@ pub trait Sink {
     fn close(&mut self, file: i32) -> Result<(), Refused>;
     /// Makes a symlink with any target.
     fn symlink(&mut self, path: &[u8], target: &[u8]) -> Result<(), Refused>;
+    /// Makes `path` a copy of `from`, a closed file or a symlink made earlier in this run
+    /// (a hard link in an archive).
+    fn copy(&mut self, from: &[u8], path: &[u8]) -> Result<(), Refused>;
     /// Says that the tree is the directory `path`, not the whole output.
     fn set_root(&mut self, path: &[u8]) -> Result<(), Refused>;
     /// Appends to the run's scratch file (beside the output, never part of it); returns the
@@ -119,7 +238,9 @@ pub trait Sink {
     fn scratch_read(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, Refused>;
 }
 
-/// HTTP, as the host offers it: redirects followed, credentials added, hosts checked.
+/// HTTP, as the host offers it: redirects followed (to any host, never from https to http),
+/// credentials added for their own host only, the first URL of each request checked against
+/// the hosts the island names.
 pub trait Net {
     /// Sends a request; returns a handle once the response headers have arrived.
     fn open(&mut self, method: &str, url: &str, headers: &str, body: &[u8]) -> Result<i32, Refused>;

@@ -4,7 +4,7 @@
 //! output tree go through the host's module `cab` (see [`host`], built for wasm32 only).
 //!
 //! Everything but [`host`] is plain Rust over the small traits in [`io`], so the whole fetch —
-//! ref resolution, gzip, tar, git packs — is tested natively with `cargo test`.
+//! ref resolution, every archive format, git packs — is tested natively with `cargo test`.
 
 #![cfg_attr(not(test), no_std)]
 
@@ -20,12 +20,17 @@ mod prelude {
     pub use alloc::{format, vec};
 }
 
+pub mod archive;
 pub mod args;
+pub mod attributes;
+pub mod bzip2;
 pub mod checkout;
 pub mod crc32;
 pub mod delta;
 pub mod error;
 pub mod fetch;
+#[cfg(test)]
+mod fuzz;
 pub mod git;
 pub mod gzip;
 pub mod heap;
@@ -37,10 +42,20 @@ pub mod pack;
 pub mod pktline;
 pub mod refs;
 pub mod sha1;
+pub mod subst;
 pub mod suggest;
 pub mod tar;
 #[cfg(test)]
 mod testing;
+
+// The tests' allocator counts what each thread holds, so that the fuzz tests can bound it.
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: fuzz::Counting = fuzz::Counting;
+pub mod tree;
+pub mod xz;
+pub mod zip;
+pub mod zstd;
 
 use crate::error::Result;
 use crate::io::{Console, Net, Sink};

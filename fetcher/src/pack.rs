@@ -328,9 +328,10 @@ impl Pack {
             input.inflate(sink, &mut self.inflater, size, &mut |_, _| Ok(()))?;
         } else {
             let mut h = hasher(kind, size);
-            // A commit's first line (`tree <40 hex>\n`), a tree, a blob that is not too big.
+            // A commit (its tree is announced, its fields expand `export-subst`), a tree, a
+            // blob that is not too big.
             let (keep, limit) = match kind {
-                COMMIT => (true, 46),
+                COMMIT => (true, size),
                 TREE => (true, size),
                 BLOB => (size <= EARLY_BLOB, size),
                 _ => (false, 0),

@@ -2,16 +2,16 @@
 //! reads, in bounded memory: entry contents go out in 64 KiB chunks, and only extended headers
 //! (at most 1 MiB each) are buffered.
 //!
-//! It accepts what source archives contain — files, directories, symlinks — and refuses, naming
-//! the member, everything a source tree has no business holding (hard links, devices, FIFOs)
-//! or that could escape the output (absolute paths, `..`). The host checks paths again; this is
-//! the first line, and the one that can say which member was wrong.
-
-use alloc::collections::BTreeSet;
+//! It accepts what source archives contain — files, directories, symlinks, hard links to
+//! earlier members (made as copies, see [`crate::tree`]) — and refuses, naming the member,
+//! everything a source tree has no business holding (devices, FIFOs) or that could escape the
+//! output (absolute paths, `..`). The host checks paths again; this is the first line, and the
+//! one that can say which member was wrong.
 
 use crate::error::{Error, Result, show};
 use crate::io::{Sink, Source, read_full};
 use crate::prelude::*;
+use crate::tree::{Tree, failed, normalize};
 
 const BLOCK: usize = 512;
 /// How much of an entry's contents is passed to the sink at once.
@@ -122,6 +122,15 @@ impl Header {
     }
 }
 
+/// Whether `block` starts a tar archive: a header whose checksum holds, or the all-zero block
+/// that ends an empty archive (libarchive reads both as tar).
+pub fn is_header(block: &[u8]) -> bool {
+    let Ok(block) = <[u8; BLOCK]>::try_from(block) else {
+        return false;
+    };
+    block.iter().all(|&b| b == 0) || Header(block).check().is_ok()
+}
+
 /// What extended headers (pax `x`, GNU `L`/`K`) say about the next entry.
 #[derive(Default)]
 struct Overrides {
@@ -167,96 +176,36 @@ fn parse_pax(mut data: &[u8], next: &mut Overrides) -> core::result::Result<(), 
     Ok(())
 }
 
-/// A member's path made safe: relative, `/`-separated, without empty or `.` components (so a
-/// leading `./` goes), refusing `..` and NUL. Empty for `.` or `./` alone.
-fn normalize(name: &[u8]) -> core::result::Result<Vec<u8>, &'static str> {
-    if name.starts_with(b"/") {
-        return Err("absolute path");
-    }
-    let mut out = Vec::with_capacity(name.len());
-    for part in name.split(|&b| b == b'/') {
-        match part {
-            b"" | b"." => continue,
-            b".." => return Err("path has a `..` component"),
-            _ if part.contains(&0) => return Err("NUL in path"),
-            _ => {}
-        }
-        if !out.is_empty() {
-            out.push(b'/');
-        }
-        out.extend_from_slice(part);
-    }
-    Ok(out)
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     File,
     Dir,
     Symlink,
+    HardLink,
 }
 
-/// Watches whether every entry lives under one top-level directory, as GitHub's archives'
-/// `<repo>-<sha>/` does; that directory is then the tree, as Nix has it.
-struct SingleRoot {
-    top: Option<Vec<u8>>,
-    single: bool,
-}
-
-impl SingleRoot {
-    fn see(&mut self, path: &[u8], kind: Kind) {
-        let mut parts = path.splitn(2, |&b| b == b'/');
-        let top = parts.next().unwrap_or(path);
-        if parts.next().is_none() && kind != Kind::Dir {
-            self.single = false;
-        }
-        match &self.top {
-            None => self.top = Some(top.to_vec()),
-            Some(t) if t != top => self.single = false,
-            Some(_) => {}
-        }
-    }
-
-    fn root(&self) -> Option<&[u8]> {
-        self.top.as_deref().filter(|_| self.single)
-    }
-}
-
-struct Extractor<'a, S, K> {
+struct Extractor<'a, 'k, S, K> {
     src: &'a mut S,
-    sink: &'a mut K,
-    /// Directories made so far, whether listed or implied by a deeper path.
-    dirs: BTreeSet<Vec<u8>>,
-    root: SingleRoot,
+    tree: Tree<'k, K>,
     chunk: Vec<u8>,
 }
 
 /// Unpacks the tar archive read from `src` into `sink`. Reads `src` to its end, so that layers
-/// below (gzip) check their trailers, and then, if every entry is under one top-level
-/// directory, makes it the root.
+/// below (gzip) check their trailers, and then, if the archive has one top-level entry, makes
+/// it the root.
 pub fn extract<S: Source, K: Sink>(src: &mut S, sink: &mut K) -> Result<()> {
     let mut x = Extractor {
         src,
-        sink,
-        dirs: BTreeSet::new(),
-        root: SingleRoot {
-            top: None,
-            single: true,
-        },
+        tree: Tree::new(sink),
         chunk: vec![0; CHUNK],
     };
     x.entries()?;
     // After the end marker may come padding to the record size; read it all.
     while x.src.read(&mut x.chunk)? > 0 {}
-    if let Some(root) = x.root.root() {
-        x.sink
-            .set_root(root)
-            .map_err(|_| Error::new(format!("out_set_root failed for `{}`", show(root))))?;
-    }
-    Ok(())
+    x.tree.finish()
 }
 
-impl<S: Source, K: Sink> Extractor<'_, S, K> {
+impl<S: Source, K: Sink> Extractor<'_, '_, S, K> {
     fn entries(&mut self) -> Result<()> {
         let mut next = Overrides::default();
         loop {
@@ -300,7 +249,7 @@ impl<S: Source, K: Sink> Extractor<'_, S, K> {
             b'0' | 0 | b'7' => Kind::File,
             b'5' => Kind::Dir,
             b'2' => Kind::Symlink,
-            b'1' => return Err(member(name, "hard links are not supported")),
+            b'1' => Kind::HardLink,
             b'3' => return Err(member(name, "character devices are not supported")),
             b'4' => return Err(member(name, "block devices are not supported")),
             b'6' => return Err(member(name, "FIFOs are not supported")),
@@ -317,14 +266,9 @@ impl<S: Source, K: Sink> Extractor<'_, S, K> {
             }
             return Err(member(name, "empty name"));
         }
-        self.root.see(&path, kind);
-        self.parents(&path)?;
         match kind {
             Kind::Dir => {
-                if !self.dirs.contains(&path) {
-                    self.sink.mkdir(&path).map_err(|_| failed("out_mkdir", &path))?;
-                    self.dirs.insert(path);
-                }
+                self.tree.dir(&path)?;
                 // GNU "dumpdir" directories carry data; nothing we use.
                 self.skip(size)
             }
@@ -332,10 +276,27 @@ impl<S: Source, K: Sink> Extractor<'_, S, K> {
                 if link.is_empty() {
                     return Err(member(name, "symlink with an empty target"));
                 }
-                self.sink
-                    .symlink(&path, link)
-                    .map_err(|_| failed("out_symlink", &path))?;
+                self.tree.symlink(&path, link)?;
                 self.skip(size)
+            }
+            Kind::HardLink => {
+                // pax lets a hard link carry contents of its own, which would replace the
+                // earlier member's too; no tar we know writes that.
+                if size > 0 {
+                    return Err(member(name, "a hard link that carries data is not supported"));
+                }
+                let target = normalize(link).map_err(|why| {
+                    member(
+                        name,
+                        &format!("a hard link to `{}`, outside the archive: {why}", show(link)),
+                    )
+                })?;
+                if target.is_empty() || target == path {
+                    return Err(member(name, "a hard link to nothing, or to itself"));
+                }
+                self.tree
+                    .hard_link(&path, &target)
+                    .map_err(|e| e.context(&format!("tar member `{}`", show(name))))
             }
             Kind::File => {
                 // The host keeps only the owner's executable bit; setuid and the rest go.
@@ -345,26 +306,8 @@ impl<S: Source, K: Sink> Extractor<'_, S, K> {
         }
     }
 
-    /// Makes the parent directories of `path` that are not made yet.
-    fn parents(&mut self, path: &[u8]) -> Result<()> {
-        for (i, &b) in path.iter().enumerate() {
-            if b != b'/' {
-                continue;
-            }
-            let parent = path.get(..i).unwrap_or_default();
-            if !self.dirs.contains(parent) {
-                self.sink.mkdir(parent).map_err(|_| failed("out_mkdir", parent))?;
-                self.dirs.insert(parent.to_vec());
-            }
-        }
-        Ok(())
-    }
-
     fn file(&mut self, path: &[u8], executable: bool, size: u64) -> Result<()> {
-        let file = self
-            .sink
-            .create(path, executable)
-            .map_err(|_| failed("out_create", path))?;
+        let file = self.tree.create(path, executable)?;
         let mut left = size;
         while left > 0 {
             let want = usize::try_from(left).unwrap_or(usize::MAX).min(self.chunk.len());
@@ -373,10 +316,10 @@ impl<S: Source, K: Sink> Extractor<'_, S, K> {
             if n < want {
                 return Err(truncated());
             }
-            self.sink.write(file, buf).map_err(|_| failed("out_write", path))?;
+            self.tree.sink.write(file, buf).map_err(|_| failed("out_write", path))?;
             left -= want as u64;
         }
-        self.sink.close(file).map_err(|_| failed("out_close", path))?;
+        self.tree.sink.close(file).map_err(|_| failed("out_close", path))?;
         self.skip_padding(size)
     }
 
@@ -415,11 +358,6 @@ impl<S: Source, K: Sink> Extractor<'_, S, K> {
         }
         Ok(())
     }
-}
-
-/// A host call that failed for `path`, named.
-pub fn failed(op: &str, path: &[u8]) -> Error {
-    Error::new(format!("{op} failed for `{}`", show(path)))
 }
 
 #[cfg(test)]

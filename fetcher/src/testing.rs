@@ -5,6 +5,7 @@
 #![allow(missing_docs)]
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -114,9 +115,24 @@ impl Sink for RecordingSink {
         Ok(())
     }
 
+    fn copy(&mut self, from: &[u8], path: &[u8]) -> Result<(), Refused> {
+        let from = String::from_utf8(from.to_vec()).map_err(|_| Refused)?;
+        // As the host: only a closed file or a symlink made earlier.
+        let node = match self.tree.get(&from) {
+            Some(node @ (Node::File { .. } | Node::Symlink(_))) if !self.open.values().any(|p| *p == from) => {
+                node.clone()
+            }
+            _ => return Err(Refused),
+        };
+        let p = self.place(path)?;
+        self.calls.push(format!("copy {from} -> {p}"));
+        self.tree.insert(p, node);
+        Ok(())
+    }
+
     fn set_root(&mut self, path: &[u8]) -> Result<(), Refused> {
         let p = String::from_utf8(path.to_vec()).unwrap();
-        assert_eq!(self.tree.get(&p), Some(&Node::Dir), "root {p:?} is not a directory");
+        assert!(self.tree.contains_key(&p), "root {p:?} was not made");
         assert!(self.root.is_none(), "root set twice");
         assert!(self.open.is_empty(), "files left open");
         self.calls.push(format!("root {p}"));
@@ -160,6 +176,19 @@ impl Source for Trickle<'_> {
     }
 }
 
+/// Everything `src` gives, read in odd-sized pieces.
+pub fn drain(mut src: impl Source) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0; 777];
+    loop {
+        let n = src.read(&mut buf)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// A fresh, empty directory for one test, removed when dropped.
 pub struct TempDir(PathBuf);
 
@@ -195,19 +224,31 @@ pub fn run(cmd: &mut Command) -> Vec<u8> {
 
 /// Compresses `data` with the real `gzip`.
 pub fn gzip(data: &[u8]) -> Vec<u8> {
+    compress_with("gzip", &["-n"], data)
+}
+
+/// Compresses `data` with the real `tool` (`gzip`, `bzip2`, `xz`, `zstd`), at its defaults.
+pub fn compress(tool: &str, data: &[u8]) -> Vec<u8> {
+    compress_with(tool, &[], data)
+}
+
+/// Compresses `data` with the real `tool` given `flags`, through a pipe (`-c`, stdin).
+pub fn compress_with(tool: &str, flags: &[&str], data: &[u8]) -> Vec<u8> {
     use std::io::Write;
-    let mut child = Command::new("gzip")
-        .args(["-c", "-n"])
+    let mut child = Command::new(tool)
+        .arg("-c")
+        .args(flags)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("gzip");
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
     let mut stdin = child.stdin.take().unwrap();
     let input = data.to_vec();
     let writer = std::thread::spawn(move || stdin.write_all(&input).unwrap());
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
-    assert!(out.status.success());
+    assert!(out.status.success(), "{tool} {flags:?} failed");
     out.stdout
 }
 
@@ -263,6 +304,62 @@ pub fn archive(entries: &[([u8; 512], &[u8])]) -> Vec<u8> {
     }
     out.extend_from_slice(&[0; 1024]);
     out
+}
+
+/// A path over 300 bytes, which ustar cannot hold: GNU writes an `L` record, pax a `path`.
+pub fn long_file() -> String {
+    format!("long/{}/{}/{}.txt", "d".repeat(100), "e".repeat(100), "f".repeat(90))
+}
+
+/// A tree with everything a source tree may hold, under `dir/top`.
+pub fn make_tree(dir: &std::path::Path, with_long: bool) {
+    let top = dir.join("top");
+    let write = |p: &str, data: &[u8], mode: u32| {
+        let path = top.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, data).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    write("a/b/c/deep.txt", b"deep\n", 0o644);
+    write("run.sh", b"#!/bin/sh\necho hi\n", 0o755);
+    write("setuid", b"s", 0o4755);
+    write("plain.txt", b"plain", 0o600);
+    write("empty", b"", 0o644);
+    write("big.bin", &noise(200_000, 7), 0o644);
+    write("zeros.bin", &vec![0; 1_000_000], 0o644);
+    std::fs::create_dir_all(top.join("emptydir")).unwrap();
+    symlink("a/b", top.join("link")).unwrap();
+    symlink("/etc/hostname", top.join("abs")).unwrap();
+    if with_long {
+        write(&long_file(), b"long\n", 0o644);
+        symlink("x".repeat(150), top.join("longlink")).unwrap();
+    }
+}
+
+/// Checks that `sink` holds what [`make_tree`] made, under `prefix`.
+pub fn check_tree(sink: &RecordingSink, prefix: &str, with_long: bool) {
+    let p = |s: &str| format!("{prefix}{s}");
+    assert_eq!(sink.file(&p("a/b/c/deep.txt")), (&b"deep\n"[..], false));
+    assert_eq!(sink.file(&p("run.sh")), (&b"#!/bin/sh\necho hi\n"[..], true));
+    assert_eq!(sink.file(&p("setuid")), (&b"s"[..], true));
+    assert_eq!(sink.file(&p("plain.txt")), (&b"plain"[..], false));
+    assert_eq!(sink.file(&p("empty")), (&b""[..], false));
+    assert_eq!(sink.file(&p("big.bin")).0, noise(200_000, 7));
+    assert_eq!(sink.file(&p("zeros.bin")).0, vec![0; 1_000_000]);
+    assert_eq!(sink.tree.get(&p("emptydir")), Some(&Node::Dir));
+    assert_eq!(sink.tree.get(&p("link")), Some(&Node::Symlink(b"a/b".to_vec())));
+    assert_eq!(
+        sink.tree.get(&p("abs")),
+        Some(&Node::Symlink(b"/etc/hostname".to_vec()))
+    );
+    if with_long {
+        assert!(p(&long_file()).len() > 300);
+        assert_eq!(sink.file(&p(&long_file())), (&b"long\n"[..], false));
+        assert_eq!(
+            sink.tree.get(&p("longlink")),
+            Some(&Node::Symlink("x".repeat(150).into_bytes()))
+        );
+    }
 }
 
 /// Runs git with no user or system configuration and a fixed identity and date, in `dir`.

@@ -30,6 +30,9 @@ pub struct LimitArgs {
     /// Seconds a server may send nothing before the download counts as stalled.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     stall_timeout: u64,
+    /// Entries (files, directories, symlinks) one fetch may make.
+    #[arg(long, value_name = "COUNT", default_value_t = 4_000_000)]
+    max_entries: usize,
 }
 
 impl LimitArgs {
@@ -41,7 +44,7 @@ impl LimitArgs {
             download: self.max_download,
             unpacked: self.max_unpacked,
             stall: Duration::from_secs(self.stall_timeout),
-            ..Limits::default()
+            entries: self.max_entries,
         }
     }
 }

@@ -1,8 +1,15 @@
 //! The fetcher's doors to the world, module `cab`: HTTP to the hosts its island names, and
 //! output entries under `out/`. Both are the host's work, so the sandbox holds whatever the
-//! guest does: every URL is checked against the allow-list (again at every redirect), every
-//! byte downloaded and unpacked is counted against its limit, and credentials are added here,
-//! out of the guest's sight.
+//! guest does: every URL the guest opens is checked against the allow-list, every byte
+//! downloaded and unpacked is counted against its limit, and credentials are added here, out
+//! of the guest's sight, for their own host only.
+//!
+//! Redirects are the server's choice, not the guest's: they are followed to any host, as curl
+//! -L and Nix follow them (release downloads cross hosts all the time), at most 20 of them,
+//! never from https to plain http, and without credentials once they leave the credentials'
+//! host. Proxies come from `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (or their
+//! lowercase forms), as curl reads them; TLS trusts the system's roots (or `SSL_CERT_FILE` and
+//! `SSL_CERT_DIR` in their place) and the Mozilla roots built into cab.
 //!
 //! Besides the output tree, a run has one *scratch* file outside `out/`: append-only, readable
 //! at any offset, counted against the unpacked limit. The git fetcher spools a pack there so
@@ -24,7 +31,6 @@ use wasmtime::{Caller, Linker, StoreLimits};
 use super::output::Output;
 use super::progress::Progress;
 use super::wasi::read;
-use crate::derivation::url_host;
 
 /// The guest called `proc_exit` with this code.
 #[derive(Debug)]
@@ -85,8 +91,9 @@ pub struct Credential {
 }
 
 /// The realizer's HTTP clients, each made on first use. A client that verifies TLS loads the
-/// machine's root certificates, reading and parsing ~150 files (3 ms here): a stored island
-/// never needs it, and a plain-HTTP server (a local forge or mirror) gets a client without it.
+/// machine's root certificates, reading and parsing ~150 files (3 ms here), and cab's own: a
+/// stored island never needs it, and a plain-HTTP server (a local forge or mirror) gets a
+/// client without it. Both honour the proxy variables (reqwest reads them as curl does).
 pub struct Clients {
     plain: OnceLock<reqwest::Client>,
     tls: OnceLock<reqwest::Client>,
@@ -115,7 +122,14 @@ impl Clients {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(self.connect_timeout)
             .user_agent(concat!("cab/", env!("CARGO_PKG_VERSION")));
-        if !tls {
+        if tls {
+            // The system's roots (or SSL_CERT_FILE/SSL_CERT_DIR in their place, for a corporate
+            // CA) are the platform verifier's; Mozilla's are added to them.
+            let bundled = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+                .iter()
+                .filter_map(|der| reqwest::Certificate::from_der(der).ok());
+            builder = builder.tls_certs_merge(bundled);
+        } else {
             // Never used for TLS: no roots to load.
             builder = builder.tls_certs_only([]);
         }
@@ -175,15 +189,10 @@ impl Http {
         }
     }
 
+    /// The guest may open only URLs on the hosts its island names.
     fn check_host(&self, url: &reqwest::Url) -> Result<()> {
-        if !matches!(url.scheme(), "http" | "https") {
-            bail!("{url}: only http and https are allowed");
-        }
-        let host = url
-            .host_str()
-            .unwrap_or_default()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
+        check_scheme(url)?;
+        let host = bare_host(url);
         if !self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
             bail!(
                 "{url}: host `{host}` is not one this island names (allowed: {})",
@@ -199,8 +208,11 @@ impl Http {
         let mut method =
             reqwest::Method::from_bytes(method.as_bytes()).with_context(|| format!("bad method `{method}`"))?;
         let mut body = Some(body);
-        for _ in 0..10 {
-            self.check_host(&url)?;
+        // The guest chooses only the first URL; where the server sends it from there is the
+        // server's choice, followed as curl -L and Nix follow it (see `redirect`).
+        self.check_host(&url)?;
+        let first = url.clone();
+        for _ in 0..=MAX_REDIRECTS {
             let mut request = self.clients.for_url(&url)?.request(method.clone(), url.clone());
             for line in headers.lines().filter(|l| !l.trim().is_empty()) {
                 let (name, value) = line
@@ -211,8 +223,9 @@ impl Http {
                 }
                 request = request.header(name.trim(), value.trim());
             }
+            // Credentials go to their own host only, never to where a redirect leads.
             if let Some(cred) = &self.credential
-                && url_host(url.as_str()) == Some(cred.host.as_str())
+                && bare_host(&url).eq_ignore_ascii_case(&cred.host)
             {
                 request = request.header(reqwest::header::AUTHORIZATION, &cred.authorization);
             }
@@ -225,17 +238,12 @@ impl Http {
             let response = tokio::time::timeout(self.stall, request.send()).await;
             count_wait(&self.waited, asked);
             let response = response
-                .map_err(|_| anyhow!("{url}: no response within {:?}", self.stall))?
+                .map_err(|_| anyhow!("{url}: no response within {:?} (raise --stall-timeout)", self.stall))?
                 .with_context(|| format!("request to {url} failed"))?;
             if response.status().is_redirection()
                 && let Some(location) = response.headers().get(reqwest::header::LOCATION)
             {
-                let location = location
-                    .to_str()
-                    .with_context(|| format!("{url}: unreadable redirect"))?;
-                let next = url
-                    .join(location)
-                    .with_context(|| format!("{url}: bad redirect to `{location}`"))?;
+                let next = redirect(&url, location)?;
                 tracing::debug!("redirect {url} -> {next}");
                 // As browsers and curl do: 303, and 301/302 after POST, become GET without a body.
                 let status = response.status().as_u16();
@@ -254,7 +262,7 @@ impl Http {
             self.responses.insert(handle, (response, Default::default()));
             return Ok(handle);
         }
-        bail!("{url}: more than 10 redirects")
+        bail!("{first}: redirected {MAX_REDIRECTS} times without reaching a document (a redirect loop?)")
     }
 
     async fn read(&mut self, handle: i32, max: usize, progress: &Progress) -> Result<Vec<u8>> {
@@ -268,7 +276,7 @@ impl Http {
             let chunk = tokio::time::timeout(stall, response.chunk()).await;
             count_wait(&self.waited, asked);
             let chunk = chunk
-                .map_err(|_| anyhow!("{url}: the server sent nothing for {stall:?}"))?
+                .map_err(|_| anyhow!("{url}: the server sent nothing for {stall:?} (raise --stall-timeout)"))?
                 .with_context(|| format!("{url}: the download broke off"))?;
             match chunk {
                 None => {
@@ -296,6 +304,43 @@ impl Http {
         pending.at += n;
         Ok(out)
     }
+}
+
+/// How many redirects one request follows, as many as Firefox and Chrome (curl follows 50).
+const MAX_REDIRECTS: usize = 20;
+
+/// Only http and https.
+fn check_scheme(url: &reqwest::Url) -> Result<()> {
+    if !matches!(url.scheme(), "http" | "https") {
+        bail!("{url}: only http and https are allowed");
+    }
+    Ok(())
+}
+
+/// A URL's host without an IPv6 literal's brackets, as islands name hosts.
+fn bare_host(url: &reqwest::Url) -> &str {
+    url.host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+}
+
+/// Where a redirect from `url` leads: any http or https URL on any host, since release
+/// downloads move across hosts all the time (GitHub release assets to their storage, mirror
+/// networks, CDNs), but never from https down to plain http, which would hand the rest of the
+/// exchange to anyone on the path.
+fn redirect(url: &reqwest::Url, location: &reqwest::header::HeaderValue) -> Result<reqwest::Url> {
+    let location = location
+        .to_str()
+        .with_context(|| format!("{url}: unreadable redirect"))?;
+    let next = url
+        .join(location)
+        .with_context(|| format!("{url}: bad redirect to `{location}`"))?;
+    check_scheme(&next).with_context(|| format!("{url} redirects to {next}"))?;
+    if url.scheme() == "https" && next.scheme() == "http" {
+        bail!("{url} redirects to {next}: from https down to plain http, which cab refuses");
+    }
+    Ok(next)
 }
 
 /// Adds the time since `since` to a run's time spent waiting for servers.
@@ -506,6 +551,16 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let result = bytes(&mut c, p, l)
                 .and_then(|path| Ok((path, bytes(&mut c, tp, tl)?)))
                 .and_then(|(path, target)| c.data_mut().output.symlink(&path, &target));
+            c.data_mut().settle(result, |()| 0)
+        },
+    )?;
+    linker.func_wrap(
+        "cab",
+        "out_copy",
+        |mut c: Caller<'_, HostState>, fp: i32, fl: i32, p: i32, l: i32| -> i32 {
+            let result = bytes(&mut c, fp, fl)
+                .and_then(|from| Ok((from, bytes(&mut c, p, l)?)))
+                .and_then(|(from, path)| c.data_mut().output.copy(&from, &path));
             c.data_mut().settle(result, |()| 0)
         },
     )?;

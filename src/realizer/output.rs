@@ -100,6 +100,18 @@ impl Output {
         Ok(self.root.join(OsStr::from_bytes(path)))
     }
 
+    /// Adds `n` bytes to what the run has unpacked, refusing them past the limit.
+    fn count(unpacked: &mut u64, max: u64, n: u64, at: impl FnOnce() -> String) -> Result<()> {
+        *unpacked += n;
+        if *unpacked > max {
+            bail!(
+                "more than {max} bytes unpacked ({}): over the limit on unpacked bytes (raise --max-unpacked)",
+                at()
+            );
+        }
+        Ok(())
+    }
+
     /// Creates a directory.
     pub fn mkdir(&mut self, path: &[u8]) -> Result<()> {
         let dest = self.place(path)?;
@@ -131,14 +143,9 @@ impl Output {
         let Some((file, path)) = self.open.get_mut(&handle) else {
             bail!("no open output file {handle}")
         };
-        self.unpacked += data.len() as u64;
-        if self.unpacked > self.max_unpacked {
-            bail!(
-                "more than {} bytes unpacked (at `{}`): over the limit on unpacked bytes (raise --max-unpacked)",
-                self.max_unpacked,
-                show(path)
-            );
-        }
+        Self::count(&mut self.unpacked, self.max_unpacked, data.len() as u64, || {
+            format!("at `{}`", show(path))
+        })?;
         file.write_all(data)
             .with_context(|| format!("cannot write `{}`", show(path)))
     }
@@ -162,16 +169,45 @@ impl Output {
         Ok(())
     }
 
+    /// Makes `path` a copy of `from`, a closed file or a symlink made earlier in this run: a
+    /// hard link in an archive, unpacked as Nix unpacks it (a second name for the same
+    /// contents and mode, which the store keeps once anyway).
+    pub fn copy(&mut self, from: &[u8], path: &[u8]) -> Result<()> {
+        let kind = self.made.get(from).copied();
+        let open = self.open.values().any(|(_, p)| p == from);
+        if !matches!(kind, Some(Made::File | Made::Symlink)) || open {
+            bail!(
+                "hard link `{}` to `{}`: the target must be a file or symlink earlier in the archive",
+                show(path),
+                show(from)
+            );
+        }
+        let source = self.root.join(OsStr::from_bytes(from));
+        let dest = self.place(path)?;
+        if kind == Some(Made::Symlink) {
+            let target = fs::read_link(&source).with_context(|| format!("cannot read {}", source.display()))?;
+            symlink(&target, &dest).with_context(|| format!("cannot create {}", dest.display()))?;
+        } else {
+            let size = fs::symlink_metadata(&source)
+                .with_context(|| format!("cannot read {}", source.display()))?
+                .len();
+            Self::count(&mut self.unpacked, self.max_unpacked, size, || {
+                format!("at `{}`", show(path))
+            })?;
+            // Copies permissions too, and shares extents where the filesystem can.
+            fs::copy(&source, &dest)
+                .with_context(|| format!("cannot copy {} to {}", source.display(), dest.display()))?;
+        }
+        self.made.insert(path.to_vec(), kind.unwrap_or(Made::File));
+        Ok(())
+    }
+
     /// Appends to the scratch file (beside `out/`, never part of the tree); returns the offset
     /// the bytes were written at.
     pub fn scratch_append(&mut self, data: &[u8]) -> Result<u64> {
-        self.unpacked += data.len() as u64;
-        if self.unpacked > self.max_unpacked {
-            bail!(
-                "more than {} bytes unpacked (scratch): over the limit on unpacked bytes (raise --max-unpacked)",
-                self.max_unpacked
-            );
-        }
+        Self::count(&mut self.unpacked, self.max_unpacked, data.len() as u64, || {
+            "scratch".into()
+        })?;
         if self.scratch.is_none() {
             let path = self.root.with_file_name("scratch");
             let file = File::options()
@@ -205,10 +241,14 @@ impl Output {
         Ok(buf)
     }
 
-    /// Declares that the tree is the directory `path` rather than all of `out/`.
+    /// Declares that the tree is the entry `path` rather than all of `out/`: a directory, or
+    /// (an archive holding one file) a closed file or a symlink.
     pub fn set_root(&mut self, path: &[u8]) -> Result<()> {
-        if self.made.get(path) != Some(&Made::Directory) {
-            bail!("`{}` is not a directory of the output", show(path));
+        if !self.made.contains_key(path) {
+            bail!("`{}` is not an entry of the output", show(path));
+        }
+        if !self.open.is_empty() {
+            bail!("out_set_root while {} output files are still open", self.open.len());
         }
         self.tree_root = Some(path.to_vec());
         Ok(())
@@ -252,7 +292,15 @@ mod tests {
         out.write(h, b"hi").unwrap();
         out.close(h).unwrap();
         assert!(out.write(h, b"x").is_err());
-        assert!(out.set_root(b"a/f").is_err());
+        // Hard links: copies of earlier files and symlinks only.
+        out.copy(b"a/f", b"a/g").unwrap();
+        assert_eq!(fs::read(dir.join("out/a/g")).unwrap(), b"hi");
+        out.copy(b"a/up", b"a/up2").unwrap();
+        assert_eq!(fs::read_link(dir.join("out/a/up2")).unwrap(), Path::new("/etc"));
+        assert!(out.copy(b"a", b"a/dir-copy").is_err(), "a directory");
+        assert!(out.copy(b"a/none", b"a/x").is_err(), "not made");
+        assert!(out.copy(b"a/f", b"a/g").is_err(), "duplicate");
+        assert!(out.set_root(b"a/nope").is_err());
         out.set_root(b"a").unwrap();
         assert_eq!(out.tree_path(), dir.join("out/a"));
         let big = out.create(b"a/big", false).unwrap();

@@ -20,6 +20,10 @@ pub fn repo_root() -> PathBuf {
 pub struct Request {
     pub method: String,
     pub path: String,
+    /// The `Host` header: which name the client used.
+    pub host: String,
+    /// The `Authorization` header, if one came.
+    pub authorization: Option<String>,
     pub status: u64,
     pub bytes_sent: u64,
     pub body_complete: bool,
@@ -30,6 +34,8 @@ pub struct Forge {
     pub root: PathBuf,
     pub port: u16,
     pub log: PathBuf,
+    /// `http`, or `https` when started with `--tls-cert`.
+    pub scheme: &'static str,
     child: Child,
 }
 
@@ -69,13 +75,19 @@ impl Forge {
             root: root.to_owned(),
             port,
             log,
+            scheme: if extra.contains(&"--tls-cert") { "https" } else { "http" },
             child,
         }
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (or https).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.url_as("127.0.0.1")
+    }
+
+    /// The forge's URL under another name for the same address (`localhost`, `[::1]`).
+    pub fn url_as(&self, host: &str) -> String {
+        format!("{}://{host}:{}", self.scheme, self.port)
     }
 
     /// Every request logged so far.
@@ -86,6 +98,8 @@ impl Forge {
             .map(|v| Request {
                 method: v["method"].as_str().unwrap_or_default().to_owned(),
                 path: v["path"].as_str().unwrap_or_default().to_owned(),
+                host: v["host"].as_str().unwrap_or_default().to_owned(),
+                authorization: v["authorization"].as_str().map(str::to_owned),
                 status: v["status"].as_u64().unwrap_or_default(),
                 bytes_sent: v["bytes_sent"].as_u64().unwrap_or_default(),
                 body_complete: v["body_complete"].as_bool().unwrap_or_default(),

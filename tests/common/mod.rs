@@ -99,10 +99,14 @@ fn default_timeout() -> Duration {
 /// The `cab` binary built by Cargo for this test run.
 pub fn cab() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cab"));
-    // Keep the user's environment from picking a store or changing log output.
+    // Keep the user's environment from picking a store or changing log output, or sending the
+    // tests' loopback requests to a proxy (the tests that test proxies set their own).
     cmd.env_remove("CAB_STORE")
         .env_remove("CAB_FAILPOINT")
         .env_remove("RUST_LOG");
+    for proxy in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"] {
+        cmd.env_remove(proxy).env_remove(proxy.to_lowercase());
+    }
     cmd
 }
 

@@ -443,7 +443,7 @@ fn refuses_bad_tree_entries() {
         let bytes = crate::testing::pack(&[(3, b"hi"), (2, &tree)]);
         let mut sink = RecordingSink::default();
         let mut pack = Pack::read(&mut &bytes[..], &mut sink, &mut |_, _, _, _| Ok(())).unwrap();
-        let e = checkout(&mut pack, &mut sink, &tree_id, &Early::default()).unwrap_err();
+        let e = checkout(&mut pack, &mut sink, &tree_id, &mut Early::default()).unwrap_err();
         assert_eq!(e.message(), message);
         assert_eq!(sink.file("ok"), (&b"hi"[..], false));
     }
@@ -505,4 +505,92 @@ fn with_filter_the_commit_comes_alone_first() {
         "{:?}",
         r.console.notes
     );
+}
+
+/// Writes `files` (path, contents, mode) into the work tree at `dir` and commits them.
+fn commit_files(dir: &Path, files: &[(&str, &str, u32)]) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    for (path, data, mode) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, data).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
+    }
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "Attributes\n\nWith a body."]);
+    rev_parse(dir, "HEAD")
+}
+
+/// A repository whose `.gitattributes` (at the top, in a subdirectory, with a macro) leave
+/// files and whole directories out and expand `$Format:…$`: the fetched tree is what `git
+/// archive` exports, whichever of the early and late paths writes each file.
+#[test]
+fn gitattributes_are_applied_as_git_archive_applies_them() {
+    let tmp = TempDir::new("git-attributes");
+    let repo = tmp.path().join("repo");
+    git_repo(&repo);
+    let version = "version $Format:%H$ of $Format:%cI$\nby $Format:%an <%ae>$, %s: $Format:%s$\n";
+    let rev = commit_files(
+        &repo,
+        &[
+            (
+                ".gitattributes",
+                "[attr]dev-only export-ignore\n.gitattributes export-ignore\n/tests/ export-ignore\n\
+                 *.md dev-only\nVERSION export-subst\nsrc/**/*.in export-subst\nbig/ export-ignore\n",
+                0o644,
+            ),
+            ("VERSION", version, 0o644),
+            ("tests/t1.rs", "test\n", 0o644),
+            ("tests/data/t2.txt", "data\n", 0o644),
+            ("notes/0.md", "ignored by macro\n", 0o644),
+            ("src/gen/config.h.in", "#define REV \"$Format:%h$\"\n", 0o644),
+            (
+                "src/.gitattributes",
+                "text.txt export-ignore\ncopy.txt export-subst\n",
+                0o644,
+            ),
+            (
+                "src/keep.sh",
+                "#!/bin/sh\n# $Format:%H$ stays: no export-subst\n",
+                0o755,
+            ),
+        ],
+    );
+    let want = git_archive_tree(&repo, &rev);
+    assert!(!want.contains_key("tests") && !want.contains_key("big") && want.contains_key("VERSION"));
+    assert!(!want.contains_key("src/text.txt") && !want.contains_key(".gitattributes"));
+    let mut net = GitNet::new(&repo);
+    let r = run(&mut net, &[]);
+    r.result.as_ref().unwrap();
+    assert_eq!(r.sink.tree.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    for (k, v) in &want {
+        assert_eq!(r.sink.tree.get(k), Some(v), "{k}");
+    }
+    let expanded = r.sink.file("VERSION").0;
+    assert!(
+        expanded.starts_with(format!("version {rev} of ").as_bytes()),
+        "{}",
+        String::from_utf8_lossy(expanded)
+    );
+
+    // The same commit from a pack whose blobs come before its trees (nothing can be placed
+    // early): the late path applies the same attributes.
+    let mut net = GitNet::new(&repo);
+    let objects = objects_of(&repo, &rev);
+    let (blobs, rest): (Vec<&String>, Vec<&String>) = objects.iter().partition(|o| {
+        String::from_utf8(git(&repo, &["cat-file", "-t", o.as_str()]))
+            .unwrap()
+            .trim()
+            == "blob"
+    });
+    let order: String = blobs.iter().chain(rest.iter()).map(|o| format!("{o}\n")).collect();
+    let pack = git_with_input(
+        &repo,
+        &["pack-objects", "--stdout", "-q", "--no-reuse-delta", "--window=0"],
+        order.as_bytes(),
+    );
+    net.answer = Some(answer(&pack, &[]));
+    let r = run(&mut net, &[&format!("rev={rev}")]);
+    r.result.as_ref().unwrap();
+    assert!(r.sink.tree == want, "the trees differ when blobs come first");
 }

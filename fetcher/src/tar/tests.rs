@@ -1,39 +1,10 @@
-use std::os::unix::fs::{PermissionsExt, symlink};
 use std::process::Command;
 
 use super::*;
 use crate::gzip::GzDecoder;
-use crate::testing::{Node, RecordingSink, TempDir, Trickle, archive, header, header_with, noise, run, seal};
-
-/// A path over 300 bytes, which ustar cannot hold: GNU writes an `L` record, pax a `path`.
-fn long_file() -> String {
-    format!("long/{}/{}/{}.txt", "d".repeat(100), "e".repeat(100), "f".repeat(90))
-}
-
-/// A tree with everything a source tree may hold, under `dir/top`.
-fn make_tree(dir: &std::path::Path, with_long: bool) {
-    let top = dir.join("top");
-    let write = |p: &str, data: &[u8], mode: u32| {
-        let path = top.join(p);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, data).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-    };
-    write("a/b/c/deep.txt", b"deep\n", 0o644);
-    write("run.sh", b"#!/bin/sh\necho hi\n", 0o755);
-    write("setuid", b"s", 0o4755);
-    write("plain.txt", b"plain", 0o600);
-    write("empty", b"", 0o644);
-    write("big.bin", &noise(200_000, 7), 0o644);
-    write("zeros.bin", &vec![0; 1_000_000], 0o644);
-    std::fs::create_dir_all(top.join("emptydir")).unwrap();
-    symlink("a/b", top.join("link")).unwrap();
-    symlink("/etc/hostname", top.join("abs")).unwrap();
-    if with_long {
-        write(&long_file(), b"long\n", 0o644);
-        symlink("x".repeat(150), top.join("longlink")).unwrap();
-    }
-}
+use crate::testing::{
+    Node, RecordingSink, TempDir, Trickle, archive, check_tree, header, header_with, make_tree, noise, run, seal,
+};
 
 fn tar_gz(dir: &std::path::Path, format: &str, member: &str) -> Vec<u8> {
     run(Command::new("tar")
@@ -53,31 +24,6 @@ fn unpack_tar(tar: &[u8]) -> Result<RecordingSink> {
     let mut sink = RecordingSink::default();
     extract(&mut Trickle::new(tar), &mut sink)?;
     Ok(sink)
-}
-
-fn check_tree(sink: &RecordingSink, prefix: &str, with_long: bool) {
-    let p = |s: &str| format!("{prefix}{s}");
-    assert_eq!(sink.file(&p("a/b/c/deep.txt")), (&b"deep\n"[..], false));
-    assert_eq!(sink.file(&p("run.sh")), (&b"#!/bin/sh\necho hi\n"[..], true));
-    assert_eq!(sink.file(&p("setuid")), (&b"s"[..], true));
-    assert_eq!(sink.file(&p("plain.txt")), (&b"plain"[..], false));
-    assert_eq!(sink.file(&p("empty")), (&b""[..], false));
-    assert_eq!(sink.file(&p("big.bin")).0, noise(200_000, 7));
-    assert_eq!(sink.file(&p("zeros.bin")).0, vec![0; 1_000_000]);
-    assert_eq!(sink.tree.get(&p("emptydir")), Some(&Node::Dir));
-    assert_eq!(sink.tree.get(&p("link")), Some(&Node::Symlink(b"a/b".to_vec())));
-    assert_eq!(
-        sink.tree.get(&p("abs")),
-        Some(&Node::Symlink(b"/etc/hostname".to_vec()))
-    );
-    if with_long {
-        assert!(p(&long_file()).len() > 300);
-        assert_eq!(sink.file(&p(&long_file())), (&b"long\n"[..], false));
-        assert_eq!(
-            sink.tree.get(&p("longlink")),
-            Some(&Node::Symlink("x".repeat(150).into_bytes()))
-        );
-    }
 }
 
 #[test]
@@ -213,7 +159,8 @@ fn hand_built_extensions() {
 }
 
 #[test]
-fn no_root_for_a_top_level_file() {
+fn one_top_level_entry_is_the_tree_whatever_it_is() {
+    // Two top-level entries: no root.
     let tar = archive(&[
         (header(b"d/a", b'0', 0, b""), b""),
         (header(b"README", b'0', 0, b""), b""),
@@ -222,6 +169,47 @@ fn no_root_for_a_top_level_file() {
     let tar = archive(&[(header(b"d/a", b'0', 0, b""), b""), (header(b"e/a", b'0', 0, b""), b"")]);
     assert_eq!(unpack_tar(&tar).unwrap().root, None);
     assert_eq!(unpack_tar(&archive(&[])).unwrap().calls, Vec::<String>::new());
+    // One: a lone file or symlink is the tree, as Nix has it.
+    let tar = archive(&[(header(b"./README", b'0', 5, b""), b"hello")]);
+    let sink = unpack_tar(&tar).unwrap();
+    assert_eq!(sink.root.as_deref(), Some("README"));
+    assert_eq!(sink.file("README").0, b"hello");
+    let tar = archive(&[(header(b"link", b'2', 0, b"elsewhere"), b"")]);
+    assert_eq!(unpack_tar(&tar).unwrap().root.as_deref(), Some("link"));
+    // `./` and a lone file: still one entry.
+    let tar = archive(&[(header(b"./", b'5', 0, b""), b""), (header(b"./f", b'0', 0, b""), b"")]);
+    assert_eq!(unpack_tar(&tar).unwrap().root.as_deref(), Some("f"));
+}
+
+/// GNU tar stores a second name of a file as a hard link to the first; both come out as files
+/// with the same contents and mode.
+#[test]
+fn hard_links_to_earlier_members_are_copies() {
+    let dir = TempDir::new("hardlinks");
+    make_tree(dir.path(), false);
+    let top = dir.path().join("top");
+    std::fs::hard_link(top.join("run.sh"), top.join("a/run-again.sh")).unwrap();
+    std::fs::hard_link(top.join("big.bin"), top.join("big-too.bin")).unwrap();
+    for format in ["gnu", "pax", "ustar"] {
+        let sink = unpack(&tar_gz(dir.path(), format, "top")).unwrap_or_else(|e| panic!("{format}: {e}"));
+        check_tree(&sink, "top/", false);
+        assert_eq!(sink.file("top/a/run-again.sh"), sink.file("top/run.sh"), "{format}");
+        assert_eq!(sink.file("top/big-too.bin"), sink.file("top/big.bin"), "{format}");
+        assert!(
+            sink.calls.iter().any(|c| c.starts_with("copy top/")),
+            "{format}: {:?}",
+            sink.calls
+        );
+    }
+    // A hard link to a symlink is another symlink.
+    let tar = archive(&[
+        (header(b"d/s", b'2', 0, b"target"), b""),
+        (header(b"d/t", b'1', 0, b"./d/s"), b""),
+    ]);
+    assert_eq!(
+        unpack_tar(&tar).unwrap().tree.get("d/t"),
+        Some(&Node::Symlink(b"target".to_vec()))
+    );
 }
 
 fn refused(entries: &[([u8; 512], &[u8])], expected: &[&str]) {
@@ -239,7 +227,28 @@ fn hostile_members_are_refused_by_name() {
         &[(header(b"/etc/passwd", b'0', 0, b""), b"")],
         &["`/etc/passwd`", "absolute"],
     );
-    refused(&[(header(b"a/hard", b'1', 0, b"a/f"), b"")], &["`a/hard`", "hard link"]);
+    // Hard links to anything but an earlier file or symlink of the archive.
+    refused(
+        &[(header(b"a/hard", b'1', 0, b"a/f"), b"")],
+        &["`a/hard`", "hard link", "`a/f`"],
+    );
+    refused(
+        &[
+            (header(b"a/hard", b'1', 0, b"a/f"), b""),
+            (header(b"a/f", b'0', 0, b""), b""),
+        ],
+        &["`a/hard`", "earlier"],
+    );
+    refused(
+        &[
+            (header(b"a/d/", b'5', 0, b""), b""),
+            (header(b"a/hard", b'1', 0, b"a/d"), b""),
+        ],
+        &["`a/hard`", "hard link"],
+    );
+    refused(&[(header(b"a/hard", b'1', 0, b"../etc/passwd"), b"")], &["`..`"]);
+    refused(&[(header(b"a/hard", b'1', 0, b"a/hard"), b"")], &["itself"]);
+    refused(&[(header(b"a/hard", b'1', 3, b"a/f"), b"abc")], &["carries data"]);
     refused(
         &[(header(b"a/tty", b'3', 0, b""), b"")],
         &["`a/tty`", "character device"],
