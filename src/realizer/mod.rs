@@ -9,6 +9,7 @@
 //! guest reported is checked against them, the expected hashes are checked, and only then is
 //! anything published.
 
+mod engine;
 mod fetcher;
 mod host;
 mod output;
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
-use wasmtime::{Config, Engine, Linker, Module, StoreLimitsBuilder};
+use wasmtime::{Engine, Linker, Module, StoreLimitsBuilder};
 
 pub use self::fetcher::FETCHER_WASM;
 pub use self::host::Credential;
@@ -254,12 +255,7 @@ pub fn module_hash(bytes: &[u8]) -> TreeHash {
 impl Realizer {
     /// A realizer over `store`. `github_url` is where github islands are fetched from.
     pub fn new(store: Store, github_url: &str, limits: Limits) -> Result<Realizer> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        // Only for outside unwinders (wasmtime's own traps and backtraces do without it), and
-        // registering it is a third of the time a cached module takes to load.
-        config.native_unwind_info(false);
-        let engine = Engine::new(&config).map_err(|e| anyhow!("cannot start wasmtime: {e}"))?;
+        let engine = Engine::new(&engine::engine_config()).map_err(|e| anyhow!("cannot start wasmtime: {e}"))?;
         // The epoch ticks every 10 ms while a guest runs; each tick lets a running guest
         // yield, so a stopped or timed-out run ends within a tick even in a loop that never
         // calls the host. With no guest running the thread sleeps (an idle mount costs nothing).
@@ -353,7 +349,10 @@ impl Realizer {
                 .cloned()
                 .with_context(|| format!("no fetcher module {hash} is known to this cab"))?
         };
-        let module = self.compile_cached(hash, &bytes)?;
+        let module = match self.precompiled(hash) {
+            Some(module) => module,
+            None => self.compile_cached(hash, &bytes)?,
+        };
         let mut linker = Linker::new(&self.engine);
         wasi::add_to_linker(&mut linker, &module).map_err(|e| anyhow!("cannot bind WASI: {e}"))?;
         host::add_to_linker(&mut linker).map_err(|e| anyhow!("cannot bind host functions: {e}"))?;
@@ -366,6 +365,26 @@ impl Realizer {
             .unwrap_or_else(|e| e.into_inner())
             .insert(*hash, loaded.clone());
         Ok(loaded)
+    }
+
+    /// The fetcher as `build.rs` compiled it, if this engine can load it.
+    fn precompiled(&self, hash: &TreeHash) -> Option<Module> {
+        // CAB_NO_PRECOMPILED: compile as a cab without it would (benchmarks compare both).
+        if *hash != module_hash(FETCHER_WASM)
+            || fetcher::FETCHER_PRECOMPILED.is_empty()
+            || std::env::var_os("CAB_NO_PRECOMPILED").is_some()
+        {
+            return None;
+        }
+        // SAFETY: the bytes were made by `Engine::precompile_module` in build.rs, from the
+        // fetcher embedded beside them; wasmtime refuses them if this engine differs.
+        match unsafe { Module::deserialize(&self.engine, fetcher::FETCHER_PRECOMPILED) } {
+            Ok(module) => Some(module),
+            Err(e) => {
+                tracing::debug!("the precompiled fetcher does not fit this machine ({e}); compiling it");
+                None
+            }
+        }
     }
 
     fn compile_cached(&self, hash: &TreeHash, bytes: &[u8]) -> Result<Module> {
