@@ -28,7 +28,7 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 pub const READ_ONLY: &str = "Read-only file system";
 
 // ---------------------------------------------------------------------------------------------
-// The read path: FUSE passthrough (default) or the daemon's own read path (--no-passthrough)
+// The read path: the daemon's own (default) or FUSE passthrough (--passthrough)
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,8 +43,8 @@ pub const PLAIN_LINE: &str = "serving file reads without passthrough";
 impl Mode {
     pub fn args(self) -> &'static [&'static str] {
         match self {
-            Mode::Passthrough => &[],
-            Mode::Plain => &["--no-passthrough"],
+            Mode::Passthrough => &["--passthrough"],
+            Mode::Plain => &[],
         }
     }
 }
@@ -395,7 +395,7 @@ impl Mount {
                 thread::sleep(Duration::from_millis(100));
                 assert!(
                     !self.log().contains(PASSTHROUGH_LINE),
-                    "--no-passthrough must not use passthrough\n{}",
+                    "the default read path must not use passthrough\n{}",
                     self.log()
                 );
                 // (That it also says so is checked by `plain_read_path_is_logged`.)

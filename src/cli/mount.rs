@@ -21,8 +21,17 @@ pub struct MountArgs {
     /// Re-resolve every named island first, rewrite the lock, print what moved, then serve.
     #[arg(long)]
     update: bool,
-    /// Serve every read ourselves instead of asking the kernel for FUSE passthrough.
+    /// Have the kernel read files straight from the store (FUSE passthrough; root on Linux
+    /// 6.9+). Faster for large files and mmap, slower for source trees: every open and close
+    /// of a file then costs a round trip to cab, which the default read path avoids.
     #[arg(long)]
+    passthrough: bool,
+    /// Do not push a directory's small files into the page cache when one of them is first
+    /// read (read-ahead by directory, on by default with the default read path).
+    #[arg(long)]
+    no_read_ahead: bool,
+    /// The default read path (kept for scripts written when passthrough was the default).
+    #[arg(long, hide = true, conflicts_with = "passthrough")]
     no_passthrough: bool,
     /// The FUSE request timeout to declare to the kernel, in seconds (Linux 6.14+; capped by
     /// /proc/sys/fs/fuse/max_request_timeout) [default: the kernel's default_request_timeout].
@@ -105,11 +114,12 @@ pub fn mount(args: MountArgs, store: Option<PathBuf>) -> Result<ExitCode> {
     let count = manifest.as_ref().map(|m| m.islands.len()).unwrap_or(0);
     let islands = Arc::new(Islands::new(realizer, runtime.handle().clone(), manifest, lock));
     let options = Options {
-        read_path: if args.no_passthrough {
-            ReadPath::Plain
-        } else {
+        read_path: if args.passthrough {
             ReadPath::Passthrough
+        } else {
+            ReadPath::Plain
         },
+        read_ahead: !args.no_read_ahead,
         allow_other: args.allow_other,
         threads: args.threads,
         request_timeout: args.request_timeout,
