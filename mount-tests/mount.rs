@@ -320,7 +320,7 @@ fn real_repository_passthrough() {
 }
 
 #[test]
-fn real_repository_no_passthrough() {
+fn real_repository_plain() {
     real_repository(Mode::Plain);
 }
 
@@ -360,7 +360,7 @@ fn python_import_passthrough() {
 }
 
 #[test]
-fn python_import_no_passthrough() {
+fn python_import_plain() {
     python_import(Mode::Plain);
 }
 
@@ -397,7 +397,7 @@ fn cargo_build_passthrough() {
 }
 
 #[test]
-fn cargo_build_no_passthrough() {
+fn cargo_build_plain() {
     cargo_build(Mode::Plain);
 }
 
@@ -475,7 +475,7 @@ fn writes_fail_with_erofs_passthrough() {
 }
 
 #[test]
-fn writes_fail_with_erofs_no_passthrough() {
+fn writes_fail_with_erofs_plain() {
     writes_fail(Mode::Plain);
 }
 
@@ -558,7 +558,7 @@ fn many_readers_one_fetch_passthrough() {
 }
 
 #[test]
-fn many_readers_one_fetch_no_passthrough() {
+fn many_readers_one_fetch_plain() {
     many_readers_one_fetch(Mode::Plain);
 }
 
@@ -603,7 +603,7 @@ fn concurrent_opens_passthrough() {
 }
 
 #[test]
-fn concurrent_opens_no_passthrough() {
+fn concurrent_opens_plain() {
     concurrent_opens(Mode::Plain);
 }
 
@@ -1120,7 +1120,7 @@ fn reserved_and_bad_names_are_refused() {
     assert!(world.forge.requests().is_empty(), "nothing fetched");
 }
 
-/// The log names the plain read path in `--no-passthrough` mode (DESIGN.md, the brief).
+/// The log names the plain read path, the default (docs/DESIGN.md, "Read paths").
 #[test]
 fn plain_read_path_is_logged() {
     let world = World::new("mount-plain-log", &[]);
@@ -1136,5 +1136,53 @@ fn plain_read_path_is_logged() {
         mount.log()
     );
     assert!(!mount.log().contains(PASSTHROUGH_LINE));
+    mount.stop();
+}
+
+/// Read-ahead by directory: a walk that reads nothing pushes nothing; the first read in a
+/// directory pushes the small files beside it into the page cache, and what is read after
+/// that is byte for byte the files' contents. `--no-read-ahead` turns it off.
+#[test]
+fn read_ahead_pushes_for_readers_not_for_walks() {
+    let world = World::new("mount-read-ahead", &[]);
+    let src = world.dir("src");
+    for i in 0..20 {
+        write_file(&src.join(format!("pkg/m{i:02}.py")), &pseudo_random(3000 + i * 100, i as u64), 0o644);
+    }
+    write_file(&src.join("pkg/big.bin"), &pseudo_random(600 * 1024, 99), 0o644);
+    write_file(&src.join("other/x.txt"), b"other\n", 0o644);
+    world.push("acme/widgets", &src, "one");
+    world.manifest("widgets = '<github:acme/widgets>'\n");
+    let pushed = |log: &str| log.lines().filter(|l| l.contains("read-ahead: pushed")).count();
+
+    let mount = world.mount(&["-vv"]);
+    let found = ok_text(tool("find").arg(world.at("widgets")));
+    assert_eq!(found.lines().count(), 25, "{found}");
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(pushed(&mount.log()), 0, "a walk pushes nothing\n{}", mount.log());
+    assert_eq!(
+        fs::read(world.at("widgets/pkg/m00.py")).unwrap(),
+        fs::read(src.join("pkg/m00.py")).unwrap()
+    );
+    assert!(
+        mount.wait_log("read-ahead: pushed 19 files", Duration::from_secs(10)),
+        "the first read pushes the 19 small files beside it (not the 600 KiB one)\n{}",
+        mount.log()
+    );
+    for entry in fs::read_dir(src.join("pkg")).unwrap() {
+        let name = entry.unwrap().file_name();
+        assert_eq!(
+            fs::read(world.at("widgets/pkg").join(&name)).unwrap(),
+            fs::read(src.join("pkg").join(&name)).unwrap(),
+            "{name:?}"
+        );
+    }
+    mount.stop();
+
+    let mount = world.mount(&["-vv", "--no-read-ahead"]);
+    assert_eq!(read_text(&world.at("widgets/other/x.txt")), "other\n");
+    let _ = ok_text(tool("cat").args(["-"]).stdin(fs::File::open(world.at("widgets/pkg/m01.py")).unwrap()));
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(pushed(&mount.log()), 0, "--no-read-ahead pushes nothing\n{}", mount.log());
     mount.stop();
 }

@@ -25,6 +25,7 @@ use std::time::Duration;
 use super::fuse::abi::{fopen, init};
 use super::fuse::{Attr, Dirents, Filesystem, InitIn, InitOut, Op, Reply, Request};
 use super::islands::{Flight, Islands, Ready, State, stored_tree};
+use super::prefetch::{self, Prefetcher};
 use super::table::Table;
 use super::timeout::RequestTimeout;
 use crate::hash::TreeHash;
@@ -99,13 +100,21 @@ pub struct CabFs {
     timeout: RequestTimeout,
     /// How long a request may wait for a fetch (set at INIT; None: as long as it takes).
     budget: OnceLock<Option<Duration>>,
+    /// Read-ahead by directory (the plain read path only).
+    prefetch: Option<Prefetcher>,
     uid: u32,
     gid: u32,
 }
 
 impl CabFs {
-    /// A filesystem serving `islands`.
-    pub fn new(islands: Arc<Islands>, read_path: ReadPath, timeout: RequestTimeout) -> CabFs {
+    /// A filesystem serving `islands` as `options` say.
+    pub fn new(islands: Arc<Islands>, options: &super::Options) -> CabFs {
+        let read_path = options.read_path;
+        let timeout = RequestTimeout::read(options.request_timeout);
+        let prefetch = match read_path {
+            ReadPath::Plain if options.read_ahead => Some(Prefetcher::new(islands.realizer().store().clone())),
+            _ => None,
+        };
         let table = Table::new(
             Kind::Root,
             [(&b"github"[..], Kind::Github), (&b"by-hash"[..], Kind::ByHash)],
@@ -124,6 +133,7 @@ impl CabFs {
             read_path_logged: AtomicBool::new(false),
             timeout,
             budget: OnceLock::new(),
+            prefetch,
             uid,
             gid,
         }
@@ -493,6 +503,10 @@ impl CabFs {
             Err(e) => return reply.error(e),
         };
         let mut dirents = Dirents::new(size);
+        // While something is reading, the files of a directory it lists are pushed ahead of
+        // it (see `prefetch`); a walk that reads nothing pushes nothing.
+        let mut listed_files = Vec::new();
+        let read_ahead = plus && self.reading();
         let dots = [(&b"."[..], here.clone()), (&b".."[..], here)];
         let all = dots
             .into_iter()
@@ -511,6 +525,20 @@ impl CabFs {
                     } else {
                         self.look_up(ino, &name, || kind.clone())
                     };
+                    if read_ahead
+                        && !dot
+                        && let Kind::Tree {
+                            node: Node::File { blob, size, .. },
+                            ..
+                        } = &kind
+                        && (1..=prefetch::FILE_MAX).contains(size)
+                    {
+                        listed_files.push(prefetch::File {
+                            ino: child,
+                            blob: *blob,
+                            size: *size,
+                        });
+                    }
                     !dirents.add_plus(&self.attr(child, &kind), Self::ttl(&kind), next, &name)
                 }
             } else {
@@ -528,7 +556,17 @@ impl CabFs {
                 break;
             }
         }
+        let channel = reply.channel().clone();
         dirents.send(reply);
+        if let Some(prefetcher) = self.prefetch.as_ref().filter(|_| !listed_files.is_empty()) {
+            listed_files.truncate(prefetch::DIR_MAX_FILES);
+            prefetcher.push(&channel, listed_files);
+        }
+    }
+
+    /// Whether files were read a moment ago (read-ahead is for readers, not for walks).
+    fn reading(&self) -> bool {
+        self.prefetch.as_ref().is_some_and(|p| p.reading()) && !self.passthrough.load(Ordering::Relaxed)
     }
 
     fn xattrs(&self, kind: &Kind) -> Vec<(&'static str, Vec<u8>)> {
@@ -680,7 +718,65 @@ impl CabFs {
                 Err(_) => return reply.error(libc::EIO),
             }
         }
+        let channel = reply.channel().clone();
         reply.data(&buf[..filled]);
+        if offset == 0 {
+            self.read_ahead(ino, channel);
+        }
+    }
+
+    /// The first read in a directory pushes the small files beside it into the page cache
+    /// (see [`prefetch`]), those the kernel knows of (only those can be pushed).
+    fn read_ahead(&self, ino: u64, channel: Arc<super::fuse::Channel>) {
+        let Some(prefetcher) = &self.prefetch else { return };
+        if self.passthrough.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some((parent, name)) = self
+            .table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .parent(ino)
+            .map(|(p, n)| (p, n.to_vec()))
+        else {
+            return;
+        };
+        let Ok(Content::Now(Kind::Tree {
+            node: Node::Directory { tree },
+            ..
+        })) = self.content(parent)
+        else {
+            return;
+        };
+        prefetcher.read_now();
+        if !prefetcher.first_read_in(parent, tree) {
+            return;
+        }
+        let Ok(entries) = self.entries(&tree) else { return };
+        // The files after this one first (a reader goes through a directory in order), then
+        // those before it.
+        let at = entries.partition_point(|e| e.name.as_slice() <= name.as_slice());
+        let (before, after) = entries.split_at(at);
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let (mut files, mut bytes) = (Vec::new(), 0);
+        for entry in after.iter().chain(before).filter(|e| e.name != name) {
+            let Node::File { blob, size, .. } = entry.node else {
+                continue;
+            };
+            if size == 0 || size > prefetch::FILE_MAX {
+                continue;
+            }
+            let Some(ino) = table.find(parent, &entry.name) else {
+                continue;
+            };
+            files.push(prefetch::File { ino, blob, size });
+            bytes += size;
+            if files.len() >= prefetch::DIR_MAX_FILES || bytes >= prefetch::DIR_MAX_BYTES {
+                break;
+            }
+        }
+        drop(table);
+        prefetcher.push(&channel, files);
     }
 
     fn release(&self, fh: u64, reply: Reply) {

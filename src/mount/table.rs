@@ -62,6 +62,11 @@ impl<K: Clone> Table<K> {
         self.inodes.get(&ino).map(|e| &e.kind)
     }
 
+    /// The directory `ino` is in, and its name there.
+    pub fn parent(&self, ino: u64) -> Option<(u64, &[u8])> {
+        self.inodes.get(&ino).map(|e| (e.parent, &e.name[..]))
+    }
+
     /// The inode `name` in `parent` has, if it has one now.
     pub fn find(&self, parent: u64, name: &[u8]) -> Option<u64> {
         self.by_name.get(&(parent, name.into())).copied()
