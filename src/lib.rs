@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod derivation;
+pub mod gc;
 pub mod hash;
 pub mod island;
 pub mod lock;

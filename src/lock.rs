@@ -127,7 +127,8 @@ impl Lock {
             .with_context(|| format!("the lock {} is invalid (delete it to repin everything)", path.display()))
     }
 
-    fn parse(text: &str) -> Result<Lock> {
+    /// Parses a lock file's text.
+    pub fn parse(text: &str) -> Result<Lock> {
         let table: toml::Table = toml::from_str(text).map_err(|e| anyhow!("not valid TOML: {e}"))?;
         match table.get("version").and_then(|v| v.as_integer()) {
             Some(1) => {}

@@ -12,6 +12,7 @@ use crate::derivation::to_derivation;
 use crate::island::Island;
 use crate::lock::{LockGuard, Manifest, Pin, lock_path};
 use crate::realizer::{Realized, Realizer};
+use crate::store::Store;
 
 /// What happened to one island in an update.
 #[derive(Clone, Debug)]
@@ -51,14 +52,18 @@ pub async fn realize(realizer: &Realizer, island: &Island) -> Result<(Realized, 
 }
 
 /// Records pins in the lock beside `manifest_path`, under the lock's guard, keeping every other
-/// entry as it is on disk now (another process may have written it meanwhile).
-pub fn record(manifest_path: &Path, pins: &BTreeMap<String, Pin>) -> Result<()> {
-    let guard = LockGuard::acquire(&lock_path(manifest_path))?;
+/// entry as it is on disk now (another process may have written it meanwhile), and registers
+/// the lock as a gc root of `store`.
+pub fn record(store: &Store, manifest_path: &Path, pins: &BTreeMap<String, Pin>) -> Result<()> {
+    let path = lock_path(manifest_path);
+    let guard = LockGuard::acquire(&path)?;
     let mut lock = guard.read()?;
     for (name, pin) in pins {
         lock.pins.insert(name.clone(), pin.clone());
     }
-    guard.write(&lock)
+    guard.write(&lock)?;
+    crate::gc::register_lock(store, &path, &lock);
+    Ok(())
 }
 
 /// Re-resolves the named islands (all when `names` is empty) from their manifest literals —
@@ -70,7 +75,11 @@ pub async fn update(realizer: &Arc<Realizer>, manifest: &Manifest, names: &[Stri
             bail!("{}: no island named `{name}`", manifest.path.display());
         }
     }
-    let old = crate::lock::Lock::read(&lock_path(&manifest.path))?;
+    let old_path = lock_path(&manifest.path);
+    let old = crate::lock::Lock::read(&old_path)?;
+    if old_path.exists() {
+        crate::gc::register_lock(realizer.store(), &old_path, &old);
+    }
     let chosen: Vec<(&String, &Island)> = manifest
         .islands
         .iter()
@@ -114,10 +123,14 @@ pub async fn update(realizer: &Arc<Realizer>, manifest: &Manifest, names: &[Stri
             failures.join("\n")
         );
     }
-    let guard = LockGuard::acquire(&lock_path(&manifest.path))?;
+    let path = lock_path(&manifest.path);
+    let guard = LockGuard::acquire(&path)?;
     let mut lock = guard.read()?;
     lock.pins.retain(|name, _| manifest.islands.contains_key(name));
     lock.pins.extend(pins);
     guard.write(&lock).context("cannot write the new pins")?;
+    // Registered while this process still holds the new trees live: a collection sees them
+    // kept by one or the other.
+    crate::gc::register_lock(realizer.store(), &path, &lock);
     Ok(changes)
 }

@@ -301,7 +301,7 @@ fn a_known_fifo_value_stops_the_run_at_once() {
     let tree_dir = s._dir.0.join("tree");
     std::fs::create_dir_all(tree_dir.join("sub")).unwrap();
     std::fs::write(tree_dir.join("sub/file"), b"stored\n").unwrap();
-    let added = s.store.add_path(&tree_dir, cab::store::Ingest::Copy).unwrap();
+    let added = s.store.add_path(&tree_dir, cab::store::Ingest::Copy, None).unwrap();
     let rev = "0123456789abcdef0123456789abcdef01234567";
     s.store
         .record(&IndexKey::new("tarball", "git-rev", rev), &added.tree)

@@ -78,6 +78,8 @@ pub struct FetchArgs {
     json: bool,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    gc: super::store::AutoGcArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -116,7 +118,7 @@ pub fn fetch(args: FetchArgs, store: Option<PathBuf>) -> Result<ExitCode> {
         .map(|t| parse_island(t))
         .collect::<Result<Vec<_>>>()?;
     let store = super::store::open(store)?;
-    let realizer = Arc::new(Realizer::new(store, &github_url(), args.limits.limits())?);
+    let realizer = Arc::new(Realizer::new(store.clone(), &github_url(), args.limits.limits())?);
     let results = runtime()?.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
         for (i, island) in islands.into_iter().enumerate() {
@@ -162,6 +164,8 @@ pub fn fetch(args: FetchArgs, store: Option<PathBuf>) -> Result<ExitCode> {
             }
         }
     }
+    // While this process still holds what it fetched.
+    args.gc.run(&store);
     if failed > 0 {
         bail!("{failed} of {} islands failed", args.islands.len());
     }

@@ -46,7 +46,8 @@ enum Command {
     Unmount(mount::UnmountArgs),
     /// Re-resolve the islands of ./islands.toml (all, or those named) and rewrite the lock.
     Update(mount::UpdateArgs),
-    /// Work with the local store: add, export, verify and list trees.
+    /// Work with the local store: add, export, verify and list trees; collect garbage, show
+    /// where the bytes are, keep trees by hand.
     #[command(subcommand)]
     Store(store::Command),
 }

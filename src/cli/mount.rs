@@ -46,6 +46,8 @@ pub struct MountArgs {
     threads: usize,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    gc: super::store::AutoGcArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -63,6 +65,8 @@ pub struct UpdateArgs {
     manifest: Option<PathBuf>,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    gc: super::store::AutoGcArgs,
 }
 
 /// The manifest to use: the one given, else ./islands.toml if it exists (required: whether
@@ -98,7 +102,7 @@ fn print_changes(changes: &[crate::pin::Change]) {
 pub fn mount(args: MountArgs, store: Option<PathBuf>) -> Result<ExitCode> {
     let manifest = find_manifest(args.manifest, false)?;
     let store = super::store::open(store)?;
-    let realizer = Arc::new(Realizer::new(store, &github_url(), args.limits.limits())?);
+    let realizer = Arc::new(Realizer::new(store.clone(), &github_url(), args.limits.limits())?);
     let runtime = runtime()?;
     if args.update {
         let Some(manifest) = &manifest else {
@@ -108,11 +112,19 @@ pub fn mount(args: MountArgs, store: Option<PathBuf>) -> Result<ExitCode> {
         print_changes(&changes);
     }
     let lock = match &manifest {
-        Some(m) => Lock::read(&lock_path(&m.path))?,
+        Some(m) => {
+            let path = lock_path(&m.path);
+            let lock = Lock::read(&path)?;
+            if path.exists() {
+                crate::gc::register_lock(&store, &path, &lock);
+            }
+            lock
+        }
         None => Lock::default(),
     };
     let count = manifest.as_ref().map(|m| m.islands.len()).unwrap_or(0);
-    let islands = Arc::new(Islands::new(realizer, runtime.handle().clone(), manifest, lock));
+    let islands =
+        Arc::new(Islands::new(realizer, runtime.handle().clone(), manifest, lock).with_auto_gc(args.gc.limit()));
     let options = Options {
         read_path: if args.passthrough {
             ReadPath::Passthrough
@@ -146,10 +158,11 @@ pub fn unmount(args: UnmountArgs) -> Result<ExitCode> {
 pub fn update(args: UpdateArgs, store: Option<PathBuf>) -> Result<ExitCode> {
     let manifest = find_manifest(args.manifest, true)?.context("no manifest")?;
     let store = super::store::open(store)?;
-    let realizer = Arc::new(Realizer::new(store, &github_url(), args.limits.limits())?);
+    let realizer = Arc::new(Realizer::new(store.clone(), &github_url(), args.limits.limits())?);
     let changes = runtime()?.block_on(crate::pin::update(&realizer, &manifest, &args.names))?;
     print_changes(&changes);
     eprintln!("wrote {}", display(&lock_path(&manifest.path)));
+    args.gc.run(&store);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use super::fuse::abi::{fopen, init};
 use super::fuse::{Attr, Dirents, Filesystem, InitIn, InitOut, Op, Reply, Request};
-use super::islands::{Flight, Islands, Ready, State, stored_tree};
+use super::islands::{Flight, Islands, Ready, State};
 use super::prefetch::{self, Prefetcher};
 use super::table::Table;
 use super::timeout::RequestTimeout;
@@ -269,7 +269,7 @@ impl CabFs {
             Kind::Named(name) => self.islands.get_named(name).ok_or(libc::ENOENT)?,
             Kind::Browsed(island) => self.islands.get_island(island),
             Kind::Stored(hash) => {
-                return match stored_tree(self.islands.realizer(), *hash) {
+                return match self.islands.stored_tree(*hash) {
                     Ok(Some(ready)) => Ok(Content::Now(Kind::Tree {
                         node: ready.root.clone(),
                         island: ready,

@@ -158,6 +158,8 @@ pub struct Islands {
     ready: Mutex<HashMap<String, Arc<Ready>>>,
     in_flight: Mutex<HashMap<String, Arc<Flight>>>,
     failures: Mutex<HashMap<String, Remembered>>,
+    /// Collect garbage after a realization when the store holds more than this.
+    auto_gc: Option<u64>,
 }
 
 impl Islands {
@@ -176,7 +178,15 @@ impl Islands {
             ready: Mutex::default(),
             in_flight: Mutex::default(),
             failures: Mutex::default(),
+            auto_gc: None,
         }
+    }
+
+    /// Collects garbage in the background after each realization that leaves the store
+    /// holding more than `limit` bytes (`--gc-auto-size`).
+    pub fn with_auto_gc(mut self, limit: Option<u64>) -> Self {
+        self.auto_gc = limit;
+        self
     }
 
     /// The realizer (its store serves the trees).
@@ -253,7 +263,7 @@ impl Islands {
         };
         let mut pins = BTreeMap::new();
         pins.insert(name.to_owned(), pin.clone());
-        match crate::pin::record(&manifest.path, &pins) {
+        match crate::pin::record(self.realizer.store(), &manifest.path, &pins) {
             Ok(()) => {
                 tracing::info!("{name}: pinned {}", ready.locked);
                 self.lock
@@ -348,6 +358,9 @@ impl Islands {
                 tracing::error!("a realization's bookkeeping panicked");
             }
             task_flight.finish();
+            if let Some(limit) = islands.auto_gc {
+                crate::gc::auto_in_background(islands.realizer.store(), limit);
+            }
         });
         State::Pending(flight)
     }
@@ -425,9 +438,29 @@ fn ready(realizer: &Realizer, island: &Island, realized: Realized) -> anyhow::Re
     }))
 }
 
-/// Used by the mount's by-hash view: a stored tree described as an fs island.
-pub fn stored_tree(realizer: &Realizer, tree: TreeHash) -> anyhow::Result<Option<Arc<Ready>>> {
-    let Some(published) = realizer.store().published(&tree)? else {
+impl Islands {
+    /// The published tree `tree`, for the mount's by-hash view: described as an fs island,
+    /// held for the life of the mount (declared live: no collection deletes it while it may be
+    /// served) and remembered. `None` if it is not published.
+    pub fn stored_tree(&self, tree: TreeHash) -> anyhow::Result<Option<Arc<Ready>>> {
+        let key = format!("by-hash:{}", tree.to_hex());
+        if let Some(ready) = self.ready.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(Some(ready.clone()));
+        }
+        let Some(ready) = stored_tree(&self.realizer, tree)? else {
+            return Ok(None);
+        };
+        self.ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, ready.clone());
+        Ok(Some(ready))
+    }
+}
+
+/// A stored tree described as an fs island, held for this process.
+fn stored_tree(realizer: &Realizer, tree: TreeHash) -> anyhow::Result<Option<Arc<Ready>>> {
+    let Some(published) = realizer.store().hold(&tree)? else {
         return Ok(None);
     };
     let locked = Island {

@@ -247,6 +247,22 @@ impl Drop for CleanUpLater {
     }
 }
 
+/// The compatibility tag of modules compiled by `engine`: 16 hex digits of wasmtime's
+/// compatibility hash (its version and settings), the suffix of their `cache/` file names.
+fn engine_tag(engine: &Engine) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// The tag this cab's compiled modules carry in the store's `cache/`; modules with another
+/// were compiled by another wasmtime (or with other settings) and cannot be loaded here.
+pub fn module_cache_tag() -> Result<String> {
+    let engine = Engine::new(&engine::engine_config()).map_err(|e| anyhow!("cannot start wasmtime: {e}"))?;
+    Ok(engine_tag(&engine))
+}
+
 /// The BLAKE3 of a module's bytes: its name in derivations.
 pub fn module_hash(bytes: &[u8]) -> TreeHash {
     TreeHash(*blake3::hash(bytes).as_bytes())
@@ -388,11 +404,8 @@ impl Realizer {
     }
 
     fn compile_cached(&self, hash: &TreeHash, bytes: &[u8]) -> Result<Module> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut h);
         let dir = self.store.root().join("cache");
-        let path = dir.join(format!("{}-{:016x}.cwasm", hash.to_hex(), h.finish()));
+        let path = dir.join(format!("{}-{}.cwasm", hash.to_hex(), engine_tag(&self.engine)));
         if path.exists() {
             // SAFETY: the cache lives in the user's own store and was written by
             // `Module::serialize` of an engine with the same compatibility hash.
@@ -451,6 +464,8 @@ impl Realizer {
         let realized = match &drv.builder {
             Builder::Local { path } => {
                 let progress = Progress::new(label, self.progress_bars);
+                // From the first object found present to the tree declared live.
+                let _guard = self.store.guard()?;
                 let added = self
                     .store
                     .ingest(path, Ingest::Copy, Some(&|size| progress.ingested(size)))
@@ -479,12 +494,14 @@ impl Realizer {
         let Some(last) = lock.read().ok().and_then(|text| text.parse::<LastRealized>().ok()) else {
             return Ok(None);
         };
+        let _guard = self.store.guard()?;
         if last.at < asked || self.store.published(&last.whole)?.is_none() {
             return Ok(None);
         }
         let published = self.store.published(&last.tree)?;
         let Some(published) = published else { return Ok(None) };
         self.check_expected(drv, label, &last.tree, &published.nar)?;
+        self.store.declare_live(&[last.tree, last.whole])?;
         tracing::info!("{label}: realized by another process meanwhile: {}", last.tree);
         Ok(Some(Realized {
             tree: last.tree,
@@ -505,12 +522,15 @@ impl Realizer {
         if drv.method.has_rev() && drv.rev.is_none() {
             return Ok(None);
         }
+        // A tree found published here is declared live before the guard is dropped.
+        let _guard = self.store.guard()?;
         // Fully pinned and stored: no network at all.
         if let Some(hash) = drv.hash
             && let Some(published) = self.store.published(&hash)?
         {
             self.check_rev(drv, label, &hash)?;
             self.check_expected(drv, label, &hash, &published.nar)?;
+            self.store.declare_live(&[hash])?;
             tracing::debug!("{label}: {hash} is stored");
             return Ok(Some(Realized {
                 tree: hash,
@@ -693,6 +713,7 @@ impl Realizer {
                         progress.finish();
                         tracing::info!("{label}: already stored as {tree}; stopped the fetch after {} bytes", progress.bytes());
                         let downloaded = progress.bytes();
+                        let _guard = self.store.guard()?;
                         return self.finish(drv, label, tree, None, rev, downloaded, true, reported);
                     }
                 }
@@ -707,6 +728,7 @@ impl Realizer {
         // Lines written just before the guest exited.
         while let Some(event) = events.recv().await {
             if let Some(tree) = note(event, drv, label, &mut reported, &mut rev)? {
+                let _guard = self.store.guard()?;
                 return self.finish(drv, label, tree, None, rev, state.http.downloaded, true, reported);
             }
         }
@@ -745,6 +767,8 @@ impl Realizer {
         tracing::debug!("{label}: the fetcher finished; ingesting what it wrote");
         let tree_path = state.output.tree_path();
         drop(state);
+        // From the first object found present to the tree declared live.
+        let guard = self.store.guard()?;
         let added = self
             .store
             .ingest(&tree_path, Ingest::Move, None)
@@ -774,11 +798,14 @@ impl Realizer {
             false,
             reported,
         );
+        drop(guard);
         drop(staging);
         result
     }
 
-    /// Applies the subpath, checks the expected hashes, then publishes and indexes.
+    /// Applies the subpath, checks the expected hashes, then publishes, indexes and declares
+    /// both trees live. The caller holds the store's guard (from before its ingest, or from
+    /// before it found `whole` published).
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
@@ -822,6 +849,7 @@ impl Realizer {
             self.store
                 .record(&IndexKey::new("derivation", "id", &drv.id().to_string()), &whole)?;
         }
+        self.store.declare_live(&[tree, whole])?;
         tracing::info!(
             "{label}: {tree}{}",
             rev.as_ref().map(|r| format!(" (commit {r})")).unwrap_or_default()
@@ -922,7 +950,16 @@ fn classify(store: &Store, how: &str, line: &str) -> FifoEvent {
     if !well_formed {
         return FifoEvent::Malformed(line.to_owned());
     }
-    let hit = match store.lookup(&IndexKey::new(how, format, value)) {
+    // A tree the index names is declared live at once: the run may stop and use it.
+    let lookup = || -> Result<Option<TreeHash>> {
+        let _guard = store.guard()?;
+        let hit = store.lookup(&IndexKey::new(how, format, value))?;
+        if let Some(tree) = &hit {
+            store.declare_live(&[*tree])?;
+        }
+        Ok(hit)
+    };
+    let hit = match lookup() {
         Ok(hit) => hit,
         Err(e) => {
             tracing::warn!("index lookup failed: {e:#}");

@@ -16,9 +16,10 @@ use crate::hash::TreeHash;
 use crate::hash::tree::{Node, Object};
 
 impl Store {
-    /// Writes the published tree `tree` to `dest`, which must not exist yet.
+    /// Writes the published tree `tree` to `dest`, which must not exist yet. The tree is
+    /// held for this process (no collection deletes it meanwhile).
     pub fn export(&self, tree: &TreeHash, dest: &Path) -> Result<()> {
-        if self.published(tree)?.is_none() {
+        if self.hold(tree)?.is_none() {
             bail!("{tree} is not in the store at {}", self.root.display());
         }
         if fs::symlink_metadata(dest).is_ok() {

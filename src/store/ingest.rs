@@ -43,6 +43,8 @@ pub struct Added {
     pub bytes: u64,
     /// Blobs that were not in the store before.
     pub new_blobs: u64,
+    /// Bytes of the objects written (those the store lacked).
+    pub new_bytes: u64,
 }
 
 /// Files up to this size are buffered in memory while they are hashed.
@@ -60,6 +62,7 @@ struct StoreVisitor<'s> {
     small: Vec<u8>,
     large: Option<(File, PathBuf)>,
     new_blobs: u64,
+    new_bytes: u64,
 }
 
 /// Whether a finished object already sits at `dest`. The size check catches a file cut short
@@ -122,6 +125,7 @@ impl Visitor for StoreVisitor<'_> {
             return Ok(());
         }
         self.new_blobs += 1;
+        self.new_bytes += self.size;
         match (self.mode, large) {
             (Ingest::Move, _) => self.install(path, &dest),
             (Ingest::Copy, Some((file, tmp))) => {
@@ -137,21 +141,28 @@ impl Visitor for StoreVisitor<'_> {
         if present(&dest, object.len() as u64) {
             return Ok(());
         }
+        self.new_bytes += object.len() as u64;
         self.write_new(&dest, object)
     }
 }
 
 impl Store {
-    /// Adds the tree at `path` (directory, file or symlink) and publishes it.
-    pub fn add_path(&self, path: &Path, mode: Ingest) -> Result<Added> {
-        let added = self.ingest(path, mode, None)?;
+    /// Adds the tree at `path` (directory, file or symlink), publishes it and declares it
+    /// live for this process.
+    pub fn add_path(&self, path: &Path, mode: Ingest, on_file: Option<OnFile<'_>>) -> Result<Added> {
+        let _guard = self.guard()?;
+        let added = self.ingest(path, mode, on_file)?;
         self.publish(&added.tree, &added.nar)?;
+        self.declare_live(&[added.tree])?;
         Ok(added)
     }
 
     /// Writes every object of the tree at `path` into the store without publishing it: the
-    /// caller checks what it must, then calls [`Store::publish`].
+    /// caller checks what it must, then calls [`Store::publish`]. The caller holds a
+    /// [`Store::guard`] from before this call until the tree is published and declared live:
+    /// an object found present here is relied on, not written again.
     pub fn ingest<'a>(&'a self, path: &Path, mode: Ingest, on_file: Option<OnFile<'a>>) -> Result<Added> {
+        self.require_guard("ingesting")?;
         let mut visitor = StoreVisitor {
             store: self,
             on_file,
@@ -161,14 +172,17 @@ impl Store {
             small: Vec::new(),
             large: None,
             new_blobs: 0,
+            new_bytes: 0,
         };
         let hashed = walk(path, &mut visitor)?;
         if let Some((object, hash)) = encode_root(&hashed.root)
             && !present(&self.object_path(&hash), object.len() as u64)
         {
+            visitor.new_bytes += object.len() as u64;
             visitor.write_new(&self.object_path(&hash), &object)?;
         }
         let new_blobs = visitor.new_blobs;
+        self.add_usage(visitor.new_bytes);
         tracing::info!(
             tree = %hashed.tree,
             files = hashed.files,
@@ -184,6 +198,7 @@ impl Store {
             files: hashed.files,
             bytes: hashed.bytes,
             new_blobs,
+            new_bytes: visitor.new_bytes,
         })
     }
 }

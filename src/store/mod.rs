@@ -9,8 +9,11 @@
 //!   roots/<64 hex>           one per published tree: what is known of it (its narHash)
 //!   index/<64 hex>           (how made, format, value) → tree hash, one small file per key
 //!   tmp/<id>/ + <id>.lock    staging; <id>.lock is held (flock) by the live owner
-//!   locks/<name>             store-wide locks (flock), e.g. one per derivation being realized
+//!   locks/<name>             store-wide locks (flock), e.g. one per derivation being realized,
+//!                            and `gc`, which keeps the collector from deleting what is in use
 //!   cache/                   compiled fetcher modules (an optimisation; never published)
+//!   gcroots/                 what keeps trees from the collector (see [`gc`])
+//!   usage                    an estimate of the bytes of objects, for automatic collection
 //! ```
 //!
 //! Every file enters by an atomic rename of a finished temporary file, so a reader sees an
@@ -21,6 +24,7 @@
 //! that died; the next process to open the store removes it.
 
 mod export;
+pub mod gc;
 mod ingest;
 mod nar;
 mod staging;
@@ -38,6 +42,7 @@ use anyhow::{Context, Result, bail};
 use crate::hash::tree::Object;
 use crate::hash::{NarHash, TreeHash, encoding};
 
+pub use gc::{Collected, Du, Guard, Policy, Root, RootKind, Usage};
 pub use ingest::{Added, Ingest, OnFile};
 pub use staging::Staging;
 pub use verify::{Corruption, VerifyReport};
@@ -50,6 +55,10 @@ pub struct Store {
     root: PathBuf,
     /// This process's staging directory for temporary files, made on first use.
     scratch: Arc<Mutex<Option<Arc<Staging>>>>,
+    /// The gc lock, held shared by this process's guards.
+    gc_lock: Arc<gc::GcLock>,
+    /// The trees this process declared live.
+    live: Arc<gc::Live>,
 }
 
 /// A store-wide lock, held until dropped (see [`Store::try_lock`]). Its file can carry a
@@ -143,6 +152,8 @@ impl Store {
         let store = Store {
             root: root.to_owned(),
             scratch: Arc::default(),
+            gc_lock: Arc::new(gc::GcLock::new(root.join("locks").join("gc"))),
+            live: Arc::new(gc::Live::new(root)),
         };
         let version = root.join("version");
         match fs::read_to_string(&version) {
@@ -166,7 +177,15 @@ impl Store {
                 fs::create_dir_all(self.root.join(dir).join(encoding::to_hex(&[byte]))).with_context(ctx)?;
             }
         }
-        for dir in ["roots", "index", "tmp", "locks"] {
+        for dir in [
+            "roots",
+            "index",
+            "tmp",
+            "locks",
+            "gcroots/manual",
+            "gcroots/locks",
+            "gcroots/live",
+        ] {
             fs::create_dir_all(self.root.join(dir)).with_context(ctx)?;
         }
         // Another process may be creating the store too: the version file goes in by rename.
@@ -190,6 +209,7 @@ impl Store {
     /// Takes the store-wide lock `name` if nobody holds it (in this process or another).
     /// It is held until the returned guard is dropped, or its holder dies.
     pub fn try_lock(&self, name: &str) -> Result<Option<StoreLock>> {
+        use std::os::unix::fs::MetadataExt;
         let dir = self.root.join("locks");
         let path = dir.join(name);
         let ctx = || format!("cannot take the lock {}", path.display());
@@ -201,17 +221,30 @@ impl Store {
                 .truncate(false)
                 .open(&path)
         };
-        let file = match open() {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // A store made before locks existed.
-                fs::create_dir_all(&dir).with_context(ctx)?;
-                open().with_context(ctx)?
+        loop {
+            let file = match open() {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    // A store made before locks existed.
+                    fs::create_dir_all(&dir).with_context(ctx)?;
+                    open().with_context(ctx)?
+                }
+                other => other.with_context(ctx)?,
+            };
+            if !staging::try_lock(&file).with_context(ctx)? {
+                return Ok(None);
             }
-            other => other.with_context(ctx)?,
-        };
-        Ok(staging::try_lock(&file)
-            .with_context(ctx)?
-            .then_some(StoreLock { file }))
+            // The collector removes lock files nobody holds, holding them as it does: the
+            // file locked here may have been removed (and another made) since it was opened.
+            let mine = file.metadata().with_context(ctx)?;
+            match fs::metadata(&path) {
+                Ok(now) if now.ino() == mine.ino() && now.dev() == mine.dev() => {
+                    return Ok(Some(StoreLock { file }));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(ctx),
+            }
+        }
     }
 
     /// This process's staging directory, shared by everything this handle writes.
@@ -235,7 +268,7 @@ impl Store {
         sharded(&self.root.join("trees"), &tree.to_hex())
     }
 
-    fn root_record_path(&self, tree: &TreeHash) -> PathBuf {
+    pub(crate) fn root_record_path(&self, tree: &TreeHash) -> PathBuf {
         self.root.join("roots").join(tree.to_hex())
     }
 
@@ -294,6 +327,9 @@ impl Store {
 
     /// Records `key → tree` for a published tree.
     pub fn record(&self, key: &IndexKey, tree: &TreeHash) -> Result<()> {
+        // The check and the write in one guarded section: a collector cannot drop the tree
+        // in between and leave an entry naming nothing.
+        let _guard = self.guard()?;
         if self.published(tree)?.is_none() {
             bail!("cannot index {tree}: it is not published in this store");
         }
@@ -307,8 +343,10 @@ impl Store {
     }
 
     /// Makes an ingested tree visible: its root record, written only after all its objects
-    /// are durable, then its content-hash index entries.
+    /// are durable, then its content-hash index entries. The caller holds the guard it took
+    /// before the ingest, and declares the tree live before dropping it.
     pub fn publish(&self, tree: &TreeHash, nar: &NarHash) -> Result<()> {
+        self.require_guard("publishing")?;
         // Already published: its objects are durable and its record written; nothing to do
         // (and no filesystem-wide sync to pay for).
         if self.published(tree)?.is_some_and(|p| p.nar == *nar) {

@@ -38,33 +38,46 @@ pub(super) fn try_lock(file: &File) -> io::Result<bool> {
     }
 }
 
+/// A name no other file of this store will have: pid, time and a counter.
+pub(super) fn unique_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Creates `dir/<name>` with this process holding its exclusive flock from the start: it is
+/// made as `<name>.pending`, locked, then renamed into view, so that no cleaner testing
+/// "can I take the lock?" ever sees it unlocked while its owner lives.
+pub(super) fn create_held(dir: &Path, name: &str) -> Result<(File, PathBuf)> {
+    let ctx = || format!("cannot create a file in {}", dir.display());
+    let pending = dir.join(format!("{name}.pending"));
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&pending)
+        .with_context(ctx)?;
+    if !try_lock(&file).with_context(ctx)? {
+        anyhow::bail!("{} is locked by another process", pending.display());
+    }
+    let path = dir.join(name);
+    fs::rename(&pending, &path).with_context(ctx)?;
+    Ok((file, path))
+}
+
 impl Staging {
     /// Makes a new staging directory in `tmp`.
     pub fn new(tmp: &Path) -> Result<Staging> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let id = format!(
-            "{}-{nanos}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = unique_id();
         let ctx = || format!("cannot create a staging directory in {}", tmp.display());
-        // Take the lock under a name the cleaner ignores, then rename it into view, so no
-        // cleaner can ever see our lock file unlocked.
-        let pending = tmp.join(format!("{id}.pending"));
-        let lock = File::options()
-            .write(true)
-            .create_new(true)
-            .open(&pending)
-            .with_context(ctx)?;
-        if !try_lock(&lock).with_context(ctx)? {
-            anyhow::bail!("{} is locked by another process", pending.display());
-        }
-        let lock_path = tmp.join(format!("{id}.lock"));
-        fs::rename(&pending, &lock_path).with_context(ctx)?;
+        let (lock, lock_path) = create_held(tmp, &format!("{id}.lock")).with_context(ctx)?;
         let dir = tmp.join(&id);
         fs::create_dir(&dir).with_context(ctx)?;
         Ok(Staging {
@@ -147,9 +160,14 @@ pub fn clean_stale(tmp: &Path) {
             let _ = fs::remove_file(&lock_path);
         }
     }
-    // A `.pending` file is unlocked for a moment after its creator makes it (between create
-    // and flock), so only an old one can be known to be left by a process that died.
-    let Ok(entries) = fs::read_dir(tmp) else { return };
+    remove_abandoned_pending(tmp);
+}
+
+/// Removes the `.pending` files in `dir` left by processes that died while creating one (see
+/// [`create_held`]). A `.pending` file is unlocked for a moment after its creator makes it
+/// (between create and flock), so only an old one can be known to be left behind.
+pub(super) fn remove_abandoned_pending(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let old = entry
             .metadata()

@@ -52,7 +52,7 @@ fn blake3_file(path: &Path) -> std::io::Result<[u8; 32]> {
 }
 
 /// Every `(name, path)` in a sharded directory (`blobs/` or `trees/`).
-fn sharded_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+pub(super) fn sharded_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
     for shard in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let shard = shard?;
@@ -69,6 +69,9 @@ impl Store {
     /// Re-hashes every blob and tree object, checks that every published tree has all its
     /// parts, and that every index entry names a published tree.
     pub fn verify(&self) -> Result<VerifyReport> {
+        // A collection deleting meanwhile would show trees half gone; none runs while this
+        // guard is held.
+        let _guard = self.guard()?;
         let mut report = VerifyReport::default();
         let bad = |kind, name: &str, path: &Path, problem: String| {
             tracing::error!("corrupt {kind} {name} at {}: {problem}", path.display());
