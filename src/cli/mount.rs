@@ -6,10 +6,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use super::fetch::{LimitArgs, github_url, runtime};
+use super::fetch::{LimitArgs, runtime};
 use crate::lock::{Lock, Manifest, lock_path};
 use crate::mount::{Islands, Options, ReadPath};
-use crate::realizer::Realizer;
 
 #[derive(clap::Args, Debug)]
 pub struct MountArgs {
@@ -95,10 +94,9 @@ fn print_changes(changes: &[crate::pin::Change]) {
     }
 }
 
-pub fn mount(args: MountArgs, store: Option<PathBuf>) -> Result<ExitCode> {
+pub fn mount(args: MountArgs, globals: &super::Globals) -> Result<ExitCode> {
     let manifest = find_manifest(args.manifest, false)?;
-    let store = super::store::open(store)?;
-    let realizer = Arc::new(Realizer::new(store, &github_url(), args.limits.limits())?);
+    let realizer = Arc::new(globals.realizer(args.limits.limits())?);
     let runtime = runtime()?;
     if args.update {
         let Some(manifest) = &manifest else {
@@ -143,11 +141,14 @@ pub fn unmount(args: UnmountArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn update(args: UpdateArgs, store: Option<PathBuf>) -> Result<ExitCode> {
+pub fn update(args: UpdateArgs, globals: &super::Globals) -> Result<ExitCode> {
     let manifest = find_manifest(args.manifest, true)?.context("no manifest")?;
-    let store = super::store::open(store)?;
-    let realizer = Arc::new(Realizer::new(store, &github_url(), args.limits.limits())?);
-    let changes = runtime()?.block_on(crate::pin::update(&realizer, &manifest, &args.names))?;
+    let realizer = Arc::new(globals.realizer(args.limits.limits())?);
+    let changes = runtime()?.block_on(async {
+        let changes = crate::pin::update(&realizer, &manifest, &args.names).await;
+        realizer.finish_pushes().await;
+        changes
+    })?;
     print_changes(&changes);
     eprintln!("wrote {}", display(&lock_path(&manifest.path)));
     Ok(ExitCode::SUCCESS)
