@@ -277,8 +277,9 @@ print(p, ' '.join(n + '=' + os.getxattr(p, n).decode() for n in names))\n",
     );
     let lines: Vec<&str> = xattrs.lines().collect();
     assert_eq!(lines.len(), 3, "{xattrs}");
+    // A tree in the store is complete; one served from a remote while its files arrive is not.
     let expect_root = format!(
-        "{} user.cab.hash={} user.cab.island={locked} user.cab.rev={rev}",
+        "{} user.cab.complete=yes user.cab.hash={} user.cab.island={locked} user.cab.rev={rev}",
         island.display(),
         hashes.tree
     );
@@ -286,7 +287,7 @@ print(p, ' '.join(n + '=' + os.getxattr(p, n).decode() for n in names))\n",
     let email_hash = cab_hash(&reference.join("email"), None).tree;
     assert!(
         lines[1].starts_with(&format!(
-            "{} user.cab.hash={email_hash} ",
+            "{} user.cab.complete=yes user.cab.hash={email_hash} ",
             island.join("email").display()
         )),
         "a directory's user.cab.hash is its own tree hash ({email_hash}): {}",
@@ -1147,7 +1148,11 @@ fn read_ahead_pushes_for_readers_not_for_walks() {
     let world = World::new("mount-read-ahead", &[]);
     let src = world.dir("src");
     for i in 0..20 {
-        write_file(&src.join(format!("pkg/m{i:02}.py")), &pseudo_random(3000 + i * 100, i as u64), 0o644);
+        write_file(
+            &src.join(format!("pkg/m{i:02}.py")),
+            &pseudo_random(3000 + i * 100, i as u64),
+            0o644,
+        );
     }
     write_file(&src.join("pkg/big.bin"), &pseudo_random(600 * 1024, 99), 0o644);
     write_file(&src.join("other/x.txt"), b"other\n", 0o644);
@@ -1181,8 +1186,17 @@ fn read_ahead_pushes_for_readers_not_for_walks() {
 
     let mount = world.mount(&["-vv", "--no-read-ahead"]);
     assert_eq!(read_text(&world.at("widgets/other/x.txt")), "other\n");
-    let _ = ok_text(tool("cat").args(["-"]).stdin(fs::File::open(world.at("widgets/pkg/m01.py")).unwrap()));
+    let _ = ok_text(
+        tool("cat")
+            .args(["-"])
+            .stdin(fs::File::open(world.at("widgets/pkg/m01.py")).unwrap()),
+    );
     thread::sleep(Duration::from_millis(300));
-    assert_eq!(pushed(&mount.log()), 0, "--no-read-ahead pushes nothing\n{}", mount.log());
+    assert_eq!(
+        pushed(&mount.log()),
+        0,
+        "--no-read-ahead pushes nothing\n{}",
+        mount.log()
+    );
     mount.stop();
 }

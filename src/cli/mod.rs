@@ -82,11 +82,19 @@ impl Globals {
 
     /// The remote, if one is configured.
     fn remote(&self) -> anyhow::Result<Option<crate::store::remote::Remote>> {
+        self.remote_within(crate::store::remote::Timeouts::default())
+    }
+
+    /// The remote, giving up on it after `timeouts` (then the forge is asked).
+    fn remote_within(
+        &self,
+        timeouts: crate::store::remote::Timeouts,
+    ) -> anyhow::Result<Option<crate::store::remote::Remote>> {
         use anyhow::Context;
         self.remote
             .as_deref()
             .map(|url| {
-                crate::store::remote::Remote::open(url, Default::default())
+                crate::store::remote::Remote::open(url, timeouts)
                     .with_context(|| format!("cannot use the remote `{url}`"))
             })
             .transpose()
@@ -104,8 +112,15 @@ impl Globals {
 
     /// A realizer over the store, with the remote (and pushing) when configured.
     fn realizer(&self, limits: crate::realizer::Limits) -> anyhow::Result<crate::realizer::Realizer> {
+        // A remote that sends nothing gives way to the forge within the stall timeout (at most
+        // half a minute: it is a shortcut, not the source).
+        let timeouts = crate::store::remote::Timeouts {
+            stall: limits.stall.min(std::time::Duration::from_secs(30)),
+            ..Default::default()
+        };
+        let remote = self.remote_within(timeouts)?;
         let realizer = crate::realizer::Realizer::new(self.store()?, &fetch::github_url(), limits)?;
-        Ok(match self.remote()? {
+        Ok(match remote {
             Some(remote) => {
                 let push = if self.push { Some(self.nix_cache()?) } else { None };
                 realizer.with_remote(remote, push)

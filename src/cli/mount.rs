@@ -110,7 +110,7 @@ pub fn mount(args: MountArgs, globals: &super::Globals) -> Result<ExitCode> {
         None => Lock::default(),
     };
     let count = manifest.as_ref().map(|m| m.islands.len()).unwrap_or(0);
-    let islands = Arc::new(Islands::new(realizer, runtime.handle().clone(), manifest, lock));
+    let islands = Arc::new(Islands::new(realizer.clone(), runtime.handle().clone(), manifest, lock));
     let options = Options {
         read_path: if args.passthrough {
             ReadPath::Passthrough
@@ -127,6 +127,12 @@ pub fn mount(args: MountArgs, globals: &super::Globals) -> Result<ExitCode> {
         eprintln!("mounted {count} islands at {shown} (Ctrl-C or `cab unmount {shown}` to stop)");
     })?;
     eprintln!("unmounted {shown}");
+    // Trees pushed in the background get a minute to reach the remote.
+    let pushed = runtime
+        .block_on(async { tokio::time::timeout(std::time::Duration::from_secs(60), realizer.finish_pushes()).await });
+    if pushed.is_err() {
+        tracing::warn!("some trees were not pushed to the remote before the mount ended");
+    }
     // Realizations still running belong to a mount that is gone.
     runtime.shutdown_background();
     Ok(ExitCode::SUCCESS)

@@ -242,8 +242,32 @@ impl Remote {
         Ok(Some(fetched))
     }
 
+    /// Brings only the listing of `tree` — its tree objects, from its bundle in one request —
+    /// into `store`, without its blobs and without publishing it: enough to serve names,
+    /// kinds, sizes and modes at once, with file contents fetched when read
+    /// ([`Remote::fetch_blob`]). Returns the narHash the remote records, or `None` if the
+    /// remote does not have the tree.
+    pub async fn fetch_listing(&self, store: &Store, tree: &TreeHash) -> Result<Option<(NarHash, Fetched)>> {
+        let Some(nar) = self.published(tree).await? else {
+            return Ok(None);
+        };
+        let mut fetched = Fetched::default();
+        let objects = self.tree_objects(store, tree, &mut fetched).await?;
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            for (hash, (_, bytes)) in &objects {
+                store.add_object(hash, bytes)?;
+            }
+            anyhow::Ok(())
+        })
+        .await
+        .context("a storing task panicked")??;
+        fetched.nar = Some(nar);
+        Ok(Some((nar, fetched)))
+    }
+
     /// One blob, checked against its name and size, into `store`; returns its size.
-    async fn fetch_blob(&self, store: &Store, blob: &[u8; 32], size: u64) -> Result<u64> {
+    pub async fn fetch_blob(&self, store: &Store, blob: &[u8; 32], size: u64) -> Result<u64> {
         let key = Self::blob_key(blob);
         let bytes = self
             .backend
