@@ -25,6 +25,10 @@ pub struct MountArgs {
     /// of a file then costs a round trip to cab, which the default read path avoids.
     #[arg(long)]
     passthrough: bool,
+    /// Complete every tree served from the remote store in the background (files are
+    /// otherwise fetched when first read), publishing it in the store once whole.
+    #[arg(long)]
+    prefetch: bool,
     /// Do not push a directory's small files into the page cache when one of them is first
     /// read (read-ahead by directory, on by default with the default read path).
     #[arg(long)]
@@ -110,7 +114,8 @@ pub fn mount(args: MountArgs, globals: &super::Globals) -> Result<ExitCode> {
         None => Lock::default(),
     };
     let count = manifest.as_ref().map(|m| m.islands.len()).unwrap_or(0);
-    let islands = Arc::new(Islands::new(realizer.clone(), runtime.handle().clone(), manifest, lock));
+    let islands =
+        Arc::new(Islands::new(realizer.clone(), runtime.handle().clone(), manifest, lock).with_prefetch(args.prefetch));
     let options = Options {
         read_path: if args.passthrough {
             ReadPath::Passthrough
