@@ -142,8 +142,8 @@ fn push(store: &Store, globals: &super::Globals, items: Vec<String>, manifest: O
         match runtime.block_on(remote.push(store, &tree, Some(&cache))) {
             Ok(pushed) if pushed.already => println!("{what}: {tree} is on {remote} already"),
             Ok(pushed) => println!(
-                "{what}: pushed {tree} ({} objects, {} bytes)",
-                pushed.objects, pushed.bytes
+                "{what}: pushed {tree} ({} objects, {} bytes, of which {} for the Nix binary cache)",
+                pushed.objects, pushed.bytes, pushed.nix_bytes
             ),
             Err(e) => {
                 failed += 1;

@@ -795,7 +795,11 @@ impl CabFs {
         else {
             return;
         };
-        let seen = self.fetched_dirs.lock().unwrap_or_else(|e| e.into_inner()).put(tree, ());
+        let seen = self
+            .fetched_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(tree, ());
         if seen.is_some() {
             return;
         }

@@ -63,6 +63,9 @@ pub struct Pushed {
     pub objects: u64,
     /// Bytes uploaded.
     pub bytes: u64,
+    /// Of those, the Nix binary cache entry's (its NAR is a whole copy of the tree,
+    /// compressed: Nix's format has no sharing between paths).
+    pub nix_bytes: u64,
     /// Whether the remote already had the whole tree.
     pub already: bool,
 }
@@ -373,6 +376,7 @@ impl Remote {
             let (objects, bytes) = nix.write(self, store, tree, &published.nar).await?;
             pushed.objects += objects;
             pushed.bytes += bytes;
+            pushed.nix_bytes += bytes;
         }
         if !already {
             let record = format!("nar-sha256 {}\n", published.nar);
