@@ -71,7 +71,9 @@ fn export(store: &Path, tree: &str, dest: &Path) {
 /// `curl --aws-sigv4` against the bucket: the test's own hands on objects.
 fn curl_s3(garage: &Garage, method: &str, key: &str, body: Option<&Path>) -> std::process::Output {
     let mut cmd = Command::new("curl");
+    // curl signs what it is given; Garage wants the payload's hash header present.
     cmd.args(["-sS", "-f", "-X", method, "--aws-sigv4", "aws:amz:garage:s3"])
+        .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
         .arg("--user")
         .arg(format!("{}:{}", garage.key_id, garage.secret));
     if let Some(body) = body {
@@ -166,7 +168,8 @@ fn what_goes_wrong_with_a_remote_is_said_clearly() {
     // Pushed, then one blob corrupted in the bucket: a fresh store is warned (object and
     // remote named) and gets the island from the forge.
     run_ok(cab_on(&a, Some(&garage.remote_url()), &garage, &forge.url()).args(["store", "push", &tree]));
-    let listing = curl_s3(&garage, "GET", "?list-type=2&prefix=blobs/", None);
+    let listing = curl_s3(&garage, "GET", "?list-type=2&prefix=blobs%2F", None);
+    assert!(listing.status.success(), "{}", report("list the bucket", &listing));
     let listing = text(&listing.stdout);
     let blob = listing
         .split("<Key>")
@@ -197,7 +200,7 @@ fn what_goes_wrong_with_a_remote_is_said_clearly() {
     let started = Instant::now();
     let c = tmp.join("c");
     let out = run_timeout(
-        cab_on(&c, Some(&stalling), &garage, &forge.url()).args(["--stall-timeout", "3", "fetch", &locked]),
+        cab_on(&c, Some(&stalling), &garage, &forge.url()).args(["fetch", "--stall-timeout", "3", &locked]),
         TIMEOUT,
     );
     assert!(out.status.success(), "{}", report("fetch past a stalled remote", &out));
@@ -206,7 +209,7 @@ fn what_goes_wrong_with_a_remote_is_said_clearly() {
     drop(forge);
     let d = tmp.join("d");
     let out = run_timeout(
-        cab_on(&d, Some(&stalling), &garage, "http://127.0.0.1:1").args(["--stall-timeout", "3", "fetch", &locked]),
+        cab_on(&d, Some(&stalling), &garage, "http://127.0.0.1:1").args(["fetch", "--stall-timeout", "3", &locked]),
         TIMEOUT,
     );
     assert!(exited_nonzero(out.status));

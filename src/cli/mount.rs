@@ -127,6 +127,7 @@ pub fn mount(args: MountArgs, globals: &super::Globals) -> Result<ExitCode> {
         threads: args.threads,
         request_timeout: args.request_timeout,
     };
+    islands.start_prefetching();
     let shown = args.mountpoint.display().to_string();
     crate::mount::serve(islands, &args.mountpoint, &options, &runtime, || {
         eprintln!("mounted {count} islands at {shown} (Ctrl-C or `cab unmount {shown}` to stop)");

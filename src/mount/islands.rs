@@ -192,6 +192,16 @@ impl Islands {
         self
     }
 
+    /// With `--prefetch`: starts realizing every named island now, so that those served
+    /// lazily complete without waiting to be looked at.
+    pub fn start_prefetching(self: &Arc<Self>) {
+        if self.prefetch {
+            for name in self.names() {
+                let _ = self.get_named(&name);
+            }
+        }
+    }
+
     /// The realizer (its store serves the trees).
     pub fn realizer(&self) -> &Realizer {
         &self.realizer

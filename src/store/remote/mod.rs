@@ -102,12 +102,17 @@ impl Remote {
         let client = || {
             // rustls needs a process-wide crypto provider; a second install is a no-op error.
             let _ = rustls::crypto::ring::default_provider().install_default();
-            reqwest::Client::builder()
+            let mut builder = reqwest::Client::builder()
                 .connect_timeout(timeouts.connect)
                 .read_timeout(timeouts.stall)
-                .user_agent(concat!("cab/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .context("cannot set up HTTP for the remote")
+                .user_agent(concat!("cab/", env!("CARGO_PKG_VERSION")));
+            // `NAME.localhost` is loopback (RFC 6761), as curl and browsers resolve it: a
+            // bucket's website endpoint on this machine is named that way, and the system's
+            // resolver may not know it.
+            if let Some(host) = crate::derivation::url_host(url).filter(|h| h.ends_with(".localhost")) {
+                builder = builder.resolve(host, std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+            }
+            builder.build().context("cannot set up HTTP for the remote")
         };
         let backend: Arc<dyn Backend> = if url.starts_with("s3://") {
             let location = s3::Location::parse(url)?;
