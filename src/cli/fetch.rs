@@ -1,7 +1,6 @@
 //! `cab fetch ISLAND…` and `cab derivation ISLAND`: realize islands and print them locked;
 //! show the derivation an island becomes.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +9,7 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::derivation::to_derivation;
 use crate::island::Island;
-use crate::realizer::{Limits, Realizer};
+use crate::realizer::Limits;
 
 /// The limits on one fetch, as flags.
 #[derive(clap::Args, Debug, Clone)]
@@ -111,14 +110,13 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start tokio")
 }
 
-pub fn fetch(args: FetchArgs, store: Option<PathBuf>) -> Result<ExitCode> {
+pub fn fetch(args: FetchArgs, globals: &super::Globals) -> Result<ExitCode> {
     let islands = args
         .islands
         .iter()
         .map(|t| parse_island(t))
         .collect::<Result<Vec<_>>>()?;
-    let store = super::store::open(store)?;
-    let realizer = Arc::new(Realizer::new(store.clone(), &github_url(), args.limits.limits())?);
+    let realizer = Arc::new(globals.realizer(args.limits.limits())?);
     let results = runtime()?.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
         for (i, island) in islands.into_iter().enumerate() {
@@ -138,6 +136,7 @@ pub fn fetch(args: FetchArgs, store: Option<PathBuf>) -> Result<ExitCode> {
             results.push(joined.context("a fetch task panicked")?);
         }
         results.sort_by_key(|r| r.0);
+        realizer.finish_pushes().await;
         Ok::<_, anyhow::Error>(results)
     })?;
     let mut failed = 0;
@@ -165,7 +164,7 @@ pub fn fetch(args: FetchArgs, store: Option<PathBuf>) -> Result<ExitCode> {
         }
     }
     // While this process still holds what it fetched.
-    args.gc.run(&store);
+    args.gc.run(realizer.store());
     if failed > 0 {
         bail!("{failed} of {} islands failed", args.islands.len());
     }

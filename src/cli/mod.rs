@@ -27,6 +27,21 @@ pub struct Cli {
     #[arg(long, global = true, env = "CAB_STORE", value_name = "DIR")]
     store: Option<PathBuf>,
 
+    /// A remote store shared with other machines, asked before any forge:
+    /// s3://BUCKET?endpoint=URL&region=REGION, file:///DIR, or http(s)://URL (read-only).
+    /// S3 credentials come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws/credentials.
+    #[arg(long, global = true, env = "CAB_REMOTE", value_name = "URL")]
+    remote: Option<String>,
+
+    /// Push every tree realized to the remote, in the background.
+    #[arg(long, global = true, env = "CAB_PUSH")]
+    push: bool,
+
+    /// Sign the Nix binary cache entries pushed to the remote with this secret key (as
+    /// `nix-store --generate-binary-cache-key` writes it).
+    #[arg(long, global = true, env = "CAB_NIX_SECRET_KEY", value_name = "FILE")]
+    nix_secret_key: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -52,17 +67,87 @@ enum Command {
     Store(store::Command),
 }
 
+/// What every command may need: where the store is, and the remote.
+pub struct Globals {
+    store: Option<PathBuf>,
+    remote: Option<String>,
+    push: bool,
+    nix_secret_key: Option<PathBuf>,
+}
+
+impl Globals {
+    /// The store.
+    fn store(&self) -> anyhow::Result<crate::store::Store> {
+        store::open(self.store.clone())
+    }
+
+    /// The remote, if one is configured.
+    fn remote(&self) -> anyhow::Result<Option<crate::store::remote::Remote>> {
+        self.remote_within(crate::store::remote::Timeouts::default())
+    }
+
+    /// The remote, giving up on it after `timeouts` (then the forge is asked).
+    fn remote_within(
+        &self,
+        timeouts: crate::store::remote::Timeouts,
+    ) -> anyhow::Result<Option<crate::store::remote::Remote>> {
+        use anyhow::Context;
+        self.remote
+            .as_deref()
+            .map(|url| {
+                crate::store::remote::Remote::open(url, timeouts)
+                    .with_context(|| format!("cannot use the remote `{url}`"))
+            })
+            .transpose()
+    }
+
+    /// The Nix binary cache settings pushes write with.
+    fn nix_cache(&self) -> anyhow::Result<crate::store::remote::nix::CacheWriter> {
+        let key = self
+            .nix_secret_key
+            .as_deref()
+            .map(crate::store::remote::nix::SecretKey::read)
+            .transpose()?;
+        Ok(crate::store::remote::nix::CacheWriter::new(key))
+    }
+
+    /// A realizer over the store, with the remote (and pushing) when configured.
+    fn realizer(&self, limits: crate::realizer::Limits) -> anyhow::Result<crate::realizer::Realizer> {
+        // A remote that sends nothing gives way to the forge within the stall timeout (at most
+        // half a minute: it is a shortcut, not the source).
+        let timeouts = crate::store::remote::Timeouts {
+            stall: limits.stall.min(std::time::Duration::from_secs(30)),
+            ..Default::default()
+        };
+        let remote = self.remote_within(timeouts)?;
+        let realizer = crate::realizer::Realizer::new(self.store()?, &fetch::github_url(), limits)?;
+        Ok(match remote {
+            Some(remote) => {
+                let push = if self.push { Some(self.nix_cache()?) } else { None };
+                realizer.with_remote(remote, push)
+            }
+            None => realizer,
+        })
+    }
+}
+
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
+    let globals = Globals {
+        store: cli.store,
+        remote: cli.remote.filter(|r| !r.is_empty()),
+        push: cli.push,
+        nix_secret_key: cli.nix_secret_key,
+    };
     let result = match cli.command {
         Command::Hash(args) => hash::run(args),
-        Command::Store(command) => store::run(command, cli.store),
-        Command::Fetch(args) => fetch::fetch(args, cli.store),
-        Command::Mount(args) => mount::mount(args, cli.store),
+        Command::Store(command) => store::run(command, &globals),
+        Command::Fetch(args) => fetch::fetch(args, &globals),
+        Command::Mount(args) => mount::mount(args, &globals),
         Command::Unmount(args) => mount::unmount(args),
-        Command::Update(args) => mount::update(args, cli.store),
+        Command::Update(args) => mount::update(args, &globals),
         Command::Derivation(args) => fetch::derivation(args),
     };
     match result {

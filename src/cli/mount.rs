@@ -6,10 +6,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use super::fetch::{LimitArgs, github_url, runtime};
+use super::fetch::{LimitArgs, runtime};
 use crate::lock::{Lock, Manifest, lock_path};
 use crate::mount::{Islands, Options, ReadPath};
-use crate::realizer::Realizer;
 
 #[derive(clap::Args, Debug)]
 pub struct MountArgs {
@@ -26,6 +25,10 @@ pub struct MountArgs {
     /// of a file then costs a round trip to cab, which the default read path avoids.
     #[arg(long)]
     passthrough: bool,
+    /// Complete every tree served from the remote store in the background (files are
+    /// otherwise fetched when first read), publishing it in the store once whole.
+    #[arg(long)]
+    prefetch: bool,
     /// Do not push a directory's small files into the page cache when one of them is first
     /// read (read-ahead by directory, on by default with the default read path).
     #[arg(long)]
@@ -99,10 +102,10 @@ fn print_changes(changes: &[crate::pin::Change]) {
     }
 }
 
-pub fn mount(args: MountArgs, store: Option<PathBuf>) -> Result<ExitCode> {
+pub fn mount(args: MountArgs, globals: &super::Globals) -> Result<ExitCode> {
     let manifest = find_manifest(args.manifest, false)?;
-    let store = super::store::open(store)?;
-    let realizer = Arc::new(Realizer::new(store.clone(), &github_url(), args.limits.limits())?);
+    let realizer = Arc::new(globals.realizer(args.limits.limits())?);
+    let store = realizer.store().clone();
     let runtime = runtime()?;
     if args.update {
         let Some(manifest) = &manifest else {
@@ -123,8 +126,11 @@ pub fn mount(args: MountArgs, store: Option<PathBuf>) -> Result<ExitCode> {
         None => Lock::default(),
     };
     let count = manifest.as_ref().map(|m| m.islands.len()).unwrap_or(0);
-    let islands =
-        Arc::new(Islands::new(realizer, runtime.handle().clone(), manifest, lock).with_auto_gc(args.gc.limit()));
+    let islands = Arc::new(
+        Islands::new(realizer.clone(), runtime.handle().clone(), manifest, lock)
+            .with_prefetch(args.prefetch)
+            .with_auto_gc(args.gc.limit()),
+    );
     let options = Options {
         read_path: if args.passthrough {
             ReadPath::Passthrough
@@ -136,11 +142,18 @@ pub fn mount(args: MountArgs, store: Option<PathBuf>) -> Result<ExitCode> {
         threads: args.threads,
         request_timeout: args.request_timeout,
     };
+    islands.start_prefetching();
     let shown = args.mountpoint.display().to_string();
     crate::mount::serve(islands, &args.mountpoint, &options, &runtime, || {
         eprintln!("mounted {count} islands at {shown} (Ctrl-C or `cab unmount {shown}` to stop)");
     })?;
     eprintln!("unmounted {shown}");
+    // Trees pushed in the background get a minute to reach the remote.
+    let pushed = runtime
+        .block_on(async { tokio::time::timeout(std::time::Duration::from_secs(60), realizer.finish_pushes()).await });
+    if pushed.is_err() {
+        tracing::warn!("some trees were not pushed to the remote before the mount ended");
+    }
     // Realizations still running belong to a mount that is gone.
     runtime.shutdown_background();
     Ok(ExitCode::SUCCESS)
@@ -155,14 +168,17 @@ pub fn unmount(args: UnmountArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn update(args: UpdateArgs, store: Option<PathBuf>) -> Result<ExitCode> {
+pub fn update(args: UpdateArgs, globals: &super::Globals) -> Result<ExitCode> {
     let manifest = find_manifest(args.manifest, true)?.context("no manifest")?;
-    let store = super::store::open(store)?;
-    let realizer = Arc::new(Realizer::new(store.clone(), &github_url(), args.limits.limits())?);
-    let changes = runtime()?.block_on(crate::pin::update(&realizer, &manifest, &args.names))?;
+    let realizer = Arc::new(globals.realizer(args.limits.limits())?);
+    let changes = runtime()?.block_on(async {
+        let changes = crate::pin::update(&realizer, &manifest, &args.names).await;
+        realizer.finish_pushes().await;
+        changes
+    })?;
     print_changes(&changes);
     eprintln!("wrote {}", display(&lock_path(&manifest.path)));
-    args.gc.run(&store);
+    args.gc.run(realizer.store());
     Ok(ExitCode::SUCCESS)
 }
 
