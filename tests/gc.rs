@@ -1,7 +1,7 @@
 //! Garbage collection through the real binary: roots (hand-made, registered locks, live
 //! processes), what `cab store gc` deletes and keeps, `du`, the compiled-module cache, and the
-//! point of it all — collecting while a mount serves and fetches publish, and being killed at
-//! any moment, loses nothing anyone needs.
+//! point of it all — collecting while a mount serves (trees served lazily from a remote too)
+//! and fetches publish, and being killed at any moment, loses nothing anyone needs.
 
 mod common;
 #[path = "../mount-tests/support.rs"]
@@ -13,7 +13,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -634,6 +634,37 @@ fn contents(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
         .collect()
 }
 
+/// Runs `cab store gc` on `store` back to back, at least once, until `stop`; failures go to
+/// `problems`. Joins to the number of collections run.
+fn collect_until(
+    stop: &Arc<AtomicBool>,
+    problems: &Arc<Mutex<Vec<String>>>,
+    store: &Path,
+) -> thread::JoinHandle<usize> {
+    let (stop, problems, store) = (stop.clone(), problems.clone(), store.to_owned());
+    thread::spawn(move || {
+        let mut runs = 0;
+        while !stop.load(Ordering::Relaxed) || runs == 0 {
+            let out = run(cab_on(&store).args(["store", "gc"]));
+            if !out.status.success() {
+                problems.lock().unwrap().push(report("cab store gc", &out));
+            }
+            runs += 1;
+        }
+        runs
+    })
+}
+
+fn assert_no_problems(problems: &Mutex<Vec<String>>) {
+    let problems = problems.lock().unwrap();
+    assert!(
+        problems.is_empty(),
+        "{} problems, first: {}",
+        problems.len(),
+        problems[0]
+    );
+}
+
 #[test]
 fn gc_while_a_mount_reads_and_fetches_publish_loses_nothing() {
     let world = World::new("gc-live", &[]);
@@ -671,20 +702,8 @@ fn gc_while_a_mount_reads_and_fetches_publish_loses_nothing() {
     // caches so that the daemon reads the store), and verify runs, all at once.
     let stop = Arc::new(AtomicBool::new(false));
     let problems = Arc::new(Mutex::new(Vec::<String>::new()));
-    let collections = Arc::new(AtomicUsize::new(0));
+    let collector = collect_until(&stop, &problems, &store);
     let mut threads = Vec::new();
-    {
-        let (stop, problems, collections, store) = (stop.clone(), problems.clone(), collections.clone(), store.clone());
-        threads.push(thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let out = run(cab_on(&store).args(["store", "gc"]));
-                if !out.status.success() {
-                    problems.lock().unwrap().push(report("cab store gc", &out));
-                }
-                collections.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
     {
         let (stop, problems) = (stop.clone(), problems.clone());
         threads.push(thread::spawn(move || {
@@ -764,14 +783,8 @@ fn gc_while_a_mount_reads_and_fetches_publish_loses_nothing() {
     for t in threads {
         t.join().unwrap();
     }
-    let problems = problems.lock().unwrap();
-    assert!(
-        problems.is_empty(),
-        "{} problems, first: {}",
-        problems.len(),
-        problems[0]
-    );
-    let collections = collections.load(Ordering::Relaxed);
+    let collections = collector.join().unwrap();
+    assert_no_problems(&problems);
     assert!(collections >= 8, "only {collections} collections ran");
     eprintln!("{collections} collections ran during the fetches");
 
@@ -820,4 +833,134 @@ fn a_mount_keeps_what_it_serves_and_browsed_trees_stay_a_while_after() {
     store_ok(&world.store, ["gc"]);
     assert!(published(&world.store).is_empty());
     verify_clean(&world.store);
+}
+
+/// Where a file's contents sit in a store: `blobs/ab/cdef…`.
+fn blob_path(store: &Path, bytes: &[u8]) -> PathBuf {
+    let hex = blake3::hash(bytes).to_hex();
+    store.join("blobs").join(&hex[..2]).join(&hex[2..])
+}
+
+#[test]
+fn a_tree_served_lazily_from_a_remote_keeps_every_file_fetched_through_collections() {
+    let world = World::new("gc-lazy", &[]);
+    let remote = world.tmp.join("remote");
+    let remote_off = world.tmp.join("remote-unplugged");
+    let remote_url = format!("file://{}", remote.display());
+    // Machine A fetches the island from the forge and pushes it to the remote.
+    let src = world.dir("src-lib");
+    random_tree(&src, 320, 8);
+    let rev = world.push("acme/lib", &src, "lib");
+    let reference = world.reference("acme/lib", &rev);
+    world.manifest("lib = '<github:acme/lib>'\n");
+    ok(world.cab().args(["--remote", &remote_url, "--push", "update"]));
+    let tree = config_value(&world.locked("lib").unwrap(), "hash").unwrap();
+
+    // Machine B: its store holds an unrooted tree sharing the files of d0-d3 and d8-d11 with
+    // the island (a collection's candidates, found present by the lazy reads), and nothing
+    // else of it; the forge is out of reach, so every other file must come from the remote.
+    let b = world.dir("machine-b");
+    fs::copy(world.project.join("islands.toml"), b.join("islands.toml")).unwrap();
+    fs::copy(world.project.join("islands.lock"), b.join("islands.lock")).unwrap();
+    let b_store = world.tmp.join("b-store");
+    let garbage = world.dir("garbage");
+    for d in [0, 1, 2, 3, 8, 9, 10, 11] {
+        copy_tree(&reference.join(format!("d{d}")), &garbage.join(format!("d{d}")));
+    }
+    write_file(&garbage.join("only-here"), b"garbage\n", 0o644);
+    let garbage_hash = add(&b_store, &garbage);
+    let b_mnt = world.dir("b-mnt");
+    let mut cmd = cab_on(&b_store);
+    cmd.current_dir(&b)
+        .env("CAB_GITHUB_URL", "http://127.0.0.1:1")
+        .args(["--remote", &remote_url, "-v", "mount"])
+        .arg(&b_mnt);
+    let mount = Mount::start(cmd, &b_mnt);
+    let island = b_mnt.join("lib");
+    let expected: Vec<(PathBuf, Vec<u8>)> = contents(&reference).into_iter().collect();
+    let in_dirs = |dirs: &[usize]| -> Vec<&(PathBuf, Vec<u8>)> {
+        expected
+            .iter()
+            .filter(|(rel, _)| dirs.iter().any(|d| rel.starts_with(format!("d{d}"))))
+            .collect()
+    };
+    let read_all = |files: &[&(PathBuf, Vec<u8>)]| -> Vec<String> {
+        let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+        let mut problems = Vec::new();
+        for (rel, bytes) in files {
+            match fs::read(island.join(rel)) {
+                Ok(read) if &read == bytes => {}
+                Ok(_) => problems.push(format!("{} read other bytes", rel.display())),
+                Err(e) => problems.push(format!("{}: {e}", rel.display())),
+            }
+        }
+        problems
+    };
+
+    // Half the directories read: their files fetched, or found here in the garbage tree.
+    let first: Vec<_> = in_dirs(&[0, 1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(read_all(&first), Vec::<String>::new());
+    let complete = python(
+        "import os,sys; print(os.getxattr(sys.argv[1], 'user.cab.complete').decode())",
+        &[os(&island)],
+    );
+    assert_eq!(complete.trim(), "no", "the tree is served lazily");
+    assert!(
+        !published(&b_store).contains(&tree),
+        "not published while files are missing"
+    );
+
+    // Only the mount keeps it: forget the lock the mount registered.
+    let lock = b.join("islands.lock");
+    store_ok(&b_store, [OsStr::new("root"), OsStr::new("rm"), lock.as_os_str()]);
+    let roots = store_ok(&b_store, ["root", "ls"]);
+    assert!(
+        roots.contains(&format!("{tree}  live pid {}", mount.child.id())),
+        "the mount declares the lazy tree live:\n{roots}"
+    );
+    assert!(!roots.contains(&lock.display().to_string()), "{roots}");
+
+    // A collection: the garbage tree goes, every file of the island here so far stays.
+    let here: Vec<PathBuf> = expected
+        .iter()
+        .map(|(_, bytes)| blob_path(&b_store, bytes))
+        .filter(|p| p.exists())
+        .collect();
+    let collected = json(&store_ok(&b_store, ["gc", "--json"]));
+    assert!(
+        !published(&b_store).contains(&garbage_hash),
+        "the garbage tree was collected: {collected}"
+    );
+    let lost: Vec<_> = here.iter().filter(|p| !p.exists()).collect();
+    assert!(
+        lost.is_empty(),
+        "{} blobs of the served tree lost: {lost:?}",
+        lost.len()
+    );
+    // With the remote unplugged, what was read reads the same from the store alone.
+    fs::rename(&remote, &remote_off).unwrap();
+    assert_eq!(read_all(&first), Vec::<String>::new());
+    fs::rename(&remote_off, &remote).unwrap();
+
+    // Collections back to back while the rest is read (fetched, or found in the store).
+    let stop = Arc::new(AtomicBool::new(false));
+    let problems = Arc::new(Mutex::new(Vec::<String>::new()));
+    let collector = collect_until(&stop, &problems, &b_store);
+    let everything: Vec<_> = expected.iter().collect();
+    for _ in 0..3 {
+        let found = read_all(&everything);
+        problems.lock().unwrap().extend(found);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let runs = collector.join().unwrap();
+    assert_no_problems(&problems);
+    eprintln!("{runs} collections ran while the tree was read");
+
+    // One more collection, then the remote unplugged: every file reads from the store alone.
+    store_ok(&b_store, ["gc"]);
+    fs::rename(&remote, &remote_off).unwrap();
+    assert_eq!(read_all(&everything), Vec::<String>::new());
+    fs::rename(&remote_off, &remote).unwrap();
+    verify_clean(&b_store);
+    mount.stop();
 }

@@ -5,7 +5,9 @@
 //! written to the store, and from then on served like any stored blob. The tree is published
 //! in the store only once every blob is there and its narHash checks out (`--prefetch`
 //! completes it in the background); until then it lives in the mount's table only, and its
-//! nodes say `user.cab.complete = "no"`.
+//! nodes say `user.cab.complete = "no"`. Its listing came with it declared live for this
+//! process ([`Remote::fetch_listing`]), so a collection keeps every file of it fetched so far,
+//! and every one fetched later, whether or not it is published yet.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -162,6 +164,9 @@ impl Lazy {
             if got != nar {
                 anyhow::bail!("its files make narHash {got}, not the recorded {nar}");
             }
+            // The tree is live (since its listing came), so its objects are all kept; the
+            // guard is what publishing asks of every writer.
+            let _guard = store.guard()?;
             store.publish(&tree, &nar)
         })
         .await??;

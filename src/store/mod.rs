@@ -331,21 +331,31 @@ impl Store {
         fs::symlink_metadata(self.blob_path(blob)).is_ok_and(|m| m.len() == size)
     }
 
-    /// Stores a blob whose contents the caller has checked against its name.
+    /// Stores a blob whose contents the caller has checked against its name. A blob already
+    /// here is not written again, so the caller follows the gc protocol as an ingest does: it
+    /// holds a [`Store::guard`] (required here), and either the blob belongs to a tree it has
+    /// declared live already or it declares that tree live before dropping the guard.
     pub fn add_blob(&self, blob: &[u8; 32], bytes: &[u8]) -> Result<()> {
+        self.require_guard("storing a blob")?;
         if self.has_blob(blob, bytes.len() as u64) {
             return Ok(());
         }
-        self.write_atomically(&self.blob_path(blob), bytes, false)
+        self.write_atomically(&self.blob_path(blob), bytes, false)?;
+        self.add_usage(bytes.len() as u64);
+        Ok(())
     }
 
-    /// Stores a tree object whose bytes the caller has checked against its name.
+    /// Stores a tree object whose bytes the caller has checked against its name, under the
+    /// same protocol as [`Store::add_blob`].
     pub fn add_object(&self, tree: &TreeHash, bytes: &[u8]) -> Result<()> {
+        self.require_guard("storing a tree object")?;
         let path = self.object_path(tree);
         if fs::symlink_metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
             return Ok(());
         }
-        self.write_atomically(&path, bytes, false)
+        self.write_atomically(&path, bytes, false)?;
+        self.add_usage(bytes.len() as u64);
+        Ok(())
     }
 
     /// The index entries that name `tree`: each entry's file name and text.

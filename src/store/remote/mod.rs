@@ -188,12 +188,15 @@ impl Remote {
     }
 
     /// Brings `tree` from the remote into `store`, whole, verified and published; `None` if
-    /// the remote does not have it. A corrupt or missing object fails with its name.
+    /// the remote does not have it. A corrupt or missing object fails with its name. The
+    /// tree is declared live for this process (a fetch in flight, then a tree in use) before
+    /// any object of it found in the store is relied on: its listing goes in first, so that a
+    /// collection meanwhile marks every blob of it that is here.
     pub async fn fetch(&self, store: &Store, tree: &TreeHash) -> Result<Option<Fetched>> {
         let Some(nar) = self.published(tree).await? else {
             return Ok(None);
         };
-        if store.published(tree)?.is_some() {
+        if store.hold(tree)?.is_some() {
             return Ok(Some(Fetched {
                 nar: Some(nar),
                 ..Fetched::default()
@@ -201,6 +204,7 @@ impl Remote {
         }
         let mut fetched = Fetched::default();
         let objects = self.tree_objects(store, tree, &mut fetched).await?;
+        store_listing(store, tree, &objects).await?;
         // Every blob the tree names that this store lacks.
         let mut wanted: HashMap<[u8; 32], u64> = HashMap::new();
         for (object, _) in objects.values() {
@@ -230,10 +234,6 @@ impl Remote {
             fetched.objects += 1;
             fetched.bytes += bytes;
         }
-        // The listing's objects go in after the blobs they name.
-        for (hash, (_, bytes)) in &objects {
-            store.add_object(hash, bytes)?;
-        }
         let got = tokio::task::spawn_blocking({
             let (store, tree) = (store.clone(), *tree);
             move || store.nar_hash_of(&tree)
@@ -245,6 +245,7 @@ impl Remote {
                 "{self}: tree {tree} is recorded with narHash {nar}, but its objects make {got}: the remote is corrupt"
             );
         }
+        let _guard = store.guard()?;
         store.publish(tree, &nar)?;
         fetched.nar = Some(nar);
         Ok(Some(fetched))
@@ -253,28 +254,23 @@ impl Remote {
     /// Brings only the listing of `tree` — its tree objects, from its bundle in one request —
     /// into `store`, without its blobs and without publishing it: enough to serve names,
     /// kinds, sizes and modes at once, with file contents fetched when read
-    /// ([`Remote::fetch_blob`]). Returns the narHash the remote records, or `None` if the
-    /// remote does not have the tree.
+    /// ([`Remote::fetch_blob`]). The tree is declared live for this process (it is about to
+    /// be served; see [`Store::declare_live`]). Returns the narHash the remote records, or
+    /// `None` if the remote does not have the tree.
     pub async fn fetch_listing(&self, store: &Store, tree: &TreeHash) -> Result<Option<(NarHash, Fetched)>> {
         let Some(nar) = self.published(tree).await? else {
             return Ok(None);
         };
         let mut fetched = Fetched::default();
         let objects = self.tree_objects(store, tree, &mut fetched).await?;
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || {
-            for (hash, (_, bytes)) in &objects {
-                store.add_object(hash, bytes)?;
-            }
-            anyhow::Ok(())
-        })
-        .await
-        .context("a storing task panicked")??;
+        store_listing(store, tree, &objects).await?;
         fetched.nar = Some(nar);
         Ok(Some((nar, fetched)))
     }
 
-    /// One blob, checked against its name and size, into `store`; returns its size.
+    /// One blob, checked against its name and size, into `store`; returns its size. The blob
+    /// belongs to a tree this process has declared live (whose listing is in `store`), so a
+    /// collection keeps it from the moment it is written, or found there.
     pub async fn fetch_blob(&self, store: &Store, blob: &[u8; 32], size: u64) -> Result<u64> {
         let key = Self::blob_key(blob);
         let bytes = self
@@ -287,9 +283,12 @@ impl Remote {
         }
         let store = store.clone();
         let blob = *blob;
-        tokio::task::spawn_blocking(move || store.add_blob(&blob, &bytes))
-            .await
-            .context("a storing task panicked")??;
+        tokio::task::spawn_blocking(move || {
+            let _guard = store.guard()?;
+            store.add_blob(&blob, &bytes)
+        })
+        .await
+        .context("a storing task panicked")??;
         Ok(size)
     }
 
@@ -363,8 +362,9 @@ impl Remote {
     /// Uploads `tree` (published in `store`) and its index entries, skipping what the remote
     /// has; with `nix`, also a Nix binary cache entry for it.
     pub async fn push(&self, store: &Store, tree: &TreeHash, nix: Option<&nix::CacheWriter>) -> Result<Pushed> {
+        // Held: a collection cannot take it away in the middle of the upload.
         let published = store
-            .published(tree)?
+            .hold(tree)?
             .with_context(|| format!("{tree} is not published in this store"))?;
         let mut pushed = Pushed::default();
         let already = self.published(tree).await?.is_some();
@@ -532,4 +532,22 @@ impl Remote {
 enum Upload {
     Bytes(Vec<u8>),
     File(std::path::PathBuf),
+}
+
+/// Writes a tree's listing (every tree object of it) into `store` and declares the tree live,
+/// in one guarded section: an object found already there is relied on, not written again, so
+/// no collection may delete it before the tree that needs it is live.
+async fn store_listing(store: &Store, tree: &TreeHash, objects: &HashMap<TreeHash, (Object, Vec<u8>)>) -> Result<()> {
+    let store = store.clone();
+    let tree = *tree;
+    let objects: Vec<(TreeHash, Vec<u8>)> = objects.iter().map(|(h, (_, b))| (*h, b.clone())).collect();
+    tokio::task::spawn_blocking(move || {
+        let _guard = store.guard()?;
+        for (hash, bytes) in &objects {
+            store.add_object(hash, bytes)?;
+        }
+        store.declare_live(&[tree])
+    })
+    .await
+    .context("a storing task panicked")?
 }
