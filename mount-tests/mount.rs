@@ -1147,7 +1147,11 @@ fn read_ahead_pushes_for_readers_not_for_walks() {
     let world = World::new("mount-read-ahead", &[]);
     let src = world.dir("src");
     for i in 0..20 {
-        write_file(&src.join(format!("pkg/m{i:02}.py")), &pseudo_random(3000 + i * 100, i as u64), 0o644);
+        write_file(
+            &src.join(format!("pkg/m{i:02}.py")),
+            &pseudo_random(3000 + i * 100, i as u64),
+            0o644,
+        );
     }
     write_file(&src.join("pkg/big.bin"), &pseudo_random(600 * 1024, 99), 0o644);
     write_file(&src.join("other/x.txt"), b"other\n", 0o644);
@@ -1181,8 +1185,17 @@ fn read_ahead_pushes_for_readers_not_for_walks() {
 
     let mount = world.mount(&["-vv", "--no-read-ahead"]);
     assert_eq!(read_text(&world.at("widgets/other/x.txt")), "other\n");
-    let _ = ok_text(tool("cat").args(["-"]).stdin(fs::File::open(world.at("widgets/pkg/m01.py")).unwrap()));
+    let _ = ok_text(
+        tool("cat")
+            .args(["-"])
+            .stdin(fs::File::open(world.at("widgets/pkg/m01.py")).unwrap()),
+    );
     thread::sleep(Duration::from_millis(300));
-    assert_eq!(pushed(&mount.log()), 0, "--no-read-ahead pushes nothing\n{}", mount.log());
+    assert_eq!(
+        pushed(&mount.log()),
+        0,
+        "--no-read-ahead pushes nothing\n{}",
+        mount.log()
+    );
     mount.stop();
 }

@@ -136,10 +136,11 @@ pub fn to_derivation(island: &Island, env: &Environment) -> Result<Derivation> {
             if host == "github.com" {
                 hosts.push("codeload.github.com".into());
             }
+            let repo = &island.location;
             let mut args = vec![
-                "github".into(),
-                format!("base={base}"),
-                format!("repo={}", island.location),
+                "forge".into(),
+                format!("git={base}/{repo}.git"),
+                format!("archive={base}/{repo}/archive/{{rev}}.tar.gz"),
             ];
             if let Some(r) = &config.r#ref {
                 args.push(format!("ref={r}"));
@@ -258,7 +259,12 @@ mod tests {
         assert_eq!(drv.hosts, ["github.com", "codeload.github.com"]);
         assert_eq!(
             drv.args,
-            ["github", "base=https://github.com", "repo=cull-os/cab", "ref=main"]
+            [
+                "forge",
+                "git=https://github.com/cull-os/cab.git",
+                "archive=https://github.com/cull-os/cab/archive/{rev}.tar.gz",
+                "ref=main"
+            ]
         );
         assert!(!drv.is_pinned());
         assert_eq!(drv.features, ["wasm"]);
