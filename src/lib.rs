@@ -3,6 +3,7 @@
 //! throughout (island, derivation, realizer, store).
 
 pub mod cli;
+pub mod config;
 pub mod derivation;
 pub mod hash;
 pub mod island;

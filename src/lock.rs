@@ -27,7 +27,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use crate::island::Island;
 
 /// Names the mount uses for its own levels; no island may take them.
-pub const RESERVED_NAMES: &[&str] = &["github", "by-hash"];
+pub const RESERVED_NAMES: &[&str] = &["github", "gitlab", "sourcehut", "by-hash"];
 
 /// The manifest: each name and the island it stands for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -267,7 +267,7 @@ mod tests {
     #[test]
     fn names_are_checked() {
         assert!(check_name("cab").is_ok());
-        for bad in ["github", "by-hash", "a/b", "", ".", ".."] {
+        for bad in ["github", "gitlab", "sourcehut", "by-hash", "a/b", "", ".", ".."] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
     }

@@ -8,8 +8,13 @@ mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use anyhow::Result;
 use clap::{Parser, Subcommand};
+
+use crate::config::{Config, Settings};
+use crate::realizer::Realizer;
 
 /// Cab islands: pinned source trees, fetched lazily, stored by content, served read-only.
 #[derive(Parser, Debug)]
@@ -26,6 +31,11 @@ pub struct Cli {
     /// The store directory [default: $XDG_CACHE_HOME/cab/store, or ~/.cache/cab/store].
     #[arg(long, global = true, env = "CAB_STORE", value_name = "DIR")]
     store: Option<PathBuf>,
+
+    /// The configuration file [default: $XDG_CONFIG_HOME/cab/config.toml, or
+    /// ~/.config/cab/config.toml, if it exists].
+    #[arg(long, global = true, env = "CAB_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -51,18 +61,44 @@ enum Command {
     Store(store::Command),
 }
 
+impl Command {
+    /// The settings this command's flags give (the command line's layer of the settings).
+    fn flags(&self) -> Config {
+        match self {
+            Command::Fetch(args) => args.limits.config(),
+            Command::Mount(args) => args.config(),
+            Command::Update(args) => args.limits.config(),
+            _ => Config::default(),
+        }
+    }
+}
+
+/// A usage error: the command line or the configuration is wrong, and nothing was done.
+const USAGE: u8 = 2;
+
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
+    let flags = Config {
+        store: cli.store.clone(),
+        ..cli.command.flags()
+    };
+    let settings = match Settings::load(cli.config.clone(), flags).and_then(|s| s.check().map(|()| s)) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::from(USAGE);
+        }
+    };
     let result = match cli.command {
         Command::Hash(args) => hash::run(args),
-        Command::Store(command) => store::run(command, cli.store),
-        Command::Fetch(args) => fetch::fetch(args, cli.store),
-        Command::Mount(args) => mount::mount(args, cli.store),
+        Command::Store(command) => store::run(command, &settings),
+        Command::Fetch(args) => fetch::fetch(args, &settings),
+        Command::Mount(args) => mount::mount(args, &settings),
         Command::Unmount(args) => mount::unmount(args),
-        Command::Update(args) => mount::update(args, cli.store),
-        Command::Derivation(args) => fetch::derivation(args),
+        Command::Update(args) => mount::update(args, &settings),
+        Command::Derivation(args) => fetch::derivation(args, &settings),
     };
     match result {
         Ok(code) => code,
@@ -71,6 +107,18 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Opens the store the settings name.
+fn open_store(settings: &Settings) -> Result<crate::store::Store> {
+    crate::store::Store::open(&settings.store()?)
+}
+
+/// A realizer over the settings' store, with their forges, limits and credentials.
+fn realizer(settings: &Settings) -> Result<Arc<Realizer>> {
+    let realizer = Realizer::new(open_store(settings)?, settings.forges(), settings.limits())?
+        .with_credentials(settings.credentials()?);
+    Ok(Arc::new(realizer))
 }
 
 fn init_logging(verbose: u8, quiet: bool) {

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use super::fetch::{LimitArgs, github_url, runtime};
+use super::fetch::{LimitArgs, runtime};
+use crate::config::{Config, Settings};
 use crate::lock::{Lock, Manifest, lock_path};
 use crate::mount::{Islands, Options, ReadPath};
-use crate::realizer::Realizer;
 
 #[derive(clap::Args, Debug)]
 pub struct MountArgs {
@@ -24,28 +24,71 @@ pub struct MountArgs {
     /// Have the kernel read files straight from the store (FUSE passthrough; root on Linux
     /// 6.9+). Faster for large files and mmap, slower for source trees: every open and close
     /// of a file then costs a round trip to cab, which the default read path avoids.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_passthrough")]
     passthrough: bool,
-    /// Do not push a directory's small files into the page cache when one of them is first
-    /// read (read-ahead by directory, on by default with the default read path).
-    #[arg(long)]
-    no_read_ahead: bool,
-    /// The default read path (kept for scripts written when passthrough was the default).
-    #[arg(long, hide = true, conflicts_with = "passthrough")]
+    /// Serve file reads through cab (the default read path; overrides a `passthrough = true`
+    /// setting).
+    #[arg(long, overrides_with = "passthrough")]
     no_passthrough: bool,
+    /// Push a directory's small files into the page cache when one of them is first read
+    /// (read-ahead by directory, the default with the default read path).
+    #[arg(long, overrides_with = "no_read_ahead")]
+    read_ahead: bool,
+    /// Do not read ahead by directory.
+    #[arg(long, overrides_with = "read_ahead")]
+    no_read_ahead: bool,
     /// The FUSE request timeout to declare to the kernel, in seconds (Linux 6.14+; capped by
     /// /proc/sys/fs/fuse/max_request_timeout) [default: the kernel's default_request_timeout].
     /// Requests waiting for a fetch are answered EAGAIN before it runs out.
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u16).range(1..))]
     request_timeout: Option<u16>,
     /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf).
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_allow_other")]
     allow_other: bool,
-    /// FUSE worker threads.
-    #[arg(long, default_value_t = 4)]
-    threads: usize,
+    /// Only this user sees the mount (the default; overrides an `allow-other = true` setting).
+    #[arg(long, overrides_with = "allow_other")]
+    no_allow_other: bool,
+    /// FUSE worker threads [default: 4].
+    #[arg(long, value_name = "COUNT", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     #[command(flatten)]
     limits: LimitArgs,
+}
+
+/// `Some(true)` for `--x`, `Some(false)` for `--no-x`, `None` for neither.
+fn switch(on: bool, off: bool) -> Option<bool> {
+    (on || off).then_some(on)
+}
+
+impl MountArgs {
+    /// The settings these flags give.
+    pub fn config(&self) -> Config {
+        Config {
+            passthrough: switch(self.passthrough, self.no_passthrough),
+            read_ahead: switch(self.read_ahead, self.no_read_ahead),
+            allow_other: switch(self.allow_other, self.no_allow_other),
+            request_timeout: self.request_timeout,
+            threads: self.threads.map(usize::from),
+            ..self.limits.config()
+        }
+    }
+}
+
+/// The mount options the settings give.
+fn options(settings: &Settings) -> Options {
+    let c = &settings.config;
+    let d = Options::default();
+    Options {
+        read_path: if c.passthrough.unwrap_or(false) {
+            ReadPath::Passthrough
+        } else {
+            ReadPath::Plain
+        },
+        read_ahead: c.read_ahead.unwrap_or(d.read_ahead),
+        allow_other: c.allow_other.unwrap_or(d.allow_other),
+        threads: c.threads.unwrap_or(d.threads),
+        request_timeout: c.request_timeout.or(d.request_timeout),
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -62,7 +105,7 @@ pub struct UpdateArgs {
     #[arg(long, value_name = "PATH")]
     manifest: Option<PathBuf>,
     #[command(flatten)]
-    limits: LimitArgs,
+    pub limits: LimitArgs,
 }
 
 /// The manifest to use: the one given, else ./islands.toml if it exists (required: whether
@@ -95,10 +138,9 @@ fn print_changes(changes: &[crate::pin::Change]) {
     }
 }
 
-pub fn mount(args: MountArgs, store: Option<PathBuf>) -> Result<ExitCode> {
+pub fn mount(args: MountArgs, settings: &Settings) -> Result<ExitCode> {
     let manifest = find_manifest(args.manifest, false)?;
-    let store = super::store::open(store)?;
-    let realizer = Arc::new(Realizer::new(store, &github_url(), args.limits.limits())?);
+    let realizer = super::realizer(settings)?;
     let runtime = runtime()?;
     if args.update {
         let Some(manifest) = &manifest else {
@@ -113,17 +155,7 @@ pub fn mount(args: MountArgs, store: Option<PathBuf>) -> Result<ExitCode> {
     };
     let count = manifest.as_ref().map(|m| m.islands.len()).unwrap_or(0);
     let islands = Arc::new(Islands::new(realizer, runtime.handle().clone(), manifest, lock));
-    let options = Options {
-        read_path: if args.passthrough {
-            ReadPath::Passthrough
-        } else {
-            ReadPath::Plain
-        },
-        read_ahead: !args.no_read_ahead,
-        allow_other: args.allow_other,
-        threads: args.threads,
-        request_timeout: args.request_timeout,
-    };
+    let options = options(settings);
     let shown = args.mountpoint.display().to_string();
     crate::mount::serve(islands, &args.mountpoint, &options, &runtime, || {
         eprintln!("mounted {count} islands at {shown} (Ctrl-C or `cab unmount {shown}` to stop)");
@@ -143,10 +175,9 @@ pub fn unmount(args: UnmountArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn update(args: UpdateArgs, store: Option<PathBuf>) -> Result<ExitCode> {
+pub fn update(args: UpdateArgs, settings: &Settings) -> Result<ExitCode> {
     let manifest = find_manifest(args.manifest, true)?.context("no manifest")?;
-    let store = super::store::open(store)?;
-    let realizer = Arc::new(Realizer::new(store, &github_url(), args.limits.limits())?);
+    let realizer = super::realizer(settings)?;
     let changes = runtime()?.block_on(crate::pin::update(&realizer, &manifest, &args.names))?;
     print_changes(&changes);
     eprintln!("wrote {}", display(&lock_path(&manifest.path)));

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
+use crate::config::Settings;
 use crate::hash::TreeHash;
 use crate::store::{Ingest, Store};
 
@@ -33,21 +34,12 @@ pub enum Command {
     Path,
 }
 
-/// Opens the store named on the command line, or the default one.
-pub fn open(store: Option<PathBuf>) -> Result<Store> {
-    let root = match store {
-        Some(root) => root,
-        None => crate::store::default_root()?,
-    };
-    Store::open(&root)
-}
-
 fn parse_hash(text: &str) -> Result<TreeHash> {
     text.parse().with_context(|| format!("`{text}` is not a tree hash"))
 }
 
-pub fn run(command: Command, store: Option<PathBuf>) -> Result<ExitCode> {
-    let store = open(store)?;
+pub fn run(command: Command, settings: &Settings) -> Result<ExitCode> {
+    let store = super::open_store(settings)?;
     match command {
         Command::Add { path, json } => {
             let progress = crate::realizer::progress::Progress::new(&path.display().to_string(), true);
