@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod derivation;
 pub mod hash;
+pub mod interop;
 pub mod island;
 pub mod lock;
 pub mod mount;

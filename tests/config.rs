@@ -77,15 +77,7 @@ fn limits_come_from_the_flag_the_environment_or_the_file() {
     let root = dir.join("forge");
     let src = dir.join("src");
     write_file(&src.join("big.bin"), &pseudo_random(64 * 1024, 7), 0o644);
-    fs::create_dir_all(root.join("files")).unwrap();
-    run_ok(
-        Command::new("tar")
-            .arg("-cf")
-            .arg(root.join("files/big.tar"))
-            .arg("-C")
-            .arg(&src)
-            .arg("."),
-    );
+    forge::serve_archive(&root, "big.tar", &src, &["."]);
     let forge = Forge::start(&root, &[]);
     let island = format!("<tarball:{}/files/big.tar>", forge.url());
     let file = dir.join("config.toml");

@@ -263,15 +263,7 @@ fn credentials_go_to_their_own_host_only() {
     let src = source(dir.path(), "secret things\n");
     forge::commit(&root, "g/p", &src, "main", "lab");
     forge::commit(&root, "~me/r", &src, "main", "hut");
-    fs::create_dir_all(root.join("files")).unwrap();
-    run_ok(
-        Command::new("tar")
-            .arg("-czf")
-            .arg(root.join("files/t.tar.gz"))
-            .arg("-C")
-            .arg(&src)
-            .arg("."),
-    );
+    forge::serve_archive(&root, "t.tar.gz", &src, &["."]);
     let forge = Forge::start(&root, &[]);
     let (lab, hut) = (forge.url(), forge.url_as("localhost"));
     let netrc = dir.join("netrc");

@@ -3,6 +3,7 @@
 
 mod fetch;
 mod hash;
+mod interop;
 mod mount;
 mod store;
 
@@ -59,6 +60,12 @@ enum Command {
     /// Work with the local store: add, export, verify and list trees.
     #[command(subcommand)]
     Store(store::Command),
+    /// Add the pins of a flake.lock, an npins or a niv sources.json to ./islands.toml and its
+    /// lock, each realized and checked (same commit, same narHash) first.
+    Import(interop::ImportArgs),
+    /// Write the pinned islands out for another tool.
+    #[command(subcommand)]
+    Export(interop::ExportCommand),
 }
 
 impl Command {
@@ -68,6 +75,7 @@ impl Command {
             Command::Fetch(args) => args.limits.config(),
             Command::Mount(args) => args.config(),
             Command::Update(args) => args.limits.config(),
+            Command::Import(args) => args.limits.config(),
             _ => Config::default(),
         }
     }
@@ -99,6 +107,8 @@ pub fn main() -> ExitCode {
         Command::Unmount(args) => mount::unmount(args),
         Command::Update(args) => mount::update(args, &settings),
         Command::Derivation(args) => fetch::derivation(args, &settings),
+        Command::Import(args) => interop::import(args, &settings),
+        Command::Export(command) => interop::export(command, &settings),
     };
     match result {
         Ok(code) => code,

@@ -110,7 +110,7 @@ pub struct UpdateArgs {
 
 /// The manifest to use: the one given, else ./islands.toml if it exists (required: whether
 /// the default must exist).
-fn find_manifest(given: Option<PathBuf>, required: bool) -> Result<Option<Manifest>> {
+pub fn find_manifest(given: Option<PathBuf>, required: bool) -> Result<Option<Manifest>> {
     let path = match given {
         Some(path) => path,
         None => {

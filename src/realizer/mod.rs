@@ -838,6 +838,18 @@ impl Realizer {
         })
     }
 
+    /// The tree at `subpath` in the published tree `whole`, published in turn: a part of a
+    /// tree already checked needs no fetch. Returns it with its narHash.
+    pub fn subtree(&self, whole: &TreeHash, subpath: &[String]) -> Result<(TreeHash, NarHash)> {
+        let tree = self.store.subtree(whole, subpath)?;
+        if let Some(published) = self.store.published(&tree)? {
+            return Ok((tree, published.nar));
+        }
+        let nar = self.store.nar_hash_of(&tree)?;
+        self.store.publish(&tree, &nar)?;
+        Ok((tree, nar))
+    }
+
     fn check_expected(&self, drv: &Derivation, label: &str, tree: &TreeHash, nar: &NarHash) -> Result<()> {
         if let Some(want) = &drv.hash
             && want != tree

@@ -167,6 +167,20 @@ pub fn commit(root: &Path, owner_repo: &str, src: &Path, branch: &str, message: 
     rev
 }
 
+/// Archives `entries` of `dir` as `root/files/NAME` (compressed as NAME's suffix says), for the
+/// forge to serve at `/files/NAME`.
+pub fn serve_archive(root: &Path, name: &str, dir: &Path, entries: &[&str]) {
+    fs::create_dir_all(root.join("files")).unwrap();
+    run_ok(
+        Command::new("tar")
+            .arg("-caf")
+            .arg(root.join("files").join(name))
+            .arg("-C")
+            .arg(dir)
+            .args(entries),
+    );
+}
+
 /// Tags `rev` in `root/OWNER/REPO.git`.
 pub fn tag(root: &Path, owner_repo: &str, name: &str, rev: &str, annotated: bool) {
     let mut cmd = Command::new(repo_root().join("scripts/forge"));
