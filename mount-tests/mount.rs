@@ -280,8 +280,9 @@ print(p, ' '.join(n + '=' + os.getxattr(p, n).decode() for n in names))\n",
     );
     let lines: Vec<&str> = xattrs.lines().collect();
     assert_eq!(lines.len(), 3, "{xattrs}");
+    // A tree in the store is complete; one served from a remote while its files arrive is not.
     let expect_root = format!(
-        "{} user.cab.hash={} user.cab.island={locked} user.cab.rev={rev}",
+        "{} user.cab.complete=yes user.cab.hash={} user.cab.island={locked} user.cab.rev={rev}",
         island.display(),
         hashes.tree
     );
@@ -289,7 +290,7 @@ print(p, ' '.join(n + '=' + os.getxattr(p, n).decode() for n in names))\n",
     let email_hash = cab_hash(&reference.join("email"), None).tree;
     assert!(
         lines[1].starts_with(&format!(
-            "{} user.cab.hash={email_hash} ",
+            "{} user.cab.complete=yes user.cab.hash={email_hash} ",
             island.join("email").display()
         )),
         "a directory's user.cab.hash is its own tree hash ({email_hash}): {}",

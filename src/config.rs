@@ -199,6 +199,8 @@ settings! {
     allow_other: bool = "allow-other";
     /// The FUSE request timeout to declare, in seconds.
     request_timeout: u16 = "request-timeout";
+    /// Complete trees served from the remote store in the background.
+    prefetch: bool = "prefetch";
     /// A remote store to read from (and push to).
     remote: String = "remote";
     /// Push what is realized to the remote store.

@@ -11,11 +11,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Settings};
 use crate::realizer::Realizer;
+use crate::store::remote::nix::{CacheWriter, SecretKey};
+use crate::store::remote::{Remote, Timeouts};
 
 /// Cab islands: pinned source trees, fetched lazily, stored by content, served read-only.
 #[derive(Parser, Debug)]
@@ -37,6 +39,21 @@ pub struct Cli {
     /// ~/.config/cab/config.toml, if it exists].
     #[arg(long, global = true, env = "CAB_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+
+    /// A remote store shared with other machines, asked before any forge (CAB_REMOTE):
+    /// s3://BUCKET?endpoint=URL&region=REGION, file:///DIR, or http(s)://URL (read-only).
+    /// S3 credentials come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws/credentials.
+    #[arg(long, global = true, value_name = "URL")]
+    remote: Option<String>,
+
+    /// Push every tree realized to the remote, in the background (CAB_PUSH=1).
+    #[arg(long, global = true)]
+    push: bool,
+
+    /// Sign the Nix binary cache entries pushed to the remote with this secret key (as
+    /// `nix-store --generate-binary-cache-key` writes it) (CAB_NIX_SECRET_KEY).
+    #[arg(long, global = true, value_name = "FILE")]
+    nix_secret_key: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -90,6 +107,9 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose, cli.quiet);
     let flags = Config {
         store: cli.store.clone(),
+        remote: cli.remote.clone(),
+        push: cli.push.then_some(true),
+        nix_secret_key: cli.nix_secret_key.clone(),
         ..cli.command.flags()
     };
     let settings = match Settings::load(cli.config.clone(), flags).and_then(|s| s.check().map(|()| s)) {
@@ -124,10 +144,50 @@ fn open_store(settings: &Settings) -> Result<crate::store::Store> {
     crate::store::Store::open(&settings.store()?)
 }
 
-/// A realizer over the settings' store, with their forges, limits and credentials.
+/// The remote store the settings name, if any (an empty `remote` is none), giving up on it
+/// after `timeouts` (then the forge is asked).
+fn remote(settings: &Settings, timeouts: Timeouts) -> Result<Option<Remote>> {
+    settings
+        .config
+        .remote
+        .as_deref()
+        .filter(|url| !url.is_empty())
+        .map(|url| Remote::open(url, timeouts).with_context(|| format!("cannot use the remote `{url}`")))
+        .transpose()
+}
+
+/// The Nix binary cache entries pushes write, signed with `nix-secret-key` if it is set.
+fn nix_cache(settings: &Settings) -> Result<CacheWriter> {
+    let key = settings
+        .config
+        .nix_secret_key
+        .as_deref()
+        .map(SecretKey::read)
+        .transpose()?;
+    Ok(CacheWriter::new(key))
+}
+
+/// A realizer over the settings' store, with their forges, limits and credentials, and the
+/// remote (pushing to it too with `push`) when one is set.
 fn realizer(settings: &Settings) -> Result<Arc<Realizer>> {
-    let realizer = Realizer::new(open_store(settings)?, settings.forges(), settings.limits())?
-        .with_credentials(settings.credentials()?);
+    let limits = settings.limits();
+    // A remote that sends nothing gives way to the forge within the stall timeout (at most
+    // half a minute: it is a shortcut, not the source).
+    let timeouts = Timeouts {
+        stall: limits.stall.min(std::time::Duration::from_secs(30)),
+        ..Default::default()
+    };
+    let remote = remote(settings, timeouts)?;
+    let mut realizer =
+        Realizer::new(open_store(settings)?, settings.forges(), limits)?.with_credentials(settings.credentials()?);
+    if let Some(remote) = remote {
+        let push = if settings.config.push.unwrap_or(false) {
+            Some(nix_cache(settings)?)
+        } else {
+            None
+        };
+        realizer = realizer.with_remote(remote, push);
+    }
     Ok(Arc::new(realizer))
 }
 

@@ -37,6 +37,13 @@ pub struct MountArgs {
     /// Do not read ahead by directory.
     #[arg(long, overrides_with = "read_ahead")]
     no_read_ahead: bool,
+    /// Complete every tree served from the remote store in the background (files are
+    /// otherwise fetched when first read), publishing it in the store once whole.
+    #[arg(long, overrides_with = "no_prefetch")]
+    prefetch: bool,
+    /// Fetch files from the remote only when read (the default; overrides `prefetch = true`).
+    #[arg(long, overrides_with = "prefetch")]
+    no_prefetch: bool,
     /// The FUSE request timeout to declare to the kernel, in seconds (Linux 6.14+; capped by
     /// /proc/sys/fs/fuse/max_request_timeout) [default: the kernel's default_request_timeout].
     /// Requests waiting for a fetch are answered EAGAIN before it runs out.
@@ -66,6 +73,7 @@ impl MountArgs {
         Config {
             passthrough: switch(self.passthrough, self.no_passthrough),
             read_ahead: switch(self.read_ahead, self.no_read_ahead),
+            prefetch: switch(self.prefetch, self.no_prefetch),
             allow_other: switch(self.allow_other, self.no_allow_other),
             request_timeout: self.request_timeout,
             threads: self.threads.map(usize::from),
@@ -154,13 +162,23 @@ pub fn mount(args: MountArgs, settings: &Settings) -> Result<ExitCode> {
         None => Lock::default(),
     };
     let count = manifest.as_ref().map(|m| m.islands.len()).unwrap_or(0);
-    let islands = Arc::new(Islands::new(realizer, runtime.handle().clone(), manifest, lock));
+    let islands = Arc::new(
+        Islands::new(realizer.clone(), runtime.handle().clone(), manifest, lock)
+            .with_prefetch(settings.config.prefetch.unwrap_or(false)),
+    );
     let options = options(settings);
+    islands.start_prefetching();
     let shown = args.mountpoint.display().to_string();
     crate::mount::serve(islands, &args.mountpoint, &options, &runtime, || {
         eprintln!("mounted {count} islands at {shown} (Ctrl-C or `cab unmount {shown}` to stop)");
     })?;
     eprintln!("unmounted {shown}");
+    // Trees pushed in the background get a minute to reach the remote.
+    let pushed = runtime
+        .block_on(async { tokio::time::timeout(std::time::Duration::from_secs(60), realizer.finish_pushes()).await });
+    if pushed.is_err() {
+        tracing::warn!("some trees were not pushed to the remote before the mount ended");
+    }
     // Realizations still running belong to a mount that is gone.
     runtime.shutdown_background();
     Ok(ExitCode::SUCCESS)
@@ -178,7 +196,11 @@ pub fn unmount(args: UnmountArgs) -> Result<ExitCode> {
 pub fn update(args: UpdateArgs, settings: &Settings) -> Result<ExitCode> {
     let manifest = find_manifest(args.manifest, true)?.context("no manifest")?;
     let realizer = super::realizer(settings)?;
-    let changes = runtime()?.block_on(crate::pin::update(&realizer, &manifest, &args.names))?;
+    let changes = runtime()?.block_on(async {
+        let changes = crate::pin::update(&realizer, &manifest, &args.names).await;
+        realizer.finish_pushes().await;
+        changes
+    })?;
     print_changes(&changes);
     eprintln!("wrote {}", display(&lock_path(&manifest.path)));
     Ok(ExitCode::SUCCESS)

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use super::fuse::abi::{fopen, init};
-use super::fuse::{Attr, Dirents, Filesystem, InitIn, InitOut, Op, Reply, Request};
+use super::fuse::{Attr, Dirents, Filesystem, InitIn, InitOut, Op, Parked, Reply, Request};
 use super::islands::{Flight, Islands, Ready, State, stored_tree};
 use super::prefetch::{self, Prefetcher};
 use super::table::Table;
@@ -115,6 +115,8 @@ pub struct CabFs {
     budget: OnceLock<Option<Duration>>,
     /// Read-ahead by directory (the plain read path only).
     prefetch: Option<Prefetcher>,
+    /// Directories of lazily served trees whose files were fetched ahead already.
+    fetched_dirs: Mutex<lru::LruCache<TreeHash, ()>>,
     uid: u32,
     gid: u32,
 }
@@ -145,6 +147,7 @@ impl CabFs {
             timeout,
             budget: OnceLock::new(),
             prefetch,
+            fetched_dirs: Mutex::new(lru::LruCache::new(NonZeroUsize::new(16384).expect("non-zero"))),
             uid,
             gid,
         }
@@ -315,6 +318,23 @@ impl CabFs {
         rev_only: bool,
         then: impl FnOnce(&Arc<CabFs>, Reply) + Send + 'static,
     ) {
+        let parked = self.park(reply);
+        let fs = self.clone();
+        let resume = move || {
+            if let Some(reply) = parked.take() {
+                then(&fs, reply);
+            }
+        };
+        if rev_only {
+            flight.when_rev_known(resume);
+        } else {
+            flight.when_done(resume);
+        }
+    }
+
+    /// Parks `reply` (no thread holds it; an interrupt answers it EINTR), answered EAGAIN
+    /// if it is still waiting when the request budget runs out.
+    fn park(&self, reply: Reply) -> Parked {
         let parked = reply.park();
         if let Some(budget) = self.budget.get().copied().flatten() {
             let timer = parked.clone();
@@ -330,17 +350,38 @@ impl CabFs {
                 }
             });
         }
-        let fs = self.clone();
-        let resume = move || {
-            if let Some(reply) = parked.take() {
-                then(&fs, reply);
-            }
+        parked
+    }
+
+    /// The file behind `ino`, once its contents are here: a file of a tree served lazily is
+    /// fetched first (the request parked meanwhile), then `then` runs with the reply. Answers
+    /// EIO itself when the fetch fails.
+    fn with_contents(self: &Arc<Self>, ino: u64, reply: Reply, then: impl FnOnce(&Arc<CabFs>, Reply) + Send + 'static) {
+        let lazy = match self.content(ino) {
+            Ok(Content::Now(Kind::Tree {
+                node: Node::File { blob, size, .. },
+                island,
+            })) => island
+                .lazy
+                .clone()
+                .filter(|l| !l.present(&blob, size))
+                .map(|l| (l, blob, size)),
+            _ => None,
         };
-        if rev_only {
-            flight.when_rev_known(resume);
-        } else {
-            flight.when_done(resume);
-        }
+        let Some((lazy, blob, size)) = lazy else {
+            return then(self, reply);
+        };
+        self.lazy_read_ahead(ino);
+        let parked = self.park(reply);
+        let fs = self.clone();
+        lazy.when_present(self.islands.runtime(), blob, size, move |fetched| {
+            if let Some(reply) = parked.take() {
+                match fetched {
+                    Ok(()) => then(&fs, reply),
+                    Err(()) => reply.error(libc::EIO),
+                }
+            }
+        });
     }
 
     fn lookup(self: &Arc<Self>, parent: u64, name: Vec<u8>, reply: Reply) {
@@ -585,6 +626,9 @@ impl CabFs {
         if island.locked.format != Format::Fs || island.locked.fs_path().is_some() {
             out.push(("user.cab.island", island.locked.to_string().into_bytes()));
         }
+        // A tree served while its files still arrive is not in the store yet.
+        let complete = island.lazy.as_ref().is_none_or(|lazy| lazy.is_complete());
+        out.push(("user.cab.complete", if complete { &b"yes"[..] } else { b"no" }.to_vec()));
         out
     }
 
@@ -727,6 +771,51 @@ impl CabFs {
         if offset == 0 {
             self.read_ahead(ino, channel);
         }
+    }
+
+    /// For a tree served lazily: the first read in a directory fetches the small files beside
+    /// it from the remote in the background, so a reader going through the directory finds
+    /// them stored rather than paying a round trip to the remote each.
+    fn lazy_read_ahead(&self, ino: u64) {
+        let Ok(Content::Now(Kind::Tree { island, .. })) = self.content(ino) else {
+            return;
+        };
+        let Some(lazy) = island.lazy.as_ref().filter(|l| !l.is_complete()) else {
+            return;
+        };
+        let Some(parent) = self
+            .table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .parent(ino)
+            .map(|(p, _)| p)
+        else {
+            return;
+        };
+        let Ok(Content::Now(Kind::Tree {
+            node: Node::Directory { tree },
+            ..
+        })) = self.content(parent)
+        else {
+            return;
+        };
+        let seen = self
+            .fetched_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(tree, ());
+        if seen.is_some() {
+            return;
+        }
+        let Ok(entries) = self.entries(&tree) else { return };
+        let files = entries
+            .iter()
+            .filter_map(|e| match e.node {
+                Node::File { blob, size, .. } => Some((blob, size)),
+                _ => None,
+            })
+            .collect();
+        lazy.prefetch(self.islands.runtime(), files);
     }
 
     /// The first read in a directory pushes the small files beside it into the page cache
@@ -927,8 +1016,15 @@ impl Filesystem for CabFs {
                 None => reply.error(libc::ENOENT),
             },
             Op::ReadLink => self.readlink(ino, reply),
+            // Only passthrough opens a file (the plain path refuses open), and its backing
+            // must exist first.
+            Op::Open { flags } if self.passthrough.load(Ordering::Relaxed) => {
+                self.with_contents(ino, reply, move |fs, reply| fs.open(ino, flags, reply))
+            }
             Op::Open { flags } => self.open(ino, flags, reply),
-            Op::Read { offset, size } => self.read(ino, offset, size, reply),
+            Op::Read { offset, size } => {
+                self.with_contents(ino, reply, move |fs, reply| fs.read(ino, offset, size, reply))
+            }
             Op::Release { fh } => self.release(fh, reply),
             // Refused, so that the kernel stops asking: it then keeps every directory's
             // listing and pages, and a warm walk sends no opendir/releasedir pair per

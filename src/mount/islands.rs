@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::lazy::Lazy;
+use crate::derivation::Derivation;
 use crate::derivation::to_derivation;
 use crate::hash::TreeHash;
 use crate::hash::tree::Node;
@@ -25,6 +27,8 @@ pub struct Ready {
     pub rev: Option<String>,
     /// The locked literal.
     pub locked: Island,
+    /// Files still on their way from the remote store (a tree served before it is whole).
+    pub lazy: Option<Arc<Lazy>>,
 }
 
 /// Why an island could not be realized.
@@ -158,6 +162,8 @@ pub struct Islands {
     ready: Mutex<HashMap<String, Arc<Ready>>>,
     in_flight: Mutex<HashMap<String, Arc<Flight>>>,
     failures: Mutex<HashMap<String, Remembered>>,
+    /// Complete trees served lazily in the background (`cab mount --prefetch`).
+    prefetch: bool,
 }
 
 impl Islands {
@@ -176,6 +182,23 @@ impl Islands {
             ready: Mutex::default(),
             in_flight: Mutex::default(),
             failures: Mutex::default(),
+            prefetch: false,
+        }
+    }
+
+    /// Completes every tree served lazily in the background, publishing it when whole.
+    pub fn with_prefetch(mut self, prefetch: bool) -> Self {
+        self.prefetch = prefetch;
+        self
+    }
+
+    /// With `--prefetch`: starts realizing every named island now, so that those served
+    /// lazily complete without waiting to be looked at.
+    pub fn start_prefetching(self: &Arc<Self>) {
+        if self.prefetch {
+            for name in self.names() {
+                let _ = self.get_named(&name);
+            }
         }
     }
 
@@ -314,7 +337,14 @@ impl Islands {
             // that never ends.
             let outcome = tokio::spawn(async move {
                 let on_rev = move |rev: &str| watcher.set_rev(rev);
-                realize(&realizing.realizer, &island, &on_rev).await
+                let ready = realize(&realizing.realizer, &island, &on_rev).await;
+                if let Ok(ready) = &ready
+                    && let Some(lazy) = &ready.lazy
+                    && realizing.prefetch
+                {
+                    lazy.complete_in_background(&realizing.runtime);
+                }
+                ready
             })
             .await
             .unwrap_or_else(|e| {
@@ -411,8 +441,60 @@ async fn realize(realizer: &Realizer, island: &Island, on_rev: &(dyn Fn(&str) + 
         message: format!("{e:#}"),
     };
     let drv = to_derivation(island, realizer.environment()).map_err(failure)?;
+    if let Some(ready) = lazily(realizer, island, &drv, &label).await.map_err(failure)? {
+        return Ok(ready);
+    }
     let realized = realizer.realize_watched(&drv, &label, on_rev).await.map_err(failure)?;
     ready(realizer, island, realized).map_err(failure)
+}
+
+/// A pinned island the remote store holds, served from its listing alone, its files fetched
+/// when read (see [`Lazy`]); `None` when there is no remote or it lacks the tree (a failing
+/// remote is warned about, and the island realized as usual).
+async fn lazily(
+    realizer: &Realizer,
+    island: &Island,
+    drv: &Derivation,
+    label: &str,
+) -> anyhow::Result<Option<Arc<Ready>>> {
+    let (Some(remote), Some(tree)) = (realizer.remote(), drv.hash) else {
+        return Ok(None);
+    };
+    // A commit's tree pinned by hash alone needs the fetcher to say its commit.
+    if drv.method.has_rev() && drv.rev.is_none() {
+        return Ok(None);
+    }
+    let store = realizer.store();
+    let (nar, fetched) = match remote.fetch_listing(store, &tree).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            tracing::warn!("{label}: the remote {remote} could not list {tree} ({e:#}); realizing it as usual");
+            return Ok(None);
+        }
+    };
+    // The narHash comes from the lock (or the remote's record), never guessed.
+    if let Some(want) = &drv.nar_hash
+        && *want != nar
+    {
+        anyhow::bail!(
+            "{label}: narHash mismatch: the remote {remote} records another narHash for {tree}\n  \
+             wanted: narHash = \"{want}\"\n     got: narHash = \"{nar}\""
+        );
+    }
+    tracing::info!(
+        "{label}: {tree} served from the remote {remote} as its files are read (listing: {} objects, {} bytes)",
+        fetched.objects,
+        fetched.bytes
+    );
+    let root = store.root_node(&tree)?;
+    Ok(Some(Arc::new(Ready {
+        tree,
+        root,
+        rev: drv.rev.clone(),
+        locked: island.locked(drv.rev.clone(), tree, nar),
+        lazy: Some(Lazy::new(remote.clone(), store.clone(), tree, nar, label)),
+    })))
 }
 
 fn ready(realizer: &Realizer, island: &Island, realized: Realized) -> anyhow::Result<Arc<Ready>> {
@@ -422,6 +504,7 @@ fn ready(realizer: &Realizer, island: &Island, realized: Realized) -> anyhow::Re
         root,
         locked: island.locked(realized.rev.clone(), realized.tree, realized.nar),
         rev: realized.rev,
+        lazy: None,
     }))
 }
 
@@ -445,5 +528,6 @@ pub fn stored_tree(realizer: &Realizer, tree: TreeHash) -> anyhow::Result<Option
         root: realizer.store().root_node(&tree)?,
         rev: None,
         locked,
+        lazy: None,
     })))
 }

@@ -6,6 +6,7 @@
 mod fs;
 pub mod fuse;
 mod islands;
+mod lazy;
 mod prefetch;
 mod table;
 mod timeout;

@@ -37,6 +37,7 @@ use self::output::Output;
 use self::progress::Progress;
 use crate::derivation::{Builder, Derivation, Environment, Forges, Method};
 use crate::hash::{NarHash, TreeHash};
+use crate::store::remote::{Remote, nix};
 use crate::store::{IndexKey, Ingest, Staging, Store};
 
 /// What a run may consume. Each has a default a user can raise.
@@ -215,6 +216,12 @@ pub struct Realizer {
     modules: Mutex<HashMap<TreeHash, Arc<Loaded>>>,
     extra_modules: Mutex<HashMap<TreeHash, Vec<u8>>>,
     progress_bars: bool,
+    /// A remote store to substitute from (and push to).
+    remote: Option<Remote>,
+    /// Push every newly realized tree to the remote, with these Nix cache settings.
+    push: Option<Arc<nix::CacheWriter>>,
+    /// Pushes started in the background, awaited by [`Realizer::finish_pushes`].
+    pushes: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// The features this realizer offers: `wasm`, and the host system as just another feature.
@@ -299,6 +306,9 @@ impl Realizer {
             modules: Mutex::default(),
             extra_modules: Mutex::default(),
             progress_bars: true,
+            remote: None,
+            push: None,
+            pushes: Mutex::default(),
         })
     }
 
@@ -306,6 +316,94 @@ impl Realizer {
     pub fn with_credentials(mut self, credentials: Credentials) -> Self {
         self.credentials = Arc::new(credentials);
         self
+    }
+
+    /// Turns progress bars off (they are on where standard error is a terminal).
+    pub fn with_remote(mut self, remote: Remote, push: Option<nix::CacheWriter>) -> Self {
+        self.remote = Some(remote);
+        self.push = push.map(Arc::new);
+        self
+    }
+
+    /// The remote store, if there is one.
+    pub fn remote(&self) -> Option<&Remote> {
+        self.remote.as_ref()
+    }
+
+    /// Waits for the pushes started in the background (a command waits for them before it
+    /// exits; a mount lets them run).
+    pub async fn finish_pushes(&self) {
+        let pushes = std::mem::take(&mut *self.pushes.lock().unwrap_or_else(|e| e.into_inner()));
+        for push in pushes {
+            let _ = push.await;
+        }
+    }
+
+    /// Pushes `trees` to the remote in the background, if pushing is on.
+    fn push_later(&self, label: &str, trees: Vec<TreeHash>) {
+        let (Some(remote), Some(cache)) = (self.remote.clone(), self.push.clone()) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, label) = (self.store.clone(), crate::island::shorten(label).into_owned());
+        let task = runtime.spawn(async move {
+            for tree in trees {
+                match remote.push(&store, &tree, Some(&cache)).await {
+                    Ok(pushed) if pushed.already => tracing::debug!("{label}: {tree} is on {remote} already"),
+                    Ok(pushed) => tracing::info!(
+                        "{label}: pushed {tree} to {remote} ({} objects, {} bytes)",
+                        pushed.objects,
+                        pushed.bytes
+                    ),
+                    Err(e) => tracing::warn!("{label}: cannot push {tree} to {remote}: {e:#}"),
+                }
+            }
+        });
+        let mut pushes = self.pushes.lock().unwrap_or_else(|e| e.into_inner());
+        pushes.retain(|p| !p.is_finished());
+        pushes.push(task);
+    }
+
+    /// A pinned tree the remote holds, fetched from it instead of its source. A remote that
+    /// fails (down, slow, corrupt) is warned about, and the source is asked instead.
+    async fn substitute(&self, drv: &Derivation, label: &str) -> Result<Option<Realized>> {
+        let (Some(remote), Some(hash)) = (&self.remote, drv.hash) else {
+            return Ok(None);
+        };
+        // Pinned by hash alone, a commit's tree needs the fetcher to say its commit.
+        if drv.method.has_rev() && drv.rev.is_none() {
+            return Ok(None);
+        }
+        let fetched = match remote.fetch(&self.store, &hash).await {
+            Ok(Some(fetched)) => fetched,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::warn!(
+                    "{label}: the remote {remote} could not give {hash} ({e:#}); fetching it from its source instead"
+                );
+                return Ok(None);
+            }
+        };
+        let published = self
+            .store
+            .published(&hash)?
+            .with_context(|| format!("{label}: {hash} came from {remote} but is not published here"))?;
+        self.check_expected(drv, label, &hash, &published.nar)?;
+        tracing::info!(
+            "{label}: {hash} from the remote {remote} ({} objects, {} bytes)",
+            fetched.objects,
+            fetched.bytes
+        );
+        Ok(Some(Realized {
+            tree: hash,
+            nar: published.nar,
+            rev: drv.rev.clone(),
+            whole: hash,
+            downloaded: fetched.bytes,
+            stopped_early: false,
+        }))
     }
 
     /// Turns progress bars off (they are on where standard error is a terminal).
@@ -445,6 +543,9 @@ impl Realizer {
             return Ok(realized);
         }
         if waited && let Some(realized) = self.realized_meanwhile(&lock, drv, label, asked)? {
+            return Ok(realized);
+        }
+        if let Some(realized) = self.substitute(drv, label).await? {
             return Ok(realized);
         }
         let realized = match &drv.builder {
@@ -621,12 +722,28 @@ impl Realizer {
         let how = drv.method.as_str();
         let barrier = FifoBarrier::new();
         let reader_barrier = barrier.clone();
+        let remote = self.remote.clone();
+        let reader_label = crate::island::shorten(label).into_owned();
         tokio::spawn(async move {
             let mut lines = BufReader::new(receiver).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                let mut event = classify(&store, how, &line);
+                // Not stored here: perhaps a neighbour stored it on the remote.
+                if let (
+                    Some(remote),
+                    FifoEvent::Value {
+                        format,
+                        value,
+                        hit: hit @ None,
+                    },
+                ) = (&remote, &mut event)
+                    && format.starts_with("git-")
+                {
+                    *hit = from_remote(remote, &store, &IndexKey::new(how, format, value), &reader_label).await;
+                }
                 // Pass the finding on first, then release the guest's waiting request: the
                 // select below is biased to see a hit before the guest runs on.
-                let sent = events_tx.send(classify(&store, how, &line));
+                let sent = events_tx.send(event);
                 reader_barrier.processed_one();
                 if sent.is_err() {
                     break;
@@ -828,6 +945,15 @@ impl Realizer {
             "{label}: {tree}{}",
             rev.as_ref().map(|r| format!(" (commit {r})")).unwrap_or_default()
         );
+        // A tree new to this store goes to the remote too (index entries, recorded above,
+        // with it), without holding up this answer.
+        if whole_nar.is_some() {
+            let mut trees = vec![whole];
+            if tree != whole {
+                trees.push(tree);
+            }
+            self.push_later(label, trees);
+        }
         Ok(Realized {
             tree,
             nar,
@@ -911,6 +1037,35 @@ fn make_fifo(path: &Path) -> Result<()> {
         return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot make FIFO {}", path.display()));
     }
     Ok(())
+}
+
+/// The tree a remote's index names for `key`, brought into `store`; `None` (with a warning
+/// where the remote failed) when it has none to give.
+async fn from_remote(remote: &Remote, store: &Store, key: &IndexKey, label: &str) -> Option<TreeHash> {
+    let tree = match remote.lookup(key).await {
+        Ok(tree) => tree?,
+        Err(e) => {
+            tracing::warn!("{label}: cannot ask the remote {remote} ({e:#}); fetching from the source");
+            return None;
+        }
+    };
+    match remote.fetch(store, &tree).await {
+        Ok(Some(fetched)) => {
+            tracing::info!(
+                "{label}: {tree} ({} {}) from the remote {remote} ({} objects, {} bytes)",
+                key.format,
+                key.value,
+                fetched.objects,
+                fetched.bytes
+            );
+            Some(tree)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!("{label}: the remote {remote} could not give {tree} ({e:#}); fetching from the source");
+            None
+        }
+    }
 }
 
 /// Checks one FIFO line and looks its value up in the index.

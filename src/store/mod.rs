@@ -23,6 +23,7 @@
 mod export;
 mod ingest;
 mod nar;
+pub mod remote;
 mod staging;
 mod verify;
 
@@ -290,6 +291,56 @@ impl Store {
             Some(_) => Ok(None),
             None => bail!("index entry {} is corrupt", path.display()),
         }
+    }
+
+    /// Whether the blob named `blob` is here with `size` bytes.
+    pub fn has_blob(&self, blob: &[u8; 32], size: u64) -> bool {
+        fs::symlink_metadata(self.blob_path(blob)).is_ok_and(|m| m.len() == size)
+    }
+
+    /// Stores a blob whose contents the caller has checked against its name.
+    pub fn add_blob(&self, blob: &[u8; 32], bytes: &[u8]) -> Result<()> {
+        if self.has_blob(blob, bytes.len() as u64) {
+            return Ok(());
+        }
+        self.write_atomically(&self.blob_path(blob), bytes, false)
+    }
+
+    /// Stores a tree object whose bytes the caller has checked against its name.
+    pub fn add_object(&self, tree: &TreeHash, bytes: &[u8]) -> Result<()> {
+        let path = self.object_path(tree);
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
+            return Ok(());
+        }
+        self.write_atomically(&path, bytes, false)
+    }
+
+    /// The index entries that name `tree`: each entry's file name and text.
+    pub fn index_entries_for(&self, tree: &TreeHash) -> Result<Vec<(String, String)>> {
+        let dir = self.root.join("index");
+        let want = tree.to_string();
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
+            let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if name.len() != 64 {
+                continue;
+            }
+            let Ok(text) = fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            if text.lines().nth(1) == Some(want.as_str()) {
+                out.push((name, text));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The file name an index key is stored under, here and on a remote.
+    pub fn index_file_name(key: &IndexKey) -> String {
+        key.file_name()
     }
 
     /// Records `key → tree` for a published tree.

@@ -1,5 +1,5 @@
-//! NAR hashes of trees already in the store, for trees that were never walked on disk as a
-//! whole (an island's subpath of a fetched tree).
+//! NARs of trees already in the store: their hashes, for trees that were never walked on disk
+//! as a whole (an island's subpath of a fetched tree), and their bytes, for a Nix binary cache.
 
 use std::fs::File;
 use std::io::Read;
@@ -14,13 +14,26 @@ use crate::hash::{NarHash, TreeHash, nar};
 impl Store {
     /// Computes the NAR hash of a stored tree from its objects and blobs.
     pub fn nar_hash_of(&self, tree: &TreeHash) -> Result<NarHash> {
-        let root = self.root_node(tree)?;
         let mut sha = Sha256::new();
-        let mut buf = Vec::with_capacity(4096);
-        nar::header(&mut buf);
-        self.nar_node(&root, &mut sha, &mut buf)?;
-        sha.update(&buf);
+        self.write_nar(tree, &mut |bytes| {
+            sha.update(bytes);
+            Ok(())
+        })?;
         Ok(NarHash(sha.finalize().into()))
+    }
+
+    /// Produces the NAR of a stored tree, in pieces, in order; returns its size.
+    pub fn write_nar(&self, tree: &TreeHash, emit: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
+        let root = self.root_node(tree)?;
+        let mut out = NarOut {
+            emit,
+            buf: Vec::with_capacity(1 << 16),
+            size: 0,
+        };
+        nar::header(&mut out.buf);
+        self.nar_node(&root, &mut out)?;
+        out.flush()?;
+        Ok(out.size)
     }
 
     /// The root node of a stored tree.
@@ -31,13 +44,12 @@ impl Store {
         })
     }
 
-    fn nar_node(&self, node: &Node, sha: &mut Sha256, buf: &mut Vec<u8>) -> Result<()> {
+    fn nar_node(&self, node: &Node, out: &mut NarOut<'_>) -> Result<()> {
         match node {
-            Node::Symlink { target } => nar::symlink(buf, target),
+            Node::Symlink { target } => nar::symlink(&mut out.buf, target),
             Node::File { executable, size, blob } => {
-                nar::file_start(buf, *executable, *size);
-                sha.update(&buf[..]);
-                buf.clear();
+                nar::file_start(&mut out.buf, *executable, *size);
+                out.flush()?;
                 let path = self.blob_path(blob);
                 let mut file = File::open(&path).with_context(|| format!("cannot read blob {}", path.display()))?;
                 let mut chunk = vec![0u8; 1 << 16];
@@ -50,7 +62,7 @@ impl Store {
                         break;
                     }
                     seen += n as u64;
-                    sha.update(&chunk[..n]);
+                    out.write(&chunk[..n])?;
                 }
                 if seen != *size {
                     bail!(
@@ -58,20 +70,23 @@ impl Store {
                         path.display()
                     );
                 }
-                nar::file_end(buf, *size);
+                nar::file_end(&mut out.buf, *size);
             }
             Node::Directory { tree } => {
                 let Object::Directory(entries) = self.read_object(tree)? else {
                     bail!("tree object {tree} should be a directory");
                 };
-                nar::directory_start(buf);
+                nar::directory_start(&mut out.buf);
                 for entry in &entries {
-                    nar::entry_start(buf, &entry.name);
-                    self.nar_node(&entry.node, sha, buf)?;
-                    nar::entry_end(buf);
+                    nar::entry_start(&mut out.buf, &entry.name);
+                    self.nar_node(&entry.node, out)?;
+                    nar::entry_end(&mut out.buf);
                 }
-                nar::directory_end(buf);
+                nar::directory_end(&mut out.buf);
             }
+        }
+        if out.buf.len() >= 1 << 16 {
+            out.flush()?;
         }
         Ok(())
     }
@@ -102,5 +117,29 @@ impl Store {
                 hash
             }
         })
+    }
+}
+
+/// Where a NAR goes: framing is gathered in `buf`, contents pass straight through.
+struct NarOut<'a> {
+    emit: &'a mut dyn FnMut(&[u8]) -> Result<()>,
+    buf: Vec<u8>,
+    size: u64,
+}
+
+impl NarOut<'_> {
+    fn flush(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            self.size += self.buf.len() as u64;
+            (self.emit)(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.flush()?;
+        self.size += bytes.len() as u64;
+        (self.emit)(bytes)
     }
 }

@@ -127,10 +127,17 @@ impl Forge {
     }
 }
 
-impl Drop for Forge {
-    fn drop(&mut self) {
+impl Forge {
+    /// Stops the forge now (it is down for whoever asks next).
+    pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Forge {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

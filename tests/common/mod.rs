@@ -445,10 +445,11 @@ pub fn mkfifo(path: &Path) {
     run_ok(Command::new("mkfifo").arg(path));
 }
 
+pub mod forge;
+pub mod garage;
+
 /// The edge-case trees, each built into a fresh directory. `hash_nix` hashes each on its own;
 /// `store_cli` builds all of them side by side into one tree for a round trip.
-pub mod forge;
-
 pub mod edge {
     use super::*;
 

@@ -1,0 +1,535 @@
+//! Remote stores: where a fleet of machines shares its trees. A remote holds what a local store
+//! holds, under keys named by the same hashes, so a machine fetches exactly what its own store
+//! lacks and checks every byte against the hash that names it before using it:
+//!
+//! ```text
+//! REMOTE/
+//!   blobs/<64 hex>        file contents, named by their BLAKE3
+//!   trees/<64 hex>        tree objects, named by their BLAKE3
+//!   bundles/<64 hex>      every tree object of a published tree, in one object (a machine
+//!                         learns a whole tree's listing in one request)
+//!   published/<64 hex>    "nar-sha256 sha256-…\n": the tree is whole on the remote
+//!   index/<64 hex>        index entries, the same names and text as a local store's
+//!   nix-cache-info, <hash>.narinfo, nar/<hash>.nar.zst
+//!                         a Nix binary cache of the same trees (see [`nix`])
+//! ```
+//!
+//! Pushing keeps one invariant: an object that names others is written after them (a tree
+//! object after its blobs and subtrees, `published/` last), so a directory found on the
+//! remote has everything below it, and a push skips whole subtrees already there — the second
+//! revision of a repository uploads what changed. Where the objects live is a [`Backend`]:
+//! S3, a directory or read-only HTTP; nothing above this module knows which.
+
+pub mod backend;
+mod bundle;
+pub mod nix;
+mod s3;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+pub use self::backend::{Backend, Body};
+use super::{IndexKey, Store};
+use crate::hash::tree::{Node, Object};
+use crate::hash::{NarHash, TreeHash, encoding};
+
+/// Requests in flight at once to a remote.
+const CONCURRENCY: usize = 16;
+
+/// A remote store.
+#[derive(Clone)]
+pub struct Remote {
+    backend: Arc<dyn Backend>,
+}
+
+/// What fetching a tree from a remote did.
+#[derive(Clone, Debug, Default)]
+pub struct Fetched {
+    /// The tree's NAR hash (checked against the remote's record).
+    pub nar: Option<NarHash>,
+    /// Objects downloaded.
+    pub objects: u64,
+    /// Bytes downloaded.
+    pub bytes: u64,
+}
+
+/// What pushing a tree did.
+#[derive(Clone, Debug, Default)]
+pub struct Pushed {
+    /// Objects uploaded (blobs, tree objects, records, the Nix cache entry).
+    pub objects: u64,
+    /// Bytes uploaded.
+    pub bytes: u64,
+    /// Of those, the Nix binary cache entry's (its NAR is a whole copy of the tree,
+    /// compressed: Nix's format has no sharing between paths).
+    pub nix_bytes: u64,
+    /// Whether the remote already had the whole tree.
+    pub already: bool,
+}
+
+impl std::fmt::Display for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.backend.describe())
+    }
+}
+
+/// Connect and stall timeouts for a remote: a remote that is down or slow gives way to the
+/// forge quickly instead of holding a fetch.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// Giving up connecting.
+    pub connect: Duration,
+    /// Giving up a request that sends nothing.
+    pub stall: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            stall: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Remote {
+    /// Opens the remote at `url`: `s3://BUCKET[/PREFIX]?endpoint=…&region=…`, `file:///DIR`,
+    /// or `http(s)://…` (read-only).
+    pub fn open(url: &str, timeouts: Timeouts) -> Result<Remote> {
+        let client = || {
+            // rustls needs a process-wide crypto provider; a second install is a no-op error.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let mut builder = reqwest::Client::builder()
+                .connect_timeout(timeouts.connect)
+                .read_timeout(timeouts.stall)
+                .user_agent(concat!("cab/", env!("CARGO_PKG_VERSION")));
+            // `NAME.localhost` is loopback (RFC 6761), as curl and browsers resolve it: a
+            // bucket's website endpoint on this machine is named that way, and the system's
+            // resolver may not know it.
+            if let Some(host) = crate::derivation::url_host(url).filter(|h| h.ends_with(".localhost")) {
+                builder = builder.resolve(host, std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+            }
+            builder.build().context("cannot set up HTTP for the remote")
+        };
+        let backend: Arc<dyn Backend> = if url.starts_with("s3://") {
+            let location = s3::Location::parse(url)?;
+            Arc::new(s3::S3::new(&location, client()?)?)
+        } else if let Some(path) = url.strip_prefix("file://") {
+            Arc::new(backend::Directory::new(std::path::Path::new(path)))
+        } else if url.starts_with("http://") || url.starts_with("https://") {
+            Arc::new(backend::Http::new(url, client()?)?)
+        } else {
+            bail!("remote `{url}`: use s3://BUCKET?endpoint=URL&region=R, file:///DIR or http(s)://URL (read-only)");
+        };
+        Ok(Remote { backend })
+    }
+
+    /// A remote over `backend`.
+    pub fn with_backend(backend: Arc<dyn Backend>) -> Remote {
+        Remote { backend }
+    }
+
+    /// The backend (for the Nix cache writer).
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    fn blob_key(blob: &[u8; 32]) -> String {
+        format!("blobs/{}", encoding::to_hex(blob))
+    }
+
+    fn tree_key(tree: &TreeHash) -> String {
+        format!("trees/{}", tree.to_hex())
+    }
+
+    fn published_key(tree: &TreeHash) -> String {
+        format!("published/{}", tree.to_hex())
+    }
+
+    fn bundle_key(tree: &TreeHash) -> String {
+        format!("bundles/{}", tree.to_hex())
+    }
+
+    /// The NAR hash the remote records for `tree`, if the whole tree is there.
+    pub async fn published(&self, tree: &TreeHash) -> Result<Option<NarHash>> {
+        let Some(bytes) = self.backend.get(&Self::published_key(tree)).await? else {
+            return Ok(None);
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let nar = text
+            .lines()
+            .find_map(|l| l.strip_prefix("nar-sha256 "))
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{self}: the record of {tree} is corrupt"))?;
+        Ok(Some(nar))
+    }
+
+    /// The tree an index key names on the remote, if any.
+    pub async fn lookup(&self, key: &IndexKey) -> Result<Option<TreeHash>> {
+        let name = Store::index_file_name(key);
+        let Some(bytes) = self.backend.get(&format!("index/{name}")).await? else {
+            return Ok(None);
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let mut lines = text.lines();
+        // The entry says which key it is for: one stored under another key's name is refused.
+        let said = lines.next().unwrap_or_default();
+        if said != format!("{} {} {}", key.how, key.format, key.value) {
+            bail!("{self}: index entry {name} is for `{said}`, not for {}", key.value);
+        }
+        let tree = lines
+            .next()
+            .and_then(|l| l.parse().ok())
+            .with_context(|| format!("{self}: index entry {name} is corrupt"))?;
+        Ok(Some(tree))
+    }
+
+    /// Brings `tree` from the remote into `store`, whole, verified and published; `None` if
+    /// the remote does not have it. A corrupt or missing object fails with its name.
+    pub async fn fetch(&self, store: &Store, tree: &TreeHash) -> Result<Option<Fetched>> {
+        let Some(nar) = self.published(tree).await? else {
+            return Ok(None);
+        };
+        if store.published(tree)?.is_some() {
+            return Ok(Some(Fetched {
+                nar: Some(nar),
+                ..Fetched::default()
+            }));
+        }
+        let mut fetched = Fetched::default();
+        let objects = self.tree_objects(store, tree, &mut fetched).await?;
+        // Every blob the tree names that this store lacks.
+        let mut wanted: HashMap<[u8; 32], u64> = HashMap::new();
+        for (object, _) in objects.values() {
+            let nodes: Vec<&Node> = match object {
+                Object::Directory(entries) => entries.iter().map(|e| &e.node).collect(),
+                Object::Root(node) => vec![node],
+            };
+            for node in nodes {
+                if let Node::File { blob, size, .. } = node
+                    && !store.has_blob(blob, *size)
+                {
+                    wanted.insert(*blob, *size);
+                }
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut pending = wanted.into_iter();
+        loop {
+            while tasks.len() < CONCURRENCY
+                && let Some((blob, size)) = pending.next()
+            {
+                let (remote, store) = (self.clone(), store.clone());
+                tasks.spawn(async move { remote.fetch_blob(&store, &blob, size).await });
+            }
+            let Some(done) = tasks.join_next().await else { break };
+            let bytes = done.context("a download task panicked")??;
+            fetched.objects += 1;
+            fetched.bytes += bytes;
+        }
+        // The listing's objects go in after the blobs they name.
+        for (hash, (_, bytes)) in &objects {
+            store.add_object(hash, bytes)?;
+        }
+        let got = tokio::task::spawn_blocking({
+            let (store, tree) = (store.clone(), *tree);
+            move || store.nar_hash_of(&tree)
+        })
+        .await
+        .context("a hashing task panicked")??;
+        if got != nar {
+            bail!(
+                "{self}: tree {tree} is recorded with narHash {nar}, but its objects make {got}: the remote is corrupt"
+            );
+        }
+        store.publish(tree, &nar)?;
+        fetched.nar = Some(nar);
+        Ok(Some(fetched))
+    }
+
+    /// Brings only the listing of `tree` — its tree objects, from its bundle in one request —
+    /// into `store`, without its blobs and without publishing it: enough to serve names,
+    /// kinds, sizes and modes at once, with file contents fetched when read
+    /// ([`Remote::fetch_blob`]). Returns the narHash the remote records, or `None` if the
+    /// remote does not have the tree.
+    pub async fn fetch_listing(&self, store: &Store, tree: &TreeHash) -> Result<Option<(NarHash, Fetched)>> {
+        let Some(nar) = self.published(tree).await? else {
+            return Ok(None);
+        };
+        let mut fetched = Fetched::default();
+        let objects = self.tree_objects(store, tree, &mut fetched).await?;
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            for (hash, (_, bytes)) in &objects {
+                store.add_object(hash, bytes)?;
+            }
+            anyhow::Ok(())
+        })
+        .await
+        .context("a storing task panicked")??;
+        fetched.nar = Some(nar);
+        Ok(Some((nar, fetched)))
+    }
+
+    /// One blob, checked against its name and size, into `store`; returns its size.
+    pub async fn fetch_blob(&self, store: &Store, blob: &[u8; 32], size: u64) -> Result<u64> {
+        let key = Self::blob_key(blob);
+        let bytes = self
+            .backend
+            .get(&key)
+            .await?
+            .with_context(|| format!("{self}: {key} is missing (the remote is incomplete)"))?;
+        if bytes.len() as u64 != size || blake3::hash(&bytes).as_bytes() != blob {
+            bail!("{self}: {key} is corrupt (its bytes do not hash to its name)");
+        }
+        let store = store.clone();
+        let blob = *blob;
+        tokio::task::spawn_blocking(move || store.add_blob(&blob, &bytes))
+            .await
+            .context("a storing task panicked")??;
+        Ok(size)
+    }
+
+    /// Every tree object of `tree`, by hash: from its bundle in one request, else one by one.
+    /// Each is checked against its name.
+    async fn tree_objects(
+        &self,
+        store: &Store,
+        tree: &TreeHash,
+        fetched: &mut Fetched,
+    ) -> Result<HashMap<TreeHash, (Object, Vec<u8>)>> {
+        let mut known: HashMap<TreeHash, Vec<u8>> = HashMap::new();
+        match self.backend.get(&Self::bundle_key(tree)).await {
+            Ok(Some(bytes)) => {
+                fetched.objects += 1;
+                fetched.bytes += bytes.len() as u64;
+                match bundle::decode(&bytes) {
+                    Ok(objects) => known.extend(objects),
+                    Err(e) => tracing::warn!(
+                        "{self}: the bundle of {tree} is unusable ({e:#}); fetching its objects one by one"
+                    ),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!("{self}: cannot fetch the bundle of {tree} ({e:#}); fetching its objects one by one")
+            }
+        }
+        let mut objects = HashMap::new();
+        let mut next = vec![*tree];
+        while !next.is_empty() {
+            let mut level = Vec::new();
+            for hash in next.drain(..) {
+                if objects.contains_key(&hash) {
+                    continue;
+                }
+                if let Some(bytes) = known.remove(&hash) {
+                    level.push((hash, bytes));
+                } else if let Ok(bytes) = std::fs::read(store.object_path(&hash)) {
+                    level.push((hash, bytes));
+                } else {
+                    let key = Self::tree_key(&hash);
+                    let bytes = self
+                        .backend
+                        .get(&key)
+                        .await?
+                        .with_context(|| format!("{self}: {key} is missing (the remote is incomplete)"))?;
+                    fetched.objects += 1;
+                    fetched.bytes += bytes.len() as u64;
+                    level.push((hash, bytes));
+                }
+            }
+            for (hash, bytes) in level {
+                if blake3::hash(&bytes).as_bytes() != &hash.0 {
+                    bail!("{self}: tree object {hash} is corrupt (its bytes do not hash to its name)");
+                }
+                let object =
+                    Object::decode(&bytes).with_context(|| format!("{self}: tree object {hash} is corrupt"))?;
+                if let Object::Directory(entries) = &object {
+                    next.extend(entries.iter().filter_map(|e| match e.node {
+                        Node::Directory { tree } => Some(tree),
+                        _ => None,
+                    }));
+                }
+                objects.insert(hash, (object, bytes));
+            }
+        }
+        Ok(objects)
+    }
+
+    /// Uploads `tree` (published in `store`) and its index entries, skipping what the remote
+    /// has; with `nix`, also a Nix binary cache entry for it.
+    pub async fn push(&self, store: &Store, tree: &TreeHash, nix: Option<&nix::CacheWriter>) -> Result<Pushed> {
+        let published = store
+            .published(tree)?
+            .with_context(|| format!("{tree} is not published in this store"))?;
+        let mut pushed = Pushed::default();
+        let already = self.published(tree).await?.is_some();
+        if !already {
+            self.push_objects(store, tree, &mut pushed).await?;
+            let bundle = bundle::encode(store, tree)?;
+            pushed.bytes += bundle.len() as u64;
+            pushed.objects += 1;
+            self.backend.put(&Self::bundle_key(tree), Body::Bytes(bundle)).await?;
+        }
+        if let Some(nix) = nix
+            && (!already || !nix.has(self, &published.nar).await?)
+        {
+            let (objects, bytes) = nix.write(self, store, tree, &published.nar).await?;
+            pushed.objects += objects;
+            pushed.bytes += bytes;
+            pushed.nix_bytes += bytes;
+        }
+        if !already {
+            let record = format!("nar-sha256 {}\n", published.nar);
+            pushed.bytes += record.len() as u64;
+            pushed.objects += 1;
+            self.backend
+                .put(&Self::published_key(tree), Body::Bytes(record.into_bytes()))
+                .await?;
+        }
+        for (name, text) in store.index_entries_for(tree)? {
+            let key = format!("index/{name}");
+            if self.backend.get(&key).await?.is_some_and(|old| old == text.as_bytes()) {
+                continue;
+            }
+            pushed.bytes += text.len() as u64;
+            pushed.objects += 1;
+            self.backend.put(&key, Body::Bytes(text.into_bytes())).await?;
+        }
+        pushed.already = already;
+        Ok(pushed)
+    }
+
+    /// The objects of `tree` the remote lacks: whole subtrees are skipped when their tree
+    /// object is there (it was written after everything below it).
+    async fn push_objects(&self, store: &Store, tree: &TreeHash, pushed: &mut Pushed) -> Result<()> {
+        // Top down: which tree objects are missing, level by level.
+        let mut missing_levels: Vec<Vec<(TreeHash, Vec<u8>)>> = Vec::new();
+        let mut blobs: HashSet<[u8; 32]> = HashSet::new();
+        let mut level = vec![*tree];
+        while !level.is_empty() {
+            let present = self.exist_all(level.iter().map(Self::tree_key).collect()).await?;
+            let mut missing = Vec::new();
+            let mut next = Vec::new();
+            for (hash, there) in level.into_iter().zip(present) {
+                if there {
+                    continue;
+                }
+                let path = store.object_path(&hash);
+                let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                let object = Object::decode(&bytes).with_context(|| format!("tree object {hash} is corrupt"))?;
+                let nodes: Vec<Node> = match object {
+                    Object::Directory(entries) => entries.into_iter().map(|e| e.node).collect(),
+                    Object::Root(node) => vec![node],
+                };
+                for node in nodes {
+                    match node {
+                        Node::File { blob, .. } => {
+                            blobs.insert(blob);
+                        }
+                        Node::Directory { tree } => next.push(tree),
+                        Node::Symlink { .. } => {}
+                    }
+                }
+                missing.push((hash, bytes));
+            }
+            missing_levels.push(missing);
+            next.sort();
+            next.dedup();
+            level = next;
+        }
+        // Blobs first, then tree objects from the deepest level up.
+        let blobs: Vec<[u8; 32]> = blobs.into_iter().collect();
+        let present = self.exist_all(blobs.iter().map(Self::blob_key).collect()).await?;
+        let uploads: Vec<(String, std::path::PathBuf)> = blobs
+            .iter()
+            .zip(present)
+            .filter(|(_, there)| !there)
+            .map(|(blob, _)| (Self::blob_key(blob), store.blob_path(blob)))
+            .collect();
+        self.put_all(
+            uploads
+                .into_iter()
+                .map(|(key, path)| (key, Upload::File(path)))
+                .collect(),
+            pushed,
+        )
+        .await?;
+        for missing in missing_levels.into_iter().rev() {
+            let uploads = missing
+                .into_iter()
+                .map(|(hash, bytes)| (Self::tree_key(&hash), Upload::Bytes(bytes)))
+                .collect();
+            self.put_all(uploads, pushed).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether each key exists, asked concurrently.
+    async fn exist_all(&self, keys: Vec<String>) -> Result<Vec<bool>> {
+        let mut out = vec![false; keys.len()];
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut pending = keys.into_iter().enumerate();
+        loop {
+            while tasks.len() < CONCURRENCY
+                && let Some((i, key)) = pending.next()
+            {
+                let backend = self.backend.clone();
+                tasks.spawn(async move { (i, backend.exists(&key).await) });
+            }
+            let Some(done) = tasks.join_next().await else { break };
+            let (i, there) = done.context("a request task panicked")?;
+            out[i] = there?;
+        }
+        Ok(out)
+    }
+
+    async fn put_all(&self, uploads: Vec<(String, Upload)>, pushed: &mut Pushed) -> Result<()> {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut pending = uploads.into_iter();
+        loop {
+            while tasks.len() < CONCURRENCY
+                && let Some((key, upload)) = pending.next()
+            {
+                let backend = self.backend.clone();
+                tasks.spawn(async move {
+                    let body = match upload {
+                        Upload::Bytes(bytes) => Body::Bytes(bytes),
+                        Upload::File(path) => {
+                            // Small blobs go from memory: one read, no second open.
+                            let len = tokio::fs::metadata(&path)
+                                .await
+                                .with_context(|| format!("cannot read {}", path.display()))?
+                                .len();
+                            if len <= 1 << 20 {
+                                Body::Bytes(
+                                    tokio::fs::read(&path)
+                                        .await
+                                        .with_context(|| format!("cannot read {}", path.display()))?,
+                                )
+                            } else {
+                                Body::File(path)
+                            }
+                        }
+                    };
+                    let len = body.len()?;
+                    backend.put(&key, body).await?;
+                    anyhow::Ok(len)
+                });
+            }
+            let Some(done) = tasks.join_next().await else { break };
+            pushed.bytes += done.context("an upload task panicked")??;
+            pushed.objects += 1;
+        }
+        Ok(())
+    }
+}
+
+enum Upload {
+    Bytes(Vec<u8>),
+    File(std::path::PathBuf),
+}
