@@ -175,12 +175,12 @@ fn unchanged_refs_stop_early_and_moved_ones_are_repinned() {
         "lab = '<gitlab:g/s/p>'\nhut = '<sourcehut:~me/r:{ ref = \"main\" }>'\n",
     )
     .unwrap();
-    let update = || {
+    let update = |flags: &[&str]| {
         let mut cmd = cab_with(
             &dir.join("store"),
             &[("CAB_GITLAB_URL", &url), ("CAB_SOURCEHUT_URL", &url)],
         );
-        cmd.current_dir(&project).arg("update");
+        cmd.current_dir(&project).arg("update").args(flags);
         let out = run_cab(&mut cmd);
         assert!(out.status.success(), "{}", report("cab update", &out));
         out
@@ -192,13 +192,13 @@ fn unchanged_refs_stop_early_and_moved_ones_are_repinned() {
             .filter(|r| r.path.contains("/archive/"))
             .count()
     };
-    update();
+    update(&[]);
     assert_eq!(archives(), 2);
     let lock = fs::read_to_string(project.join("islands.lock")).unwrap();
     assert!(lock.contains(&format!("rev = \"{first}\"")), "{lock}");
 
     let before = forge.requests().len();
-    let out = update();
+    let out = update(&[]);
     assert!(
         text(&out.stderr).contains("all 2 islands are up to date"),
         "{}",
@@ -210,9 +210,35 @@ fn unchanged_refs_stop_early_and_moved_ones_are_repinned() {
     assert!(again.iter().all(|r| r.path.ends_with("/git-upload-pack")), "{again:?}");
 
     let moved = forge::commit(&root, "g/s/p", &source(dir.path(), "two, moved\n"), "main", "two");
-    let out = update();
+    let out = update(&[]);
     assert_eq!(text(&out.stdout).trim(), format!("lab: {first} → {moved}"));
     assert_eq!(archives(), 3);
+
+    // The same, for scripts: one JSON object per island, the lock's pins in it.
+    let third = forge::commit(&root, "g/s/p", &source(dir.path(), "three\n"), "main", "three");
+    let out = update(&["--json"]);
+    let lock = cab::lock::Lock::read(&project.join("islands.lock")).unwrap();
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", report("update --json", &out));
+    for line in &lines {
+        let name = line["name"].as_str().unwrap();
+        let pin = &lock.pins[name].locked;
+        assert_eq!(line["moved"], name == "lab", "{line}");
+        assert_eq!(line["new"], pin.to_string(), "{line}");
+        assert_eq!(line["rev"].as_str(), pin.config.rev.as_deref(), "{line}");
+        assert_eq!(
+            line["narHash"],
+            pin.config.nar_hash.as_ref().unwrap().to_string(),
+            "{line}"
+        );
+        assert_eq!(line["hash"], pin.config.hash.as_ref().unwrap().to_string(), "{line}");
+    }
+    let lab = lines.iter().find(|l| l["name"] == "lab").unwrap();
+    assert_eq!(lab["rev"].as_str(), Some(third.as_str()));
+    assert!(lab["old"].as_str().unwrap().contains(&moved), "{lab}");
 }
 
 /// `host` names another GitLab instance, reached over https; a token for that host from the

@@ -5,6 +5,7 @@ mod fetch;
 mod hash;
 mod interop;
 mod mount;
+mod shell;
 mod store;
 
 use std::path::PathBuf;
@@ -21,7 +22,7 @@ use crate::store::remote::{Remote, Timeouts};
 
 /// Cab islands: pinned source trees, fetched lazily, stored by content, served read-only.
 #[derive(Parser, Debug)]
-#[command(name = "cab", version, about, long_about = None, propagate_version = true)]
+#[command(name = "cab", version, about, long_about = None, propagate_version = true, after_help = EXIT_CODES)]
 pub struct Cli {
     /// More log output (repeat for more: -v info, -vv debug, -vvv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -83,6 +84,10 @@ enum Command {
     /// Write the pinned islands out for another tool.
     #[command(subcommand)]
     Export(interop::ExportCommand),
+    /// Print the shell completion script for bash, zsh or fish.
+    Completions(shell::CompletionsArgs),
+    /// Print the manual page, cab(1) (or write one per command with --dir).
+    Man(shell::ManArgs),
 }
 
 impl Command {
@@ -98,19 +103,32 @@ impl Command {
     }
 }
 
-/// A usage error: the command line or the configuration is wrong, and nothing was done.
+/// A usage error: the command line or the configuration is wrong, and nothing was done (clap
+/// exits with the same code for the command line's own errors).
 const USAGE: u8 = 2;
+
+/// What `cab --help` says of the exit codes (README.md says the same).
+const EXIT_CODES: &str = "Exit codes:
+  0  success
+  1  failure: the message says what failed and where (island, path, URL)
+  2  usage error: a bad flag, configuration file or environment variable; nothing was done";
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
+    // These need no settings: a broken configuration file must not keep a shell from starting.
+    let command = match cli.command {
+        Command::Completions(args) => return finish(shell::completions(args)),
+        Command::Man(args) => return finish(shell::man(args)),
+        command => command,
+    };
     let flags = Config {
         store: cli.store.clone(),
         remote: cli.remote.clone(),
         push: cli.push.then_some(true),
         nix_secret_key: cli.nix_secret_key.clone(),
-        ..cli.command.flags()
+        ..command.flags()
     };
     let settings = match Settings::load(cli.config.clone(), flags).and_then(|s| s.check().map(|()| s)) {
         Ok(settings) => settings,
@@ -119,7 +137,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
-    let result = match cli.command {
+    let result = match command {
         Command::Hash(args) => hash::run(args),
         Command::Store(command) => store::run(command, &settings),
         Command::Fetch(args) => fetch::fetch(args, &settings),
@@ -129,7 +147,13 @@ pub fn main() -> ExitCode {
         Command::Derivation(args) => fetch::derivation(args, &settings),
         Command::Import(args) => interop::import(args, &settings),
         Command::Export(command) => interop::export(command, &settings),
+        Command::Completions(_) | Command::Man(_) => unreachable!("answered above"),
     };
+    finish(result)
+}
+
+/// The exit code of a command's result, its error printed.
+fn finish(result: Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {

@@ -112,6 +112,10 @@ pub struct UpdateArgs {
     /// The manifest [default: ./islands.toml].
     #[arg(long, value_name = "PATH")]
     manifest: Option<PathBuf>,
+    /// One JSON object per island and line: `name`, `moved`, the `old` and `new` pins (locked
+    /// literals; `old` is null for a new island), and the new `rev`, `hash` and `narHash`.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -134,6 +138,22 @@ pub fn find_manifest(given: Option<PathBuf>, required: bool) -> Result<Option<Ma
     };
     let path = std::path::absolute(&path).with_context(|| format!("bad path {}", path.display()))?;
     Manifest::read(&path).map(Some)
+}
+
+fn print_changes_json(changes: &[crate::pin::Change]) {
+    for change in changes {
+        let config = &change.new.config;
+        let value = serde_json::json!({
+            "name": change.name,
+            "moved": change.moved(),
+            "old": change.old.as_ref().map(|old| old.to_string()),
+            "new": change.new.to_string(),
+            "rev": config.rev,
+            "hash": config.hash.as_ref().map(|h| h.to_string()),
+            "narHash": config.nar_hash.as_ref().map(|h| h.to_string()),
+        });
+        println!("{value}");
+    }
 }
 
 fn print_changes(changes: &[crate::pin::Change]) {
@@ -201,7 +221,11 @@ pub fn update(args: UpdateArgs, settings: &Settings) -> Result<ExitCode> {
         realizer.finish_pushes().await;
         changes
     })?;
-    print_changes(&changes);
+    if args.json {
+        print_changes_json(&changes);
+    } else {
+        print_changes(&changes);
+    }
     eprintln!("wrote {}", display(&lock_path(&manifest.path)));
     Ok(ExitCode::SUCCESS)
 }

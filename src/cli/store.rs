@@ -29,7 +29,11 @@ pub enum Command {
     /// Re-hash every object in the store; exits non-zero and names each corrupt object.
     Verify,
     /// List every published tree by its hash.
-    Ls,
+    Ls {
+        /// One JSON object per line: `{"hash": …, "narHash": …}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the store's directory.
     Path,
     /// Upload trees the remote (--remote) lacks, with their index entries and a Nix binary
@@ -66,9 +70,21 @@ pub fn run(command: Command, settings: &Settings) -> Result<ExitCode> {
             store.export(&tree, &dir)?;
         }
         Command::Verify => return verify(&store),
-        Command::Ls => {
+        Command::Ls { json } => {
             for tree in store.roots()? {
-                println!("{tree}");
+                if !json {
+                    println!("{tree}");
+                    continue;
+                }
+                // A tree gc deleted since roots() listed it is simply no longer there.
+                let Some(published) = store.published(&tree)? else {
+                    continue;
+                };
+                let value = serde_json::json!({
+                    "hash": tree.to_string(),
+                    "narHash": published.nar.to_string(),
+                });
+                println!("{value}");
             }
         }
         Command::Path => println!("{}", display(store.root())),
