@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
+use crate::config::Settings;
 use crate::hash::TreeHash;
 use crate::store::{Ingest, Store};
 
@@ -28,7 +29,11 @@ pub enum Command {
     /// Re-hash every object in the store; exits non-zero and names each corrupt object.
     Verify,
     /// List every published tree by its hash.
-    Ls,
+    Ls {
+        /// One JSON object per line: `{"hash": …, "narHash": …}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the store's directory.
     Path,
     /// Upload trees the remote (--remote) lacks, with their index entries and a Nix binary
@@ -44,23 +49,14 @@ pub enum Command {
     },
 }
 
-/// Opens the store named on the command line, or the default one.
-pub fn open(store: Option<PathBuf>) -> Result<Store> {
-    let root = match store {
-        Some(root) => root,
-        None => crate::store::default_root()?,
-    };
-    Store::open(&root)
-}
-
 fn parse_hash(text: &str) -> Result<TreeHash> {
     text.parse().with_context(|| format!("`{text}` is not a tree hash"))
 }
 
-pub fn run(command: Command, globals: &super::Globals) -> Result<ExitCode> {
-    let store = globals.store()?;
+pub fn run(command: Command, settings: &Settings) -> Result<ExitCode> {
+    let store = super::open_store(settings)?;
     match command {
-        Command::Push { items, manifest } => return push(&store, globals, items, manifest),
+        Command::Push { items, manifest } => return push(&store, settings, items, manifest),
         Command::Add { path, json } => {
             let progress = crate::realizer::progress::Progress::new(&path.display().to_string(), true);
             let added = store.ingest(&path, Ingest::Copy, Some(&|size| progress.ingested(size)));
@@ -74,9 +70,21 @@ pub fn run(command: Command, globals: &super::Globals) -> Result<ExitCode> {
             store.export(&tree, &dir)?;
         }
         Command::Verify => return verify(&store),
-        Command::Ls => {
+        Command::Ls { json } => {
             for tree in store.roots()? {
-                println!("{tree}");
+                if !json {
+                    println!("{tree}");
+                    continue;
+                }
+                // A tree gc deleted since roots() listed it is simply no longer there.
+                let Some(published) = store.published(&tree)? else {
+                    continue;
+                };
+                let value = serde_json::json!({
+                    "hash": tree.to_string(),
+                    "narHash": published.nar.to_string(),
+                });
+                println!("{value}");
             }
         }
         Command::Path => println!("{}", display(store.root())),
@@ -130,11 +138,10 @@ fn trees_to_push(items: &[String], manifest: Option<PathBuf>) -> Result<Vec<(Str
     Ok(out)
 }
 
-fn push(store: &Store, globals: &super::Globals, items: Vec<String>, manifest: Option<PathBuf>) -> Result<ExitCode> {
-    let remote = globals
-        .remote()?
-        .context("no remote to push to: pass --remote URL or set CAB_REMOTE")?;
-    let cache = globals.nix_cache()?;
+fn push(store: &Store, settings: &Settings, items: Vec<String>, manifest: Option<PathBuf>) -> Result<ExitCode> {
+    let remote = super::remote(settings, Default::default())?
+        .context("no remote to push to: pass --remote URL, set CAB_REMOTE or `remote` in the config file")?;
+    let cache = super::nix_cache(settings)?;
     let trees = trees_to_push(&items, manifest)?;
     let runtime = super::fetch::runtime()?;
     let mut failed = 0;
