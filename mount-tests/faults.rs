@@ -163,7 +163,13 @@ fn a_fetch_longer_than_the_kernel_request_timeout_leaves_the_mount_alive() {
                 n.sort();
                 n
             }),
-            Ok(vec!["by-hash".to_string(), "github".into(), "slow".into()])
+            Ok(vec![
+                "by-hash".to_string(),
+                "github".into(),
+                "gitlab".into(),
+                "slow".into(),
+                "sourcehut".into()
+            ])
         );
         assert!(
             started.elapsed() < Duration::from_secs(150),

@@ -461,6 +461,62 @@ fn a_tree_on_the_remote_is_served_at_once_and_its_files_arrive_when_read() {
     run_ok(cab().arg("--store").arg(&b_store).args(["store", "verify"]));
 }
 
+/// A reader going through many directories of a lazily served tree is reading the tree, not
+/// a few files: the rest comes in the background, each blob fetched once whether the reader or
+/// the completion asks first, and the tree is published when whole.
+#[test]
+fn a_reader_going_through_the_tree_brings_the_rest_in_the_background() {
+    let world = World::new("fleet-bulk", &[]);
+    let garage = Garage::start(&world.dir("garage"), 1);
+    let remote = garage.remote_url();
+    let src = world.dir("src");
+    for d in 0..48 {
+        for f in 0..6 {
+            let body = pseudo_random(700 + d * 13 + f, (d * 100 + f) as u64);
+            write_file(&src.join(format!("d{d:02}/f{f}.txt")), &body, 0o644);
+        }
+    }
+    world.push("acme/wide", &src, "one");
+    world.manifest("wide = '<github:acme/wide>'\n");
+    let mut update = world.cab();
+    garage.credentials(&mut update);
+    update.args(["--remote", &remote, "--push", "update"]);
+    run_ok(&mut update);
+    let tree = hash_of(&world.locked("wide").unwrap());
+    let reference = world.dir("reference");
+    export(&world.store, &tree, &reference.join("t"));
+
+    let b = world.dir("machine-b");
+    fs::copy(world.project.join("islands.toml"), b.join("islands.toml")).unwrap();
+    fs::copy(world.project.join("islands.lock"), b.join("islands.lock")).unwrap();
+    let (b_store, b_mnt) = (world.dir("b-store"), world.dir("b-mnt"));
+    let mut cmd = cab_on(&b_store, Some(&remote), &garage, "http://127.0.0.1:1");
+    cmd.current_dir(&b).arg("-v").arg("mount").arg(&b_mnt);
+    let mount = Mount::start(cmd, &b_mnt);
+    let island = b_mnt.join("wide");
+    assert_eq!(fs::read_dir(&island).unwrap().count(), 48);
+    let before = garage_gets(&garage);
+    // One file in each of the first 40 directories, as a walk would start.
+    for d in 0..40 {
+        let name = format!("d{d:02}/f0.txt");
+        assert_eq!(
+            fs::read(island.join(&name)).unwrap(),
+            fs::read(reference.join("t").join(&name)).unwrap()
+        );
+    }
+    assert!(
+        mount.wait_log("published", TIMEOUT),
+        "reading across directories completes the tree\n{}",
+        mount.log()
+    );
+    // Each of the 288 files (all different) fetched once; the listing came before `before`.
+    let gets = garage_gets(&garage) - before;
+    assert_eq!(gets, 48 * 6, "every blob fetched once, by the reader or the completion");
+    assert_same_tree(&reference.join("t"), &island);
+    mount.stop();
+    run_ok(cab().arg("--store").arg(&b_store).args(["store", "verify"]));
+}
+
 /// Every file of `expected` reads the same through `actual`, but `except`.
 fn assert_same_tree_except(expected: &Path, actual: &Path, except: &str) {
     for file in files_under(expected) {

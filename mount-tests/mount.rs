@@ -124,7 +124,10 @@ fn real_repository(mode: Mode) {
     let mount = world.mount(mode.args());
     // Listing the root shows the island without fetching it.
     let top = ok_text(tool("ls").arg(world.at("")));
-    assert_eq!(top.lines().collect::<Vec<_>>(), ["by-hash", "github", "widgets"]);
+    assert_eq!(
+        top.lines().collect::<Vec<_>>(),
+        ["by-hash", "github", "gitlab", "sourcehut", "widgets"]
+    );
     assert!(world.archives().is_empty(), "listing the root must not fetch");
     assert!(
         !world.project.join("islands.lock").exists(),
@@ -798,7 +801,7 @@ fn browsing_github_and_by_hash() {
     assert!(mount.log().contains("mounted 0 islands"), "{}", mount.log());
     assert_eq!(
         ok_text(tool("ls").arg(world.at(""))).lines().collect::<Vec<_>>(),
-        ["by-hash", "github"]
+        ["by-hash", "github", "gitlab", "sourcehut"]
     );
     // Listed before anything is fetched: these listings must change while mounted.
     assert_eq!(ok_text(tool("ls").arg(world.at("github"))), "");
@@ -863,6 +866,80 @@ fn browsing_github_and_by_hash() {
     mount.stop();
 }
 
+/// The mount's defaults come from the configuration file, and a flag overrides them.
+#[test]
+fn mount_defaults_from_the_config_file() {
+    let world = World::new("mount-config", &[]);
+    let src = world.dir("src");
+    write_file(&src.join("a.txt"), b"configured\n", 0o644);
+    world.push("acme/conf", &src, "x");
+    world.manifest("conf = '<github:acme/conf>'\n");
+    let config = world.tmp.join("config.toml");
+    fs::write(&config, "passthrough = true\nthreads = 2\n").unwrap();
+    for (flags, mode) in [(&[][..], Mode::Passthrough), (&["--no-passthrough"][..], Mode::Plain)] {
+        let mut cmd = world.cab();
+        cmd.env("CAB_CONFIG", &config).arg("mount").arg(&world.mnt).args(flags);
+        let mount = Mount::start(cmd, &world.mnt);
+        assert_eq!(read_text(&world.at("conf/a.txt")), "configured\n");
+        mount.assert_read_path(mode);
+        mount.stop();
+    }
+}
+
+/// GitLab projects (nested groups; the ref after `-`, where GitLab's own URLs end a project's
+/// path) and SourceHut repositories are browsed as GitHub's are.
+#[test]
+fn browsing_gitlab_and_sourcehut() {
+    let world = World::new("mount-forges", &[]);
+    let src = world.dir("src");
+    write_file(&src.join("hello.txt"), b"from a forge\n", 0o644);
+    write_file(&src.join("sub/run.sh"), b"#!/bin/sh\n", 0o755);
+    let gitlab_rev = world.push("group/sub/proj", &src, "on gitlab");
+    let sourcehut_rev = world.push("~me/thing", &src, "on sourcehut");
+    let mount = world.mount(&[]);
+
+    let gitlab = world.at("gitlab/group/sub/proj/-/main");
+    assert_same_tree(&world.reference("group/sub/proj", &gitlab_rev), &gitlab);
+    let sourcehut = world.at("sourcehut/~me/thing/main");
+    assert_same_tree(&world.reference("~me/thing", &sourcehut_rev), &sourcehut);
+    let rev_of = |p: &Path| {
+        python(
+            "import os, sys; print(os.getxattr(sys.argv[1], 'user.cab.rev').decode())",
+            &[os(p)],
+        )
+        .trim()
+        .to_owned()
+    };
+    assert_eq!(rev_of(&gitlab), gitlab_rev);
+    assert_eq!(rev_of(&sourcehut), sourcehut_rev);
+    eventually_lists(&world.at("gitlab/group/sub/proj"), &["-"]);
+    eventually_lists(&world.at("gitlab/group/sub/proj/-"), &["main"]);
+    eventually_lists(&world.at("sourcehut"), &["~me"]);
+    // Names these forges cannot have, and refs that do not exist.
+    for missing in [
+        "gitlab/group/-",
+        "gitlab/group/sub/proj/-/no-such-branch",
+        "gitlab/group/sub/nothing/-/main",
+        "sourcehut/me",
+        "sourcehut/~me/thing/no-such-branch",
+    ] {
+        let path = world.at(missing);
+        assert_eq!(errno_of(fs::symlink_metadata(&path)), Some(libc::ENOENT), "{missing}");
+    }
+    let archives: Vec<String> = world.archives().into_iter().map(|r| r.path).collect();
+    assert!(
+        archives.contains(&format!(
+            "/group/sub/proj/-/archive/{gitlab_rev}/proj-{gitlab_rev}.tar.gz"
+        )),
+        "{archives:?}"
+    );
+    assert!(
+        archives.contains(&format!("/~me/thing/archive/{sourcehut_rev}.tar.gz")),
+        "{archives:?}"
+    );
+    mount.stop();
+}
+
 /// Waits (bounded: a few top-level TTLs) until `ls DIR` shows every name in `names`.
 fn eventually_lists(dir: &Path, names: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -909,7 +986,10 @@ fn failure_is_isolated_and_retried() {
         mount.log()
     );
     assert_eq!(ok_text(tool("cat").arg(world.at("good/ok.txt"))), "good\n");
-    assert_eq!(ok_text(tool("ls").arg(world.at(""))), "bad\nby-hash\ngithub\ngood\n");
+    assert_eq!(
+        ok_text(tool("ls").arg(world.at(""))),
+        "bad\nby-hash\ngithub\ngitlab\ngood\nsourcehut\n"
+    );
     assert!(world.locked("good").is_some());
     assert!(world.locked("bad").is_none(), "a failure pins nothing");
 
@@ -1079,7 +1159,7 @@ fn mount_refuses_a_live_mount_point() {
     // The first mount is unharmed.
     assert_eq!(
         ok_text(tool("ls").arg(world.at(""))).lines().collect::<Vec<_>>(),
-        ["by-hash", "github"]
+        ["by-hash", "github", "gitlab", "sourcehut"]
     );
     mount.stop();
 }
@@ -1094,6 +1174,7 @@ fn reserved_and_bad_names_are_refused() {
     for (manifest, words) in [
         ("github = '<github:a/b>'\n", &["github", "reserved"][..]),
         ("by-hash = '<github:a/b>'\n", &["by-hash", "reserved"][..]),
+        ("sourcehut = '<github:a/b>'\n", &["sourcehut", "reserved"][..]),
         (
             "ok = '<github:a/b>'\n\"a/b\" = '<github:a/b>'\n",
             &["a/b", "path component"][..],

@@ -120,11 +120,14 @@ impl World {
         lock_entry(&self.lock_text(), name).map(|(_, locked)| locked)
     }
 
-    /// `cab --store STORE -v ARGS…` run in the project directory against the forge.
+    /// `cab --store STORE -v ARGS…` run in the project directory against the forge (which
+    /// plays GitHub, GitLab and SourceHut).
     pub fn cab(&self) -> Command {
         let mut cmd = cab();
         cmd.current_dir(&self.project)
             .env("CAB_GITHUB_URL", self.forge.url())
+            .env("CAB_GITLAB_URL", self.forge.url())
+            .env("CAB_SOURCEHUT_URL", self.forge.url())
             .env("NO_COLOR", "1")
             .arg("--store")
             .arg(&self.store)

@@ -15,11 +15,121 @@ use serde_json::{Value, json};
 use crate::hash::{NarHash, TreeHash};
 use crate::island::{Format, Island};
 
+/// The base URLs of the forges whose islands name no `host`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forges {
+    /// GitHub's (`github-url`, default `https://github.com`).
+    pub github: String,
+    /// GitLab's (`gitlab-url`, default `https://gitlab.com`).
+    pub gitlab: String,
+    /// SourceHut's git service (`sourcehut-url`, default `https://git.sr.ht`).
+    pub sourcehut: String,
+}
+
+impl Default for Forges {
+    fn default() -> Self {
+        Forges {
+            github: "https://github.com".into(),
+            gitlab: "https://gitlab.com".into(),
+            sourcehut: "https://git.sr.ht".into(),
+        }
+    }
+}
+
+impl Forges {
+    /// The default instances, with GitHub at `github` (tests and the sandbox use this).
+    pub fn with_github(github: &str) -> Forges {
+        Forges {
+            github: github.into(),
+            ..Forges::default()
+        }
+    }
+
+    /// The base URL of `format`'s default instance, without a trailing slash.
+    pub fn base(&self, format: Format) -> Option<&str> {
+        let base = match format {
+            Format::Github => &self.github,
+            Format::Gitlab => &self.gitlab,
+            Format::Sourcehut => &self.sourcehut,
+            _ => return None,
+        };
+        Some(base.trim_end_matches('/'))
+    }
+
+    /// The setting that names `format`'s default instance, for messages.
+    fn setting(format: Format) -> &'static str {
+        match format {
+            Format::Gitlab => "gitlab-url (CAB_GITLAB_URL)",
+            Format::Sourcehut => "sourcehut-url (CAB_SOURCEHUT_URL)",
+            _ => "github-url (CAB_GITHUB_URL)",
+        }
+    }
+}
+
+/// Where a forge island's commits come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForgeUrls {
+    /// The repository's smart-HTTP URL.
+    pub git: String,
+    /// The archive of a commit, with `{rev}` where the commit id goes.
+    pub archive: String,
+    /// The host both are on.
+    pub host: String,
+}
+
+impl ForgeUrls {
+    /// The archive URL of commit `rev`.
+    pub fn archive_of(&self, rev: &str) -> String {
+        self.archive.replace("{rev}", rev)
+    }
+}
+
+/// The URLs of a `github`, `gitlab` or `sourcehut` island: on its `host` (over https) if it
+/// names one, else on the forge's default instance. `None` for other formats.
+pub fn forge_urls(island: &Island, forges: &Forges) -> Result<Option<ForgeUrls>> {
+    let Some(default) = forges.base(island.format) else {
+        return Ok(None);
+    };
+    let base = match &island.config.host {
+        Some(host) => format!("https://{host}"),
+        None => default.to_owned(),
+    };
+    let Some(host) = url_host(&base) else {
+        bail!(
+            "{} `{base}` is not an http(s) URL with a host",
+            Forges::setting(island.format)
+        );
+    };
+    let path = &island.location;
+    let (git, archive) = match island.format {
+        Format::Github => (
+            format!("{base}/{path}.git"),
+            format!("{base}/{path}/archive/{{rev}}.tar.gz"),
+        ),
+        Format::Gitlab => {
+            let name = path.rsplit('/').next().unwrap_or(path);
+            (
+                format!("{base}/{path}.git"),
+                format!("{base}/{path}/-/archive/{{rev}}/{name}-{{rev}}.tar.gz"),
+            )
+        }
+        _ => (
+            format!("{base}/{path}"),
+            format!("{base}/{path}/archive/{{rev}}.tar.gz"),
+        ),
+    };
+    Ok(Some(ForgeUrls {
+        git,
+        archive,
+        host: host.to_owned(),
+    }))
+}
+
 /// Where things come from: settings that change what a derivation fetches, not how.
 #[derive(Clone, Debug)]
 pub struct Environment {
-    /// The GitHub forge's base URL (`CAB_GITHUB_URL`, default `https://github.com`).
-    pub github_url: String,
+    /// The forges' default instances.
+    pub forges: Forges,
     /// The BLAKE3 of the fetcher module's bytes.
     pub fetcher: TreeHash,
 }
@@ -29,8 +139,12 @@ pub struct Environment {
 /// GitHub's archives do, a git pack gave the plain checkout).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
-    /// A GitHub-style `archive/<rev>.tar.gz`.
+    /// A GitHub `archive/<rev>.tar.gz`.
     GithubArchive,
+    /// A GitLab `-/archive/<rev>/<project>-<rev>.tar.gz`.
+    GitlabArchive,
+    /// A SourceHut `archive/<rev>.tar.gz`.
+    SourcehutArchive,
     /// A plain `.tar.gz` URL.
     Tarball,
     /// A shallow fetch over git's smart HTTP pack protocol, exported as `git archive` exports
@@ -43,13 +157,18 @@ pub enum Method {
 impl Method {
     /// Whether trees made this way come from a commit (which every lock entry must name).
     pub fn has_rev(self) -> bool {
-        matches!(self, Method::GithubArchive | Method::GitPack)
+        matches!(
+            self,
+            Method::GithubArchive | Method::GitlabArchive | Method::SourcehutArchive | Method::GitPack
+        )
     }
 
     /// The name used in index keys and in the derivation's encoding.
     pub fn as_str(self) -> &'static str {
         match self {
             Method::GithubArchive => "github-archive",
+            Method::GitlabArchive => "gitlab-archive",
+            Method::SourcehutArchive => "sourcehut-archive",
             Method::Tarball => "tarball",
             // Not "git-pack", the name of the plain checkouts that came before: a store's
             // entries under that name hold trees without the attributes applied.
@@ -126,20 +245,17 @@ pub fn to_derivation(island: &Island, env: &Environment) -> Result<Derivation> {
         nar_hash: config.nar_hash,
     };
     Ok(match island.format {
-        Format::Github => {
-            let base = env.github_url.trim_end_matches('/');
-            let Some(host) = url_host(base) else {
-                bail!("CAB_GITHUB_URL `{base}` is not an http(s) URL with a host");
-            };
-            let mut hosts = vec![host.to_owned()];
+        Format::Github | Format::Gitlab | Format::Sourcehut => {
+            let urls = forge_urls(island, &env.forges)?.expect("a forge format");
+            let mut hosts = vec![urls.host.clone()];
             // github.com answers archive requests with a redirect to codeload.github.com.
-            if host == "github.com" {
+            if island.format == Format::Github && urls.host == "github.com" {
                 hosts.push("codeload.github.com".into());
             }
             let mut args = vec![
-                "github".into(),
-                format!("base={base}"),
-                format!("repo={}", island.location),
+                "forge".into(),
+                format!("git={}", urls.git),
+                format!("archive={}", urls.archive),
             ];
             if let Some(r) = &config.r#ref {
                 args.push(format!("ref={r}"));
@@ -147,7 +263,12 @@ pub fn to_derivation(island: &Island, env: &Environment) -> Result<Derivation> {
             if let Some(rev) = &config.rev {
                 args.push(format!("rev={rev}"));
             }
-            wasm(args, hosts, Method::GithubArchive)
+            let method = match island.format {
+                Format::Github => Method::GithubArchive,
+                Format::Gitlab => Method::GitlabArchive,
+                _ => Method::SourcehutArchive,
+            };
+            wasm(args, hosts, method)
         }
         Format::Tarball => {
             let host = url_host(&island.location).unwrap_or_default().to_owned();
@@ -246,7 +367,7 @@ mod tests {
 
     fn env() -> Environment {
         Environment {
-            github_url: "https://github.com".into(),
+            forges: Forges::default(),
             fetcher: TreeHash([7; 32]),
         }
     }
@@ -258,7 +379,12 @@ mod tests {
         assert_eq!(drv.hosts, ["github.com", "codeload.github.com"]);
         assert_eq!(
             drv.args,
-            ["github", "base=https://github.com", "repo=cull-os/cab", "ref=main"]
+            [
+                "forge",
+                "git=https://github.com/cull-os/cab.git",
+                "archive=https://github.com/cull-os/cab/archive/{rev}.tar.gz",
+                "ref=main"
+            ]
         );
         assert!(!drv.is_pinned());
         assert_eq!(drv.features, ["wasm"]);
@@ -272,13 +398,47 @@ mod tests {
         assert_eq!(da.id(), to_derivation(&a, &env()).unwrap().id());
         assert_ne!(da.id(), db.id());
         let other = Environment {
-            github_url: "http://127.0.0.1:9/".into(),
+            forges: Forges::with_github("http://127.0.0.1:9/"),
             ..env()
         };
         let dc = to_derivation(&a, &other).unwrap();
         assert_ne!(da.id(), dc.id());
         assert_eq!(dc.hosts, ["127.0.0.1"]);
         assert_eq!(da.to_json()["id"], json!(da.id().to_string()));
+    }
+
+    #[test]
+    fn gitlab_and_sourcehut_urls() {
+        let drv = |text: &str| to_derivation(&text.parse().unwrap(), &env()).unwrap();
+        let g = drv("<gitlab:group/sub/proj:{ ref = \"main\" }>");
+        assert_eq!(
+            g.args,
+            [
+                "forge",
+                "git=https://gitlab.com/group/sub/proj.git",
+                "archive=https://gitlab.com/group/sub/proj/-/archive/{rev}/proj-{rev}.tar.gz",
+                "ref=main"
+            ]
+        );
+        assert_eq!(
+            (g.hosts.as_slice(), g.method),
+            (&["gitlab.com".to_owned()][..], Method::GitlabArchive)
+        );
+        let g = drv("<gitlab:g/p:{ host = \"gitlab.example.org:8443\" }>");
+        assert_eq!(g.args[1], "git=https://gitlab.example.org:8443/g/p.git");
+        assert_eq!(g.hosts, ["gitlab.example.org"]);
+        let s = drv("<sourcehut:~me/thing>");
+        assert_eq!(
+            s.args,
+            [
+                "forge",
+                "git=https://git.sr.ht/~me/thing",
+                "archive=https://git.sr.ht/~me/thing/archive/{rev}.tar.gz"
+            ]
+        );
+        assert_eq!(s.method.as_str(), "sourcehut-archive");
+        let h = drv("<github:o/r:{ host = \"github.example.com\" }>");
+        assert_eq!(h.hosts, ["github.example.com"]);
     }
 
     #[test]

@@ -110,7 +110,7 @@ fn whole_tree(store: &Store, locked: &crate::island::Island) -> Result<Option<cr
     };
     // Only the method is used, and it depends on the format alone.
     let env = Environment {
-        github_url: "https://github.com".into(),
+        forges: Default::default(),
         fetcher: crate::realizer::module_hash(crate::realizer::FETCHER_WASM),
     };
     let method = to_derivation(locked, &env)?.method;

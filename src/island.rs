@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! island   = "<" format ":" location [ ":" [ config ] [ ":" subpath ] ] ">"
-//! format   = github | tarball | git | fs
+//! format   = github | gitlab | sourcehut | tarball | git | fs
 //! location = everything up to the first ":{", "::" or ">"
 //! config   = "{" [ key "=" string { "," key "=" string } [ "," ] ] "}"
 //! subpath  = "/" name { "/" name }
@@ -10,8 +10,8 @@
 //!
 //! Parsing validates everything that can be checked without the network (location shape, ref
 //! names, commit ids, hash forms, which keys a format takes), so a literal that parses names
-//! exactly one thing to fetch. Printing gives the canonical form: keys in the order `ref`,
-//! `rev`, `hash`, `narHash`, spaced as `{ key = "value", … }`, with no config braces when there
+//! exactly one thing to fetch. Printing gives the canonical form: keys in the order `host`,
+//! `ref`, `rev`, `hash`, `narHash`, spaced as `{ key = "value", … }`, with no config braces when there
 //! is no config. Parsing a printed island gives the same island back.
 //!
 //! Errors carry the 1-based column, counted in characters, of the offending text and a message
@@ -29,6 +29,10 @@ use crate::hash::{NarHash, TreeHash};
 pub enum Format {
     /// A GitHub repository, located by `OWNER/REPO`.
     Github,
+    /// A GitLab project, located by `GROUP/[SUBGROUP/…]PROJECT`.
+    Gitlab,
+    /// A SourceHut git repository, located by `~OWNER/REPO`.
+    Sourcehut,
     /// A tarball at an `http://` or `https://` URL.
     Tarball,
     /// A git repository at an `http://` or `https://` URL.
@@ -39,12 +43,21 @@ pub enum Format {
 
 impl Format {
     /// Every format, in the order error messages list them.
-    pub const ALL: [Format; 4] = [Format::Github, Format::Tarball, Format::Git, Format::Fs];
+    pub const ALL: [Format; 6] = [
+        Format::Github,
+        Format::Gitlab,
+        Format::Sourcehut,
+        Format::Tarball,
+        Format::Git,
+        Format::Fs,
+    ];
 
     /// The name used in literals, e.g. `github`.
     pub fn as_str(self) -> &'static str {
         match self {
             Format::Github => "github",
+            Format::Gitlab => "gitlab",
+            Format::Sourcehut => "sourcehut",
             Format::Tarball => "tarball",
             Format::Git => "git",
             Format::Fs => "fs",
@@ -56,12 +69,25 @@ impl Format {
     }
 
     /// Whether this format's islands choose a commit (and so take `ref` and `rev`).
-    fn has_revisions(self) -> bool {
-        matches!(self, Format::Github | Format::Git)
+    pub fn has_revisions(self) -> bool {
+        self.is_forge() || self == Format::Git
+    }
+
+    /// Whether this format names a repository on a forge (and so takes `host`).
+    pub fn is_forge(self) -> bool {
+        matches!(self, Format::Github | Format::Gitlab | Format::Sourcehut)
     }
 
     /// Rejects keys the format has no use for, saying why.
     fn check_key(self, key: Key) -> Result<(), String> {
+        if key == Key::Host {
+            if self.is_forge() {
+                return Ok(());
+            }
+            return Err(format!(
+                "{self} islands have no `host`: only `github`, `gitlab` and `sourcehut` name a forge by host"
+            ));
+        }
         if self.has_revisions() || matches!(key, Key::Hash | Key::NarHash) {
             return Ok(());
         }
@@ -81,7 +107,7 @@ impl fmt::Display for Format {
     }
 }
 
-const FORMAT_LIST: &str = "`github`, `tarball`, `git` or `fs`";
+const FORMAT_LIST: &str = "`github`, `gitlab`, `sourcehut`, `tarball`, `git` or `fs`";
 
 impl FromStr for Format {
     type Err = ParseError;
@@ -98,19 +124,21 @@ impl FromStr for Format {
 /// The config keys, in canonical order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Key {
+    Host,
     Ref,
     Rev,
     Hash,
     NarHash,
 }
 
-const KEY_LIST: &str = "`ref`, `rev`, `hash` or `narHash`";
+const KEY_LIST: &str = "`host`, `ref`, `rev`, `hash` or `narHash`";
 
 impl Key {
-    const ALL: [Key; 4] = [Key::Ref, Key::Rev, Key::Hash, Key::NarHash];
+    const ALL: [Key; 5] = [Key::Host, Key::Ref, Key::Rev, Key::Hash, Key::NarHash];
 
     fn as_str(self) -> &'static str {
         match self {
+            Key::Host => "host",
             Key::Ref => "ref",
             Key::Rev => "rev",
             Key::Hash => "hash",
@@ -131,6 +159,9 @@ impl fmt::Display for Key {
 /// fetching it again must give the same tree.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Config {
+    /// The forge's host (`name[:port]`, reached over https) instead of the default instance;
+    /// only `github`, `gitlab` and `sourcehut` take it.
+    pub host: Option<String>,
     /// A branch or tag to follow (git ref-name rules); only `github` and `git` take it.
     pub r#ref: Option<String>,
     /// A full commit id, 40 lowercase hex digits; only `github` and `git` take it.
@@ -149,6 +180,7 @@ impl Config {
 
     fn has(&self, key: Key) -> bool {
         match key {
+            Key::Host => self.host.is_some(),
             Key::Ref => self.r#ref.is_some(),
             Key::Rev => self.rev.is_some(),
             Key::Hash => self.hash.is_some(),
@@ -159,6 +191,10 @@ impl Config {
     /// Validates `value` for `key` and stores it; the error is the message only.
     fn set(&mut self, key: Key, value: String) -> Result<(), String> {
         match key {
+            Key::Host => {
+                check_host(&value)?;
+                self.host = Some(value);
+            }
             Key::Ref => {
                 check_ref(&value)?;
                 self.r#ref = Some(value);
@@ -185,6 +221,7 @@ impl Config {
             .into_iter()
             .filter_map(|key| {
                 let value = match key {
+                    Key::Host => self.host.clone(),
                     Key::Ref => self.r#ref.clone(),
                     Key::Rev => self.rev.clone(),
                     Key::Hash => self.hash.map(|h| h.to_string()),
@@ -363,7 +400,8 @@ fn parse_subpath(chars: &[char], offset: usize) -> Result<Subpath, ParseError> {
 pub struct Island {
     /// Where the tree comes from.
     pub format: Format,
-    /// `OWNER/REPO` for `github`, the URL for `tarball` and `git`, empty for `fs`; never
+    /// `OWNER/REPO` for `github`, `GROUP/…/PROJECT` for `gitlab`, `~OWNER/REPO` for
+    /// `sourcehut`, the URL for `tarball` and `git`, empty for `fs`; never
     /// rewritten (URLs are kept byte for byte, not percent-decoded).
     pub location: String,
     /// What to fetch and what it must hash to.
@@ -373,7 +411,7 @@ pub struct Island {
 }
 
 impl Island {
-    /// Whether the island pins one exact tree: `github` and `git` need `rev` and `hash`;
+    /// Whether the island pins one exact tree: forges and `git` need `rev` and `hash`;
     /// `tarball` and `fs` need `hash`.
     pub fn is_locked(&self) -> bool {
         let hash = self.config.hash.is_some();
@@ -384,11 +422,12 @@ impl Island {
         }
     }
 
-    /// The same island without its pins (`rev`, `hash`, `narHash`), keeping `ref` and the
-    /// subpath: what `--update` resolves afresh.
+    /// The same island without its pins (`rev`, `hash`, `narHash`), keeping `host`, `ref` and
+    /// the subpath: what `--update` resolves afresh.
     pub fn unpinned(&self) -> Island {
         Island {
             config: Config {
+                host: self.config.host.clone(),
                 r#ref: self.config.r#ref.clone(),
                 ..Config::default()
             },
@@ -399,9 +438,10 @@ impl Island {
     /// The fully locked form of this island: its `ref` and subpath, plus the commit it
     /// resolved to (for formats that have one) and both hashes of its tree.
     pub fn locked(&self, rev: Option<String>, hash: TreeHash, nar_hash: NarHash) -> Island {
-        let has_rev = matches!(self.format, Format::Github | Format::Git);
+        let has_rev = self.format.has_revisions();
         Island {
             config: Config {
+                host: self.config.host.clone(),
                 r#ref: self.config.r#ref.clone(),
                 rev: if has_rev {
                     rev.or_else(|| self.config.rev.clone())
@@ -552,6 +592,26 @@ fn check_ref(r: &str) -> Result<(), String> {
     Err(format!("invalid `ref` {r:?}: expected {why}"))
 }
 
+/// Checks a `host`: a DNS name or IPv4 address, and an optional port (`name[:port]`).
+fn check_host(host: &str) -> Result<(), String> {
+    let (name, port) = host.split_once(':').unwrap_or((host, ""));
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    let port_ok = port.is_empty() && !host.contains(':') || !port.is_empty() && port.parse::<u16>().is_ok();
+    if name.len() <= 253 && name.split('.').all(label_ok) && port_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid `host` {host:?}: expected a host name such as \"gitlab.example.org\", optionally with \":PORT\""
+        ))
+    }
+}
+
 /// Checks a `rev`: a full commit id in lowercase hex.
 fn check_rev(r: &str) -> Result<(), String> {
     let hex = r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit());
@@ -573,25 +633,52 @@ fn check_location(format: Format, loc: &str) -> Result<(), String> {
     match format {
         Format::Fs if loc.is_empty() => Ok(()),
         Format::Fs => Err("fs islands have an empty location: expected `<fs::/absolute/path>`".into()),
-        Format::Github => {
-            let part_ok = |p: &str| {
-                !p.is_empty()
-                    && p != "."
-                    && p != ".."
-                    && p.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-            };
-            match loc.split_once('/') {
-                Some((owner, repo)) if part_ok(owner) && part_ok(repo) => Ok(()),
-                _ if loc.is_empty() => Err("missing repository: expected `OWNER/REPO` after `github:`".into()),
-                _ => Err(format!(
-                    "invalid GitHub location `{loc}`: expected `OWNER/REPO`, each of letters, digits, \
-                     `.`, `_` and `-` (and not `.` or `..`)"
-                )),
+        Format::Github => match loc.split_once('/') {
+            Some((owner, repo)) if forge_name_ok(owner) && forge_name_ok(repo) => Ok(()),
+            _ if loc.is_empty() => Err("missing repository: expected `OWNER/REPO` after `github:`".into()),
+            _ => Err(format!(
+                "invalid GitHub location `{loc}`: expected `OWNER/REPO`, each of letters, digits, \
+                 `.`, `_` and `-` (and not `.` or `..`)"
+            )),
+        },
+        Format::Gitlab => {
+            let parts: Vec<&str> = loc.split('/').collect();
+            if loc.is_empty() {
+                Err("missing project: expected `GROUP/PROJECT` after `gitlab:`".into())
+            } else if (2..=MAX_GITLAB_DEPTH).contains(&parts.len()) && parts.iter().all(|p| forge_name_ok(p)) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "invalid GitLab location `{loc}`: expected `GROUP/PROJECT` or `GROUP/SUBGROUP/…/PROJECT` \
+                     (at most {MAX_GITLAB_DEPTH} names), each of letters, digits, `.`, `_` and `-` (and not \
+                     `.` or `..`)"
+                ))
             }
         }
+        Format::Sourcehut => match loc.split_once('/') {
+            Some((owner, repo)) if owner.strip_prefix('~').is_some_and(forge_name_ok) && forge_name_ok(repo) => Ok(()),
+            _ if loc.is_empty() => Err("missing repository: expected `~OWNER/REPO` after `sourcehut:`".into()),
+            _ => Err(format!(
+                "invalid SourceHut location `{loc}`: expected `~OWNER/REPO`, each of letters, digits, \
+                 `.`, `_` and `-` (and not `.` or `..`) after the `~`"
+            )),
+        },
         Format::Tarball | Format::Git => check_url(format, loc),
     }
+}
+
+/// The most names a GitLab location has: GitLab nests subgroups 20 deep, and the project
+/// is one more.
+pub const MAX_GITLAB_DEPTH: usize = 21;
+
+/// Whether `p` can be one name of a forge location (an owner, group or repository): letters,
+/// digits, `.`, `_` and `-`, and not `.` or `..`.
+pub fn forge_name_ok(p: &str) -> bool {
+    !p.is_empty()
+        && p != "."
+        && p != ".."
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Checks that `loc` is an `http://` or `https://` URL with a host, without rewriting it.
@@ -985,9 +1072,11 @@ mod tests {
         let url_chars: Vec<char> = "ab.\"\\:{},é-%?#@".chars().collect();
         let mut tested = 0;
         for _ in 0..4000 {
-            let format = Format::ALL[next(4)];
+            let format = Format::ALL[next(Format::ALL.len())];
             let location = match format {
                 Format::Github => ["o/r", "cull-os/cab", "A.b_c/d-e.git"][next(3)].to_string(),
+                Format::Gitlab => ["g/p", "group/sub/sub2/proj", "A.b/c_d/e-f.git"][next(3)].to_string(),
+                Format::Sourcehut => ["~o/r", "~sir_hat/a.b-c"][next(2)].to_string(),
                 Format::Tarball | Format::Git => {
                     let path: String = (0..next(6)).map(|_| url_chars[next(url_chars.len())]).collect();
                     // A location ends at the first `::` or `:{`, so it cannot contain them.
@@ -1001,6 +1090,11 @@ mod tests {
                 Format::Fs => String::new(),
             };
             let mut config = Config::default();
+            if format.is_forge() {
+                config.host = ["gitlab.example.org", "h:8443", "127.0.0.1"][next(3)..]
+                    .first()
+                    .map(|h| h.to_string());
+            }
             if format.has_revisions() {
                 let r: String = (0..1 + next(8)).map(|_| ref_chars[next(ref_chars.len())]).collect();
                 config.r#ref = (next(2) == 0 && check_ref(&r).is_ok()).then_some(r);
@@ -1084,6 +1178,27 @@ mod tests {
                 &["duplicate config key `ref`"],
             ),
             ("<github:o/r:{ ref \"a\" }>".into(), 19, &["expected `=` after `ref`"]),
+            (
+                "<gitlab:proj>".into(),
+                9,
+                &["invalid GitLab location", "`GROUP/PROJECT`"],
+            ),
+            (
+                "<sourcehut:owner/repo>".into(),
+                12,
+                &["invalid SourceHut location", "`~OWNER/REPO`"],
+            ),
+            (
+                "<tarball:https://h/x:{ host = \"h\" }>".into(),
+                24,
+                &["tarball islands have no `host`"],
+            ),
+            ("<gitlab:g/p:{ host = \"a b\" }>".into(), 22, &["invalid `host`"]),
+            (
+                "<gitlab:g/p:{ host = \"h:x\" }>".into(),
+                22,
+                &["invalid `host`", ":PORT"],
+            ),
             (
                 "<github:o/r:{ ref = a }>".into(),
                 21,

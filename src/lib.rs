@@ -3,9 +3,11 @@
 //! throughout (island, derivation, realizer, store).
 
 pub mod cli;
+pub mod config;
 pub mod derivation;
 pub mod gc;
 pub mod hash;
+pub mod interop;
 pub mod island;
 pub mod lock;
 pub mod mount;

@@ -1,6 +1,7 @@
 //! `islands.toml` (the manifest: names → island literals) and `islands.lock` (the pins: each
 //! name's original literal and its fully locked literal). This module is the only writer of
-//! the lock.
+//! both: the lock whole, the manifest only by adding islands after what it holds (`cab
+//! import`), so a user's comments and order stay.
 //!
 //! The lock is written whole, deterministically (names sorted, one table per island), to a
 //! temporary file that is synced and renamed over the old one, so it is never half-written.
@@ -27,7 +28,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use crate::island::Island;
 
 /// Names the mount uses for its own levels; no island may take them.
-pub const RESERVED_NAMES: &[&str] = &["github", "by-hash"];
+pub const RESERVED_NAMES: &[&str] = &["github", "gitlab", "sourcehut", "by-hash"];
 
 /// The manifest: each name and the island it stands for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -217,25 +218,62 @@ impl LockGuard {
         if fs::read_to_string(&self.path).is_ok_and(|old| old == text) {
             return Ok(());
         }
-        let tmp = self
-            .path
-            .with_file_name(format!(".islands.lock.{}.tmp", std::process::id()));
-        let ctx = || format!("cannot write the lock {}", self.path.display());
-        let result = (|| {
-            let mut file = File::create(&tmp)?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                File::open(dir)?.sync_all()?;
-            }
-            io::Result::Ok(())
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result.with_context(ctx)
+        replace_file(&self.path, &text).with_context(|| format!("cannot write the lock {}", self.path.display()))
     }
+
+    /// Adds `islands` to the manifest beside the lock (`islands.toml` or `manifest`, in the
+    /// same directory), after what it holds now; returns its text before, to put back if
+    /// what follows fails. Names it already has are the caller's to refuse.
+    pub fn append_to_manifest(&self, manifest: &Path, islands: &[(String, Island)]) -> Result<Option<String>> {
+        let before = match fs::read_to_string(manifest) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("cannot read the manifest {}", manifest.display())),
+        };
+        let mut text = before.clone().unwrap_or_default();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        for (name, island) in islands {
+            text.push_str(&format!("{} = {}\n", toml_key(name), toml_string(&island.to_string())));
+        }
+        replace_file(manifest, &text).with_context(|| format!("cannot write the manifest {}", manifest.display()))?;
+        Ok(before)
+    }
+
+    /// Puts the manifest back as it was before [`LockGuard::append_to_manifest`] (removes it
+    /// if there was none).
+    pub fn restore_manifest(&self, manifest: &Path, before: Option<&str>) -> Result<()> {
+        let result = match before {
+            Some(text) => replace_file(manifest, text),
+            None => fs::remove_file(manifest),
+        };
+        result.with_context(|| format!("cannot put the manifest {} back as it was", manifest.display()))
+    }
+}
+
+/// Replaces `path` atomically and durably: a temporary file beside it, synced, renamed over it,
+/// and the directory synced; the temporary file is removed on failure.
+fn replace_file(path: &Path, text: &str) -> io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(dir)?.sync_all()?;
+        }
+        io::Result::Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }
 
 #[cfg(test)]
@@ -268,7 +306,7 @@ mod tests {
     #[test]
     fn names_are_checked() {
         assert!(check_name("cab").is_ok());
-        for bad in ["github", "by-hash", "a/b", "", ".", ".."] {
+        for bad in ["github", "gitlab", "sourcehut", "by-hash", "a/b", "", ".", ".."] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
     }

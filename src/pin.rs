@@ -1,6 +1,6 @@
 //! Pinning: realizing the islands a manifest names and recording each one's fully locked
-//! literal in the lock. `cab update`, `cab mount --update` and the mount's first lookup of an
-//! unpinned island all go through here, so the lock is always written the same way.
+//! literal in the lock. `cab update`, `cab mount --update`, `cab import` and the mount's first
+//! lookup of an unpinned island all go through here, so the lock is always written the same way.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -133,4 +133,125 @@ pub async fn update(realizer: &Arc<Realizer>, manifest: &Manifest, names: &[Stri
     // kept by one or the other.
     crate::gc::register_lock(realizer.store(), &path, &lock);
     Ok(changes)
+}
+
+/// What an import pinned: each island's name and its pin.
+#[derive(Clone, Debug)]
+pub struct ImportedPin {
+    /// The island's name.
+    pub name: String,
+    /// Its manifest literal and locked literal.
+    pub pin: Pin,
+    /// The tree was already in the store (nothing downloaded).
+    pub stored: bool,
+}
+
+/// Realizes pins read from another tool's lock file — each with its commit and narHash as
+/// expectations, so a pin that does not give the same tree fails with `wanted:`/`got:` — then
+/// adds them to the manifest at `manifest_path` and pins them in the lock beside it. Nothing is
+/// written unless every one succeeded; a manifest naming one of them as another island is
+/// refused. A manifest that already names one as the same island keeps its line.
+pub async fn import(
+    realizer: &Arc<Realizer>,
+    manifest_path: &Path,
+    imported: &[crate::interop::Imported],
+) -> Result<Vec<ImportedPin>> {
+    let existing = if manifest_path.exists() {
+        Some(Manifest::read(manifest_path)?)
+    } else {
+        None
+    };
+    for entry in imported {
+        crate::lock::check_name(&entry.name).map_err(|e| anyhow::anyhow!("island name {e}"))?;
+        if let Some(island) = existing.as_ref().and_then(|m| m.islands.get(&entry.name))
+            && *island != entry.original
+        {
+            bail!(
+                "{} already names `{}` as {island}; the import would make it {} (rename one of them)",
+                manifest_path.display(),
+                entry.name,
+                entry.original
+            );
+        }
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, entry) in imported.iter().cloned().enumerate() {
+        let realizer = realizer.clone();
+        tasks.spawn(async move { (i, import_one(&realizer, &entry).await) });
+    }
+    let mut results = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        results.push(joined.context("an import task panicked")?);
+    }
+    results.sort_by_key(|(i, _)| *i);
+    let mut pins = Vec::new();
+    let mut failures = Vec::new();
+    for ((_, result), entry) in results.into_iter().zip(imported) {
+        match result {
+            Ok((pin, stored)) => pins.push(ImportedPin {
+                name: entry.name.clone(),
+                pin,
+                stored,
+            }),
+            Err(e) => failures.push(format!("{}: {e:#}", entry.name)),
+        }
+    }
+    if !failures.is_empty() {
+        bail!(
+            "nothing was written, because {} of {} pins did not give their tree:\n{}",
+            failures.len(),
+            imported.len(),
+            failures.join("\n")
+        );
+    }
+    let guard = LockGuard::acquire(&lock_path(manifest_path))?;
+    let new: Vec<(String, Island)> = pins
+        .iter()
+        .filter(|p| existing.as_ref().is_none_or(|m| !m.islands.contains_key(&p.name)))
+        .map(|p| (p.name.clone(), p.pin.original.clone()))
+        .collect();
+    let before = guard.append_to_manifest(manifest_path, &new)?;
+    let written = guard.read().and_then(|mut lock| {
+        for p in &pins {
+            lock.pins.insert(p.name.clone(), p.pin.clone());
+        }
+        guard.write(&lock)
+    });
+    if let Err(e) = written {
+        if let Err(undo) = guard.restore_manifest(manifest_path, before.as_deref()) {
+            return Err(e.context(format!("and then: {undo:#}")));
+        }
+        return Err(e.context("the manifest was put back as it was"));
+    }
+    Ok(pins)
+}
+
+/// Realizes one imported pin: the pinned tree against its expectations, then its subpath.
+async fn import_one(realizer: &Realizer, entry: &crate::interop::Imported) -> Result<(Pin, bool)> {
+    let (whole, _) = realize(realizer, &entry.pinned).await?;
+    let stored = whole.downloaded == 0;
+    let original = &entry.original;
+    // The lock's literal: where the tree was fetched from (a tarball's immutable URL), with the
+    // manifest's host, ref and subpath.
+    let base = Island {
+        format: entry.pinned.format,
+        location: entry.pinned.location.clone(),
+        config: original.config.clone(),
+        subpath: original.subpath.clone(),
+    };
+    let (tree, nar) = match &entry.subpath {
+        None => (whole.tree, whole.nar),
+        // The part of the tree just checked, cut from the store.
+        Some(subpath) => realizer
+            .subtree(&whole.whole, subpath.names())
+            .with_context(|| format!("{}: no {subpath} in its tree", entry.name))?,
+    };
+    let locked = base.locked(whole.rev.clone(), tree, nar);
+    Ok((
+        Pin {
+            original: original.clone(),
+            locked,
+        },
+        stored,
+    ))
 }

@@ -26,6 +26,8 @@ const SEEDS: &[&str] = &[
     "<fs::/a b/c\\\"d>",
     "<github:o/r:{ ref = \"a\\\"b\" }>",
     "<github:o/r:{}>",
+    "<gitlab:group/sub/project:{ host = \"gitlab.example.org:8443\", ref = \"main\" }:/a>",
+    "<sourcehut:~owner/repo:{ rev = \"0123456789abcdef0123456789abcdef01234567\" }>",
 ];
 
 struct Rng(u64);
@@ -104,7 +106,7 @@ fn check(text: &str, env: &Environment) {
 #[test]
 fn island_literals_never_panic_and_round_trip() {
     let env = Environment {
-        github_url: "https://github.com".into(),
+        forges: cab::derivation::Forges::default(),
         fetcher: cab::realizer::module_hash(cab::realizer::FETCHER_WASM),
     };
     let budget = std::env::var("CAB_FUZZ_SECONDS")

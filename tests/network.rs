@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::forge::Forge;
+use common::forge::{Forge, pki, tls_forge};
 use common::*;
 
 /// `cab --store STORE fetch --json ISLAND` with extra environment; whatever its outcome.
@@ -130,78 +130,6 @@ fn credentials_stay_on_their_host() {
         );
         assert!(r.path.starts_with("/codeload/"), "{r:?}");
     }
-}
-
-/// A CA of the test's own, and a certificate for 127.0.0.1 and localhost signed by it.
-struct Pki {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-fn pki(dir: &Path) -> Pki {
-    let p = |name: &str| dir.join(name);
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    run_ok(
-        Command::new("openssl")
-            .args(["req", "-x509", "-days", "2", "-subj", "/CN=cab test CA"])
-            .args(ec)
-            .args([
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign",
-            ])
-            .arg("-keyout")
-            .arg(p("ca.key"))
-            .arg("-out")
-            .arg(p("ca.pem")),
-    );
-    run_ok(
-        Command::new("openssl")
-            .args(["req", "-subj", "/CN=127.0.0.1"])
-            .args(ec)
-            .arg("-keyout")
-            .arg(p("server.key"))
-            .arg("-out")
-            .arg(p("server.csr")),
-    );
-    fs::write(
-        p("ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run_ok(
-        Command::new("openssl")
-            .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
-            .arg("-in")
-            .arg(p("server.csr"))
-            .arg("-CA")
-            .arg(p("ca.pem"))
-            .arg("-CAkey")
-            .arg(p("ca.key"))
-            .arg("-extfile")
-            .arg(p("ext"))
-            .arg("-out")
-            .arg(p("server.pem")),
-    );
-    Pki {
-        ca: p("ca.pem"),
-        cert: p("server.pem"),
-        key: p("server.key"),
-    }
-}
-
-fn tls_forge(root: &Path, pki: &Pki) -> Forge {
-    Forge::start(
-        root,
-        &[
-            "--tls-cert",
-            pki.cert.to_str().unwrap(),
-            "--tls-key",
-            pki.key.to_str().unwrap(),
-        ],
-    )
 }
 
 #[test]

@@ -75,7 +75,7 @@ struct Setup {
 fn setup(tag: &str, limits: Limits) -> Setup {
     let dir = TempDir::new(tag);
     let store = Store::open(&dir.0.join("store")).unwrap();
-    let realizer = Realizer::new(store.clone(), "https://github.com", limits)
+    let realizer = Realizer::new(store.clone(), cab::derivation::Forges::default(), limits)
         .unwrap()
         .without_progress_bars();
     Setup {

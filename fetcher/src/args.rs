@@ -7,14 +7,15 @@ use crate::prelude::*;
 use crate::refs::object_id;
 
 /// How to call the fetcher.
-pub const USAGE: &str = "usage: fetcher github base=URL repo=OWNER/REPO [ref=REF] [rev=SHA1] | \
+pub const USAGE: &str = "usage: fetcher forge git=URL archive=URL [ref=REF] [rev=SHA1] | \
                          fetcher git url=URL [ref=REF] [rev=SHA1] | fetcher tarball url=URL";
 
 /// What to fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// A GitHub repository at a ref or commit.
-    Github(Github),
+    /// A forge's repository at a ref or commit: one that serves git's smart HTTP and
+    /// archives of commits (GitHub, GitLab, SourceHut).
+    Forge(Forge),
     /// Any git smart-HTTP repository at a ref or commit.
     Git(Git),
     /// An archive at a URL, in any format [`crate::archive`] reads.
@@ -24,13 +25,13 @@ pub enum Request {
     },
 }
 
-/// The `github` format's arguments.
+/// The `forge` format's arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Github {
-    /// The forge's base URL, without a trailing slash.
-    pub base: String,
-    /// `OWNER/REPO`.
-    pub repo: String,
+pub struct Forge {
+    /// The repository's smart-HTTP URL, without a trailing slash.
+    pub git: String,
+    /// The archive's URL, `{rev}` standing for the commit id wherever it appears.
+    pub archive: String,
     /// A branch, tag or `refs/…` name.
     pub reference: Option<String>,
     /// A commit id, lowercase; when given, no ref is looked up.
@@ -66,7 +67,7 @@ pub fn parse(args: &[String]) -> Result<Request> {
         pairs.push((k, v));
     }
     let allowed: &[&str] = match format.as_str() {
-        "github" => &["base", "repo", "ref", "rev"],
+        "forge" => &["git", "archive", "ref", "rev"],
         "git" => &["url", "ref", "rev"],
         "tarball" => &["url"],
         other => return Err(usage(format!("unknown format `{other}`"))),
@@ -82,19 +83,12 @@ pub fn parse(args: &[String]) -> Result<Request> {
         Some(r) => Some(object_id(r.as_bytes()).ok_or_else(|| usage(format!("`rev={r}` is not 40 hex digits")))?),
     };
     match format.as_str() {
-        "github" => {
-            let base = http_url("base", need("base")?)?.trim_end_matches('/').to_owned();
-            let repo = need("repo")?;
-            if !valid_repo(repo) {
-                return Err(usage(format!("`repo={repo}` is not OWNER/REPO")));
-            }
-            Ok(Request::Github(Github {
-                base,
-                repo: repo.to_owned(),
-                reference,
-                rev,
-            }))
-        }
+        "forge" => Ok(Request::Forge(Forge {
+            git: http_url("git", need("git")?)?.trim_end_matches('/').to_owned(),
+            archive: http_url("archive", need("archive")?)?.to_owned(),
+            reference,
+            rev,
+        })),
         "git" => Ok(Request::Git(Git {
             url: http_url("url", need("url")?)?.trim_end_matches('/').to_owned(),
             reference,
@@ -112,14 +106,6 @@ fn http_url<'a>(key: &str, url: &'a str) -> Result<&'a str> {
         Some(r) if !r.is_empty() && !url.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) => Ok(url),
         _ => Err(usage(format!("`{key}={url}` is not an http(s) URL"))),
     }
-}
-
-/// GitHub's rule for owner and repository names: letters, digits, `-`, `_` and `.`.
-fn valid_repo(repo: &str) -> bool {
-    let part = |p: &str| {
-        !p.is_empty() && p != "." && p != ".." && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    };
-    matches!(repo.split_once('/'), Some((owner, name)) if part(owner) && part(name))
 }
 
 /// A ref name that git could have (the gist of `git check-ref-format`), which also keeps it
@@ -152,28 +138,33 @@ mod tests {
     }
 
     #[test]
-    fn github_forms() {
+    fn forms() {
         let sha = "0123456789ABCDEF0123456789abcdef01234567";
         assert_eq!(
             p(&[
-                "github",
-                "base=https://github.com/",
-                "repo=cull-os/cab",
+                "forge",
+                "git=https://gitlab.com/g/s/r.git/",
+                "archive=https://gitlab.com/g/s/r/-/archive/{rev}/r-{rev}.tar.gz",
                 "ref=v1.2",
                 &format!("rev={sha}")
             ])
             .unwrap(),
-            Request::Github(Github {
-                base: "https://github.com".into(),
-                repo: "cull-os/cab".into(),
+            Request::Forge(Forge {
+                git: "https://gitlab.com/g/s/r.git".into(),
+                archive: "https://gitlab.com/g/s/r/-/archive/{rev}/r-{rev}.tar.gz".into(),
                 reference: Some("v1.2".into()),
                 rev: Some(sha.to_lowercase()),
             })
         );
-        let r = p(&["github", "repo=a/b", "base=http://127.0.0.1:8080"]).unwrap();
+        let r = p(&[
+            "forge",
+            "archive=http://127.0.0.1:8080/a/{rev}.tar.gz",
+            "git=http://127.0.0.1:8080/a",
+        ])
+        .unwrap();
         assert!(matches!(
             r,
-            Request::Github(Github {
+            Request::Forge(Forge {
                 reference: None,
                 rev: None,
                 ..
@@ -213,16 +204,47 @@ mod tests {
             &["git", "url=https://x", "ref=a..b"],
             &["git", "url=https://x", "repo=a/b"],
             &["gitlab", "url=https://x"],
-            &["github", "repo=a/b"],
-            &["github", "base=https://g", "repo=a"],
-            &["github", "base=https://g", "repo=a/b/c"],
-            &["github", "base=ftp://g", "repo=a/b"],
-            &["github", "base=https://g", "repo=a/b", "rev=123"],
-            &["github", "base=https://g", "repo=a/b", "ref=a b"],
-            &["github", "base=https://g", "repo=a/b", "ref=a..b"],
-            &["github", "base=https://g", "repo=a/b", "ref=x\n0000"],
-            &["github", "base=https://g", "repo=a/b", "url=https://x"],
-            &["github", "base=https://g", "repo=a/b", "repo=c/d"],
+            &["github", "base=https://g", "repo=a/b"],
+            &[
+                "forge",
+                "git=https://x/r.git",
+                "archive=https://x/{rev}.tar.gz",
+                "rev=123",
+            ],
+            &[
+                "forge",
+                "git=https://x/r.git",
+                "archive=https://x/{rev}.tar.gz",
+                "ref=a b",
+            ],
+            &[
+                "forge",
+                "git=https://x/r.git",
+                "archive=https://x/{rev}.tar.gz",
+                "ref=a..b",
+            ],
+            &[
+                "forge",
+                "git=https://x/r.git",
+                "archive=https://x/{rev}.tar.gz",
+                "ref=x\n0000",
+            ],
+            &[
+                "forge",
+                "git=https://x/r.git",
+                "archive=https://x/{rev}.tar.gz",
+                "ref=a",
+                "ref=b",
+            ],
+            &["forge", "git=https://x/r.git"],
+            &["forge", "archive=https://x/{rev}.tar.gz"],
+            &["forge", "git=ssh://x/r.git", "archive=https://x/{rev}.tar.gz"],
+            &[
+                "forge",
+                "git=https://x/r.git",
+                "archive=https://x/{rev}.tar.gz",
+                "repo=a/b",
+            ],
             &["tarball", "url=https://x", "extra"],
             &["tarball"],
         ] {

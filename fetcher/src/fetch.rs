@@ -1,11 +1,11 @@
-//! The fetches, from request to output tree: `github` (resolve the ref over git smart HTTP,
-//! announce the commit, unpack GitHub's archive of it), `git` (the same ref resolution, then
+//! The fetches, from request to output tree: `forge` (resolve the ref over git smart HTTP,
+//! announce the commit, unpack the forge's archive of it), `git` (the same ref resolution, then
 //! the pack protocol: see [`crate::git`]) and `tarball` (unpack the archive at a URL, whichever of the formats [`crate::archive`] reads). Everything outside
 //! the guest comes through the [`Net`], [`Sink`] and [`Console`] it is given, so this runs
 //! unchanged under the unit tests.
 
 use crate::archive;
-use crate::args::{Github, Request};
+use crate::args::{Forge, Request};
 use crate::error::{Error, Result};
 use crate::io::{Body, Buffered, Console, Net, Sink};
 use crate::pktline::PktReader;
@@ -20,24 +20,27 @@ pub const UPLOAD_PACK_HEADERS: &str = "Content-Type: application/x-git-upload-pa
 /// Fetches what `request` names into `sink`.
 pub fn fetch<N: Net, K: Sink, C: Console>(request: &Request, net: &mut N, sink: &mut K, console: &mut C) -> Result<()> {
     match request {
-        Request::Github(g) => github(g, net, sink, console),
+        Request::Forge(g) => forge(g, net, sink, console),
         Request::Git(g) => crate::git::fetch(g, net, sink, console),
         Request::Tarball { url } => unpack(net, sink, console, url),
     }
 }
 
-fn github<N: Net, K: Sink, C: Console>(g: &Github, net: &mut N, sink: &mut K, console: &mut C) -> Result<()> {
+fn forge<N: Net, K: Sink, C: Console>(g: &Forge, net: &mut N, sink: &mut K, console: &mut C) -> Result<()> {
     let sha = match &g.rev {
         Some(rev) => rev.clone(),
-        None => {
-            let repo_url = format!("{}/{}.git", g.base, g.repo);
-            resolve(net, console, &repo_url, &g.repo, g.reference.as_deref())?.0
-        }
+        None => resolve(net, console, &g.git, &g.git, g.reference.as_deref())?.0,
     };
     // The host may already hold this commit's tree and stop us right after this line, so it
     // goes out before anything else is downloaded.
     console.announce(&format!("git-rev {sha}\n"))?;
-    let url = format!("{}/{}/archive/{sha}.tar.gz", g.base, g.repo);
+    // `{` never appears in a URL unescaped (RFC 3986), so each one starts a `{rev}`.
+    let mut pieces = g.archive.split('{');
+    let mut url = pieces.next().unwrap_or_default().to_owned();
+    for piece in pieces {
+        url.push_str(&sha);
+        url.push_str(piece.strip_prefix("rev}").unwrap_or(piece));
+    }
     unpack(net, sink, console, &url)
 }
 

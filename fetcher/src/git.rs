@@ -1,5 +1,5 @@
 //! The `git` format: any smart-HTTP git server, over the pack protocol. The ref is resolved as
-//! for `github` (`ls-refs`, or the v0 ref list) and the commit announced (`git-rev`); then a
+//! for `forge` (`ls-refs`, or the v0 ref list) and the commit announced (`git-rev`); then a
 //! shallow fetch (`deepen 1`) asks for the commit, its tree and their blobs. The pack streams
 //! through side-band demultiplexing into [`Pack`], which spools it to the scratch file and
 //! checks it, and the commit's tree is written out.

@@ -2,69 +2,49 @@
 //! show the derivation an island becomes.
 
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use crate::config::{Config, Settings, Size, parse_size};
 use crate::derivation::to_derivation;
 use crate::island::Island;
-use crate::realizer::Limits;
 
-/// The limits on one fetch, as flags.
+/// The limits on one fetch, as flags (each also a setting: see [`crate::config`]).
 #[derive(clap::Args, Debug, Clone)]
 pub struct LimitArgs {
-    /// Memory the fetcher may use (e.g. 256M).
-    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
-    max_memory: u64,
-    /// Wall-clock time one fetch may take, in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 1800)]
-    max_time: u64,
-    /// Bytes one fetch may download (e.g. 8G).
-    #[arg(long, value_name = "SIZE", default_value = "8G", value_parser = parse_size)]
-    max_download: u64,
-    /// Bytes one fetch may unpack (e.g. 32G).
-    #[arg(long, value_name = "SIZE", default_value = "32G", value_parser = parse_size)]
-    max_unpacked: u64,
-    /// Seconds a server may send nothing before the download counts as stalled.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
-    stall_timeout: u64,
-    /// Entries (files, directories, symlinks) one fetch may make.
-    #[arg(long, value_name = "COUNT", default_value_t = 4_000_000)]
-    max_entries: usize,
+    /// Memory the fetcher may use, e.g. 512M [default: 256M].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_memory: Option<u64>,
+    /// Wall-clock time one fetch may take, in seconds [default: 1800].
+    #[arg(long, value_name = "SECONDS")]
+    max_time: Option<u64>,
+    /// Bytes one fetch may download, e.g. 16G [default: 8G].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_download: Option<u64>,
+    /// Bytes one fetch may unpack, e.g. 64G [default: 32G].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_unpacked: Option<u64>,
+    /// Seconds a server may send nothing before the download counts as stalled [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    stall_timeout: Option<u64>,
+    /// Entries (files, directories, symlinks) one fetch may make [default: 4000000].
+    #[arg(long, value_name = "COUNT")]
+    max_entries: Option<usize>,
 }
 
 impl LimitArgs {
-    /// The limits these flags give.
-    pub fn limits(&self) -> Limits {
-        Limits {
-            memory: self.max_memory as usize,
-            time: Duration::from_secs(self.max_time),
-            download: self.max_download,
-            unpacked: self.max_unpacked,
-            stall: Duration::from_secs(self.stall_timeout),
-            entries: self.max_entries,
+    /// The settings these flags give.
+    pub fn config(&self) -> Config {
+        Config {
+            max_memory: self.max_memory.map(Size),
+            max_time: self.max_time,
+            max_download: self.max_download.map(Size),
+            max_unpacked: self.max_unpacked.map(Size),
+            stall_timeout: self.stall_timeout,
+            max_entries: self.max_entries,
+            ..Config::default()
         }
     }
-}
-
-/// Parses `123`, `64K`, `256M`, `8G` (powers of 1024).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size like 512M or 8G"))?;
-    let shift = match unit.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
-        "" => 0,
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        "T" => 40,
-        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use K, M, G or T)")),
-    };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 #[derive(clap::Args, Debug)]
@@ -76,9 +56,9 @@ pub struct FetchArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    limits: LimitArgs,
+    pub limits: LimitArgs,
     #[command(flatten)]
-    gc: super::store::AutoGcArgs,
+    pub gc: super::store::AutoGcArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -93,14 +73,6 @@ pub fn parse_island(text: &str) -> Result<Island> {
         .map_err(|e| anyhow!("invalid island\n{}", e.render(text)))
 }
 
-/// Where github islands come from: `CAB_GITHUB_URL`, default https://github.com.
-pub fn github_url() -> String {
-    std::env::var("CAB_GITHUB_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "https://github.com".into())
-}
-
 /// A tokio runtime for commands that fetch.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -110,13 +82,13 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start tokio")
 }
 
-pub fn fetch(args: FetchArgs, globals: &super::Globals) -> Result<ExitCode> {
+pub fn fetch(args: FetchArgs, settings: &Settings) -> Result<ExitCode> {
     let islands = args
         .islands
         .iter()
         .map(|t| parse_island(t))
         .collect::<Result<Vec<_>>>()?;
-    let realizer = Arc::new(globals.realizer(args.limits.limits())?);
+    let realizer = super::realizer(settings)?;
     let results = runtime()?.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
         for (i, island) in islands.into_iter().enumerate() {
@@ -164,17 +136,17 @@ pub fn fetch(args: FetchArgs, globals: &super::Globals) -> Result<ExitCode> {
         }
     }
     // While this process still holds what it fetched.
-    args.gc.run(realizer.store());
+    super::store::auto_gc(settings, realizer.store());
     if failed > 0 {
         bail!("{failed} of {} islands failed", args.islands.len());
     }
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn derivation(args: DerivationArgs) -> Result<ExitCode> {
+pub fn derivation(args: DerivationArgs, settings: &Settings) -> Result<ExitCode> {
     let island = parse_island(&args.island)?;
     let env = crate::derivation::Environment {
-        github_url: github_url(),
+        forges: settings.forges(),
         fetcher: crate::realizer::module_hash(crate::realizer::FETCHER_WASM),
     };
     let drv = to_derivation(&island, &env)?;

@@ -3,17 +3,26 @@
 
 mod fetch;
 mod hash;
+mod interop;
 mod mount;
+mod shell;
 mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+
+use crate::config::{Config, Settings};
+use crate::realizer::Realizer;
+use crate::store::remote::nix::{CacheWriter, SecretKey};
+use crate::store::remote::{Remote, Timeouts};
 
 /// Cab islands: pinned source trees, fetched lazily, stored by content, served read-only.
 #[derive(Parser, Debug)]
-#[command(name = "cab", version, about, long_about = None, propagate_version = true)]
+#[command(name = "cab", version, about, long_about = None, propagate_version = true, after_help = EXIT_CODES)]
 pub struct Cli {
     /// More log output (repeat for more: -v info, -vv debug, -vvv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -27,19 +36,24 @@ pub struct Cli {
     #[arg(long, global = true, env = "CAB_STORE", value_name = "DIR")]
     store: Option<PathBuf>,
 
-    /// A remote store shared with other machines, asked before any forge:
+    /// The configuration file [default: $XDG_CONFIG_HOME/cab/config.toml, or
+    /// ~/.config/cab/config.toml, if it exists].
+    #[arg(long, global = true, env = "CAB_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// A remote store shared with other machines, asked before any forge (CAB_REMOTE):
     /// s3://BUCKET?endpoint=URL&region=REGION, file:///DIR, or http(s)://URL (read-only).
     /// S3 credentials come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws/credentials.
-    #[arg(long, global = true, env = "CAB_REMOTE", value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL")]
     remote: Option<String>,
 
-    /// Push every tree realized to the remote, in the background.
-    #[arg(long, global = true, env = "CAB_PUSH")]
+    /// Push every tree realized to the remote, in the background (CAB_PUSH=1).
+    #[arg(long, global = true)]
     push: bool,
 
     /// Sign the Nix binary cache entries pushed to the remote with this secret key (as
-    /// `nix-store --generate-binary-cache-key` writes it).
-    #[arg(long, global = true, env = "CAB_NIX_SECRET_KEY", value_name = "FILE")]
+    /// `nix-store --generate-binary-cache-key` writes it) (CAB_NIX_SECRET_KEY).
+    #[arg(long, global = true, value_name = "FILE")]
     nix_secret_key: Option<PathBuf>,
 
     #[command(subcommand)]
@@ -65,91 +79,88 @@ enum Command {
     /// where the bytes are, keep trees by hand.
     #[command(subcommand)]
     Store(store::Command),
+    /// Add the pins of a flake.lock, an npins or a niv sources.json to ./islands.toml and its
+    /// lock, each realized and checked (same commit, same narHash) first.
+    Import(interop::ImportArgs),
+    /// Write the pinned islands out for another tool.
+    #[command(subcommand)]
+    Export(interop::ExportCommand),
+    /// Print the shell completion script for bash, zsh or fish.
+    Completions(shell::CompletionsArgs),
+    /// Print the manual page, cab(1) (or write one per command with --dir).
+    Man(shell::ManArgs),
 }
 
-/// What every command may need: where the store is, and the remote.
-pub struct Globals {
-    store: Option<PathBuf>,
-    remote: Option<String>,
-    push: bool,
-    nix_secret_key: Option<PathBuf>,
-}
-
-impl Globals {
-    /// The store.
-    fn store(&self) -> anyhow::Result<crate::store::Store> {
-        store::open(self.store.clone())
-    }
-
-    /// The remote, if one is configured.
-    fn remote(&self) -> anyhow::Result<Option<crate::store::remote::Remote>> {
-        self.remote_within(crate::store::remote::Timeouts::default())
-    }
-
-    /// The remote, giving up on it after `timeouts` (then the forge is asked).
-    fn remote_within(
-        &self,
-        timeouts: crate::store::remote::Timeouts,
-    ) -> anyhow::Result<Option<crate::store::remote::Remote>> {
-        use anyhow::Context;
-        self.remote
-            .as_deref()
-            .map(|url| {
-                crate::store::remote::Remote::open(url, timeouts)
-                    .with_context(|| format!("cannot use the remote `{url}`"))
-            })
-            .transpose()
-    }
-
-    /// The Nix binary cache settings pushes write with.
-    fn nix_cache(&self) -> anyhow::Result<crate::store::remote::nix::CacheWriter> {
-        let key = self
-            .nix_secret_key
-            .as_deref()
-            .map(crate::store::remote::nix::SecretKey::read)
-            .transpose()?;
-        Ok(crate::store::remote::nix::CacheWriter::new(key))
-    }
-
-    /// A realizer over the store, with the remote (and pushing) when configured.
-    fn realizer(&self, limits: crate::realizer::Limits) -> anyhow::Result<crate::realizer::Realizer> {
-        // A remote that sends nothing gives way to the forge within the stall timeout (at most
-        // half a minute: it is a shortcut, not the source).
-        let timeouts = crate::store::remote::Timeouts {
-            stall: limits.stall.min(std::time::Duration::from_secs(30)),
-            ..Default::default()
-        };
-        let remote = self.remote_within(timeouts)?;
-        let realizer = crate::realizer::Realizer::new(self.store()?, &fetch::github_url(), limits)?;
-        Ok(match remote {
-            Some(remote) => {
-                let push = if self.push { Some(self.nix_cache()?) } else { None };
-                realizer.with_remote(remote, push)
-            }
-            None => realizer,
-        })
+impl Command {
+    /// The settings this command's flags give (the command line's layer of the settings).
+    fn flags(&self) -> Config {
+        match self {
+            Command::Fetch(args) => Config {
+                gc_auto_size: args.gc.size(),
+                ..args.limits.config()
+            },
+            Command::Mount(args) => args.config(),
+            Command::Update(args) => Config {
+                gc_auto_size: args.gc.size(),
+                ..args.limits.config()
+            },
+            Command::Import(args) => args.limits.config(),
+            _ => Config::default(),
+        }
     }
 }
+
+/// A usage error: the command line or the configuration is wrong, and nothing was done (clap
+/// exits with the same code for the command line's own errors).
+const USAGE: u8 = 2;
+
+/// What `cab --help` says of the exit codes (README.md says the same).
+const EXIT_CODES: &str = "Exit codes:
+  0  success
+  1  failure: the message says what failed and where (island, path, URL)
+  2  usage error: a bad flag, configuration file or environment variable; nothing was done";
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
-    let globals = Globals {
-        store: cli.store,
-        remote: cli.remote.filter(|r| !r.is_empty()),
-        push: cli.push,
-        nix_secret_key: cli.nix_secret_key,
+    // These need no settings: a broken configuration file must not keep a shell from starting.
+    let command = match cli.command {
+        Command::Completions(args) => return finish(shell::completions(args)),
+        Command::Man(args) => return finish(shell::man(args)),
+        command => command,
     };
-    let result = match cli.command {
+    let flags = Config {
+        store: cli.store.clone(),
+        remote: cli.remote.clone(),
+        push: cli.push.then_some(true),
+        nix_secret_key: cli.nix_secret_key.clone(),
+        ..command.flags()
+    };
+    let settings = match Settings::load(cli.config.clone(), flags).and_then(|s| s.check().map(|()| s)) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let result = match command {
         Command::Hash(args) => hash::run(args),
-        Command::Store(command) => store::run(command, &globals),
-        Command::Fetch(args) => fetch::fetch(args, &globals),
-        Command::Mount(args) => mount::mount(args, &globals),
+        Command::Store(command) => store::run(command, &settings),
+        Command::Fetch(args) => fetch::fetch(args, &settings),
+        Command::Mount(args) => mount::mount(args, &settings),
         Command::Unmount(args) => mount::unmount(args),
-        Command::Update(args) => mount::update(args, &globals),
-        Command::Derivation(args) => fetch::derivation(args),
+        Command::Update(args) => mount::update(args, &settings),
+        Command::Derivation(args) => fetch::derivation(args, &settings),
+        Command::Import(args) => interop::import(args, &settings),
+        Command::Export(command) => interop::export(command, &settings),
+        Command::Completions(_) | Command::Man(_) => unreachable!("answered above"),
     };
+    finish(result)
+}
+
+/// The exit code of a command's result, its error printed.
+fn finish(result: Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
@@ -157,6 +168,58 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Opens the store the settings name.
+fn open_store(settings: &Settings) -> Result<crate::store::Store> {
+    crate::store::Store::open(&settings.store()?)
+}
+
+/// The remote store the settings name, if any (an empty `remote` is none), giving up on it
+/// after `timeouts` (then the forge is asked).
+fn remote(settings: &Settings, timeouts: Timeouts) -> Result<Option<Remote>> {
+    settings
+        .config
+        .remote
+        .as_deref()
+        .filter(|url| !url.is_empty())
+        .map(|url| Remote::open(url, timeouts).with_context(|| format!("cannot use the remote `{url}`")))
+        .transpose()
+}
+
+/// The Nix binary cache entries pushes write, signed with `nix-secret-key` if it is set.
+fn nix_cache(settings: &Settings) -> Result<CacheWriter> {
+    let key = settings
+        .config
+        .nix_secret_key
+        .as_deref()
+        .map(SecretKey::read)
+        .transpose()?;
+    Ok(CacheWriter::new(key))
+}
+
+/// A realizer over the settings' store, with their forges, limits and credentials, and the
+/// remote (pushing to it too with `push`) when one is set.
+fn realizer(settings: &Settings) -> Result<Arc<Realizer>> {
+    let limits = settings.limits();
+    // A remote that sends nothing gives way to the forge within the stall timeout (at most
+    // half a minute: it is a shortcut, not the source).
+    let timeouts = Timeouts {
+        stall: limits.stall.min(std::time::Duration::from_secs(30)),
+        ..Default::default()
+    };
+    let remote = remote(settings, timeouts)?;
+    let mut realizer =
+        Realizer::new(open_store(settings)?, settings.forges(), limits)?.with_credentials(settings.credentials()?);
+    if let Some(remote) = remote {
+        let push = if settings.config.push.unwrap_or(false) {
+            Some(nix_cache(settings)?)
+        } else {
+            None
+        };
+        realizer = realizer.with_remote(remote, push);
+    }
+    Ok(Arc::new(realizer))
 }
 
 fn init_logging(verbose: u8, quiet: bool) {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use super::fetch::{LimitArgs, runtime};
+use crate::config::{Config, Settings};
 use crate::lock::{Lock, Manifest, lock_path};
 use crate::mount::{Islands, Options, ReadPath};
 
@@ -23,34 +24,82 @@ pub struct MountArgs {
     /// Have the kernel read files straight from the store (FUSE passthrough; root on Linux
     /// 6.9+). Faster for large files and mmap, slower for source trees: every open and close
     /// of a file then costs a round trip to cab, which the default read path avoids.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_passthrough")]
     passthrough: bool,
+    /// Serve file reads through cab (the default read path; overrides a `passthrough = true`
+    /// setting).
+    #[arg(long, overrides_with = "passthrough")]
+    no_passthrough: bool,
+    /// Push a directory's small files into the page cache when one of them is first read
+    /// (read-ahead by directory, the default with the default read path).
+    #[arg(long, overrides_with = "no_read_ahead")]
+    read_ahead: bool,
+    /// Do not read ahead by directory.
+    #[arg(long, overrides_with = "read_ahead")]
+    no_read_ahead: bool,
     /// Complete every tree served from the remote store in the background (files are
     /// otherwise fetched when first read), publishing it in the store once whole.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_prefetch")]
     prefetch: bool,
-    /// Do not push a directory's small files into the page cache when one of them is first
-    /// read (read-ahead by directory, on by default with the default read path).
-    #[arg(long)]
-    no_read_ahead: bool,
-    /// The default read path (kept for scripts written when passthrough was the default).
-    #[arg(long, hide = true, conflicts_with = "passthrough")]
-    no_passthrough: bool,
+    /// Fetch files from the remote only when read (the default; overrides `prefetch = true`).
+    #[arg(long, overrides_with = "prefetch")]
+    no_prefetch: bool,
     /// The FUSE request timeout to declare to the kernel, in seconds (Linux 6.14+; capped by
     /// /proc/sys/fs/fuse/max_request_timeout) [default: the kernel's default_request_timeout].
     /// Requests waiting for a fetch are answered EAGAIN before it runs out.
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u16).range(1..))]
     request_timeout: Option<u16>,
     /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf).
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_allow_other")]
     allow_other: bool,
-    /// FUSE worker threads.
-    #[arg(long, default_value_t = 4)]
-    threads: usize,
+    /// Only this user sees the mount (the default; overrides an `allow-other = true` setting).
+    #[arg(long, overrides_with = "allow_other")]
+    no_allow_other: bool,
+    /// FUSE worker threads [default: 4].
+    #[arg(long, value_name = "COUNT", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
     gc: super::store::AutoGcArgs,
+}
+
+/// `Some(true)` for `--x`, `Some(false)` for `--no-x`, `None` for neither.
+fn switch(on: bool, off: bool) -> Option<bool> {
+    (on || off).then_some(on)
+}
+
+impl MountArgs {
+    /// The settings these flags give.
+    pub fn config(&self) -> Config {
+        Config {
+            passthrough: switch(self.passthrough, self.no_passthrough),
+            read_ahead: switch(self.read_ahead, self.no_read_ahead),
+            prefetch: switch(self.prefetch, self.no_prefetch),
+            allow_other: switch(self.allow_other, self.no_allow_other),
+            request_timeout: self.request_timeout,
+            threads: self.threads.map(usize::from),
+            gc_auto_size: self.gc.size(),
+            ..self.limits.config()
+        }
+    }
+}
+
+/// The mount options the settings give.
+fn options(settings: &Settings) -> Options {
+    let c = &settings.config;
+    let d = Options::default();
+    Options {
+        read_path: if c.passthrough.unwrap_or(false) {
+            ReadPath::Passthrough
+        } else {
+            ReadPath::Plain
+        },
+        read_ahead: c.read_ahead.unwrap_or(d.read_ahead),
+        allow_other: c.allow_other.unwrap_or(d.allow_other),
+        threads: c.threads.unwrap_or(d.threads),
+        request_timeout: c.request_timeout.or(d.request_timeout),
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -66,15 +115,19 @@ pub struct UpdateArgs {
     /// The manifest [default: ./islands.toml].
     #[arg(long, value_name = "PATH")]
     manifest: Option<PathBuf>,
+    /// One JSON object per island and line: `name`, `moved`, the `old` and `new` pins (locked
+    /// literals; `old` is null for a new island), and the new `rev`, `hash` and `narHash`.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
-    limits: LimitArgs,
+    pub limits: LimitArgs,
     #[command(flatten)]
-    gc: super::store::AutoGcArgs,
+    pub gc: super::store::AutoGcArgs,
 }
 
 /// The manifest to use: the one given, else ./islands.toml if it exists (required: whether
 /// the default must exist).
-fn find_manifest(given: Option<PathBuf>, required: bool) -> Result<Option<Manifest>> {
+pub fn find_manifest(given: Option<PathBuf>, required: bool) -> Result<Option<Manifest>> {
     let path = match given {
         Some(path) => path,
         None => {
@@ -92,6 +145,22 @@ fn find_manifest(given: Option<PathBuf>, required: bool) -> Result<Option<Manife
     Manifest::read(&path).map(Some)
 }
 
+fn print_changes_json(changes: &[crate::pin::Change]) {
+    for change in changes {
+        let config = &change.new.config;
+        let value = serde_json::json!({
+            "name": change.name,
+            "moved": change.moved(),
+            "old": change.old.as_ref().map(|old| old.to_string()),
+            "new": change.new.to_string(),
+            "rev": config.rev,
+            "hash": config.hash.as_ref().map(|h| h.to_string()),
+            "narHash": config.nar_hash.as_ref().map(|h| h.to_string()),
+        });
+        println!("{value}");
+    }
+}
+
 fn print_changes(changes: &[crate::pin::Change]) {
     let moved: Vec<_> = changes.iter().filter(|c| c.moved()).collect();
     for change in &moved {
@@ -102,9 +171,9 @@ fn print_changes(changes: &[crate::pin::Change]) {
     }
 }
 
-pub fn mount(args: MountArgs, globals: &super::Globals) -> Result<ExitCode> {
+pub fn mount(args: MountArgs, settings: &Settings) -> Result<ExitCode> {
     let manifest = find_manifest(args.manifest, false)?;
-    let realizer = Arc::new(globals.realizer(args.limits.limits())?);
+    let realizer = super::realizer(settings)?;
     let store = realizer.store().clone();
     let runtime = runtime()?;
     if args.update {
@@ -128,20 +197,10 @@ pub fn mount(args: MountArgs, globals: &super::Globals) -> Result<ExitCode> {
     let count = manifest.as_ref().map(|m| m.islands.len()).unwrap_or(0);
     let islands = Arc::new(
         Islands::new(realizer.clone(), runtime.handle().clone(), manifest, lock)
-            .with_prefetch(args.prefetch)
-            .with_auto_gc(args.gc.limit()),
+            .with_prefetch(settings.config.prefetch.unwrap_or(false))
+            .with_auto_gc(super::store::auto_gc_limit(settings)),
     );
-    let options = Options {
-        read_path: if args.passthrough {
-            ReadPath::Passthrough
-        } else {
-            ReadPath::Plain
-        },
-        read_ahead: !args.no_read_ahead,
-        allow_other: args.allow_other,
-        threads: args.threads,
-        request_timeout: args.request_timeout,
-    };
+    let options = options(settings);
     islands.start_prefetching();
     let shown = args.mountpoint.display().to_string();
     crate::mount::serve(islands, &args.mountpoint, &options, &runtime, || {
@@ -168,17 +227,21 @@ pub fn unmount(args: UnmountArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn update(args: UpdateArgs, globals: &super::Globals) -> Result<ExitCode> {
+pub fn update(args: UpdateArgs, settings: &Settings) -> Result<ExitCode> {
     let manifest = find_manifest(args.manifest, true)?.context("no manifest")?;
-    let realizer = Arc::new(globals.realizer(args.limits.limits())?);
+    let realizer = super::realizer(settings)?;
     let changes = runtime()?.block_on(async {
         let changes = crate::pin::update(&realizer, &manifest, &args.names).await;
         realizer.finish_pushes().await;
         changes
     })?;
-    print_changes(&changes);
+    if args.json {
+        print_changes_json(&changes);
+    } else {
+        print_changes(&changes);
+    }
     eprintln!("wrote {}", display(&lock_path(&manifest.path)));
-    args.gc.run(realizer.store());
+    super::store::auto_gc(settings, realizer.store());
     Ok(ExitCode::SUCCESS)
 }
 

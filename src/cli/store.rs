@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 
+use crate::config::Settings;
 use crate::hash::TreeHash;
 use crate::store::{Ingest, Policy, RootKind, Store};
 
@@ -30,7 +31,11 @@ pub enum Command {
     /// Re-hash every object in the store; exits non-zero and names each corrupt object.
     Verify,
     /// List every published tree by its hash.
-    Ls,
+    Ls {
+        /// One JSON object per line: `{"hash": …, "narHash": …}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the store's directory.
     Path,
     /// Delete every tree, blob and index entry no root reaches (roots: the pins of every
@@ -67,7 +72,7 @@ pub struct GcArgs {
     dry_run: bool,
     /// Also keep unrooted trees, most recently used first, while the store fits in SIZE
     /// (e.g. 20G); the least recently used go first.
-    #[arg(long, value_name = "SIZE", value_parser = super::fetch::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = crate::config::parse_size)]
     keep_size: Option<u64>,
     /// Only delete unrooted trees unused for this long (e.g. 30d, 12h, 90m).
     #[arg(long, value_name = "AGE", value_parser = parse_age)]
@@ -100,27 +105,33 @@ pub enum RootCommand {
     },
 }
 
-/// Collecting automatically when the store grows past a size (for the commands that fetch).
+/// Collecting automatically when the store grows past a size (for the commands that fetch):
+/// the flag of the setting `gc-auto-size`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct AutoGcArgs {
     /// After fetching, collect garbage if the store holds more than SIZE (e.g. 20G): down to
     /// 80% of it, the least recently used unrooted trees first.
-    #[arg(long, env = "CAB_GC_AUTO_SIZE", value_name = "SIZE", value_parser = super::fetch::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = crate::config::parse_size)]
     gc_auto_size: Option<u64>,
 }
 
 impl AutoGcArgs {
-    /// Collects if the store has outgrown the size (a no-op without one).
-    pub fn run(&self, store: &Store) {
-        if let Some(limit) = self.gc_auto_size {
-            crate::gc::auto(store, limit);
-        }
+    /// The setting this flag gives.
+    pub fn size(&self) -> Option<crate::config::Size> {
+        self.gc_auto_size.map(crate::config::Size)
     }
+}
 
-    /// The size, if set.
-    pub fn limit(&self) -> Option<u64> {
-        self.gc_auto_size
+/// Collects if the store has outgrown the `gc-auto-size` setting (a no-op without one).
+pub fn auto_gc(settings: &Settings, store: &Store) {
+    if let Some(limit) = auto_gc_limit(settings) {
+        crate::gc::auto(store, limit);
     }
+}
+
+/// The `gc-auto-size` setting, in bytes.
+pub fn auto_gc_limit(settings: &Settings) -> Option<u64> {
+    settings.config.gc_auto_size.map(|size| size.0)
 }
 
 /// Parses `30d`, `12h`, `90m`, `45s`, `2w`.
@@ -142,23 +153,14 @@ fn parse_age(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(n.saturating_mul(seconds)))
 }
 
-/// Opens the store named on the command line, or the default one.
-pub fn open(store: Option<PathBuf>) -> Result<Store> {
-    let root = match store {
-        Some(root) => root,
-        None => crate::store::default_root()?,
-    };
-    Store::open(&root)
-}
-
 fn parse_hash(text: &str) -> Result<TreeHash> {
     text.parse().with_context(|| format!("`{text}` is not a tree hash"))
 }
 
-pub fn run(command: Command, globals: &super::Globals) -> Result<ExitCode> {
-    let store = globals.store()?;
+pub fn run(command: Command, settings: &Settings) -> Result<ExitCode> {
+    let store = super::open_store(settings)?;
     match command {
-        Command::Push { items, manifest } => return push(&store, globals, items, manifest),
+        Command::Push { items, manifest } => return push(&store, settings, items, manifest),
         Command::Add { path, json } => {
             let progress = crate::realizer::progress::Progress::new(&path.display().to_string(), true);
             let added = store.add_path(&path, Ingest::Copy, Some(&|size| progress.ingested(size)));
@@ -171,9 +173,21 @@ pub fn run(command: Command, globals: &super::Globals) -> Result<ExitCode> {
             store.export(&tree, &dir)?;
         }
         Command::Verify => return verify(&store),
-        Command::Ls => {
+        Command::Ls { json } => {
             for tree in store.roots()? {
-                println!("{tree}");
+                if !json {
+                    println!("{tree}");
+                    continue;
+                }
+                // A tree gc deleted since roots() listed it is simply no longer there.
+                let Some(published) = store.published(&tree)? else {
+                    continue;
+                };
+                let value = serde_json::json!({
+                    "hash": tree.to_string(),
+                    "narHash": published.nar.to_string(),
+                });
+                println!("{value}");
             }
         }
         Command::Path => println!("{}", display(store.root())),
@@ -230,11 +244,10 @@ fn trees_to_push(items: &[String], manifest: Option<PathBuf>) -> Result<Vec<(Str
     Ok(out)
 }
 
-fn push(store: &Store, globals: &super::Globals, items: Vec<String>, manifest: Option<PathBuf>) -> Result<ExitCode> {
-    let remote = globals
-        .remote()?
-        .context("no remote to push to: pass --remote URL or set CAB_REMOTE")?;
-    let cache = globals.nix_cache()?;
+fn push(store: &Store, settings: &Settings, items: Vec<String>, manifest: Option<PathBuf>) -> Result<ExitCode> {
+    let remote = super::remote(settings, Default::default())?
+        .context("no remote to push to: pass --remote URL, set CAB_REMOTE or `remote` in the config file")?;
+    let cache = super::nix_cache(settings)?;
     let trees = trees_to_push(&items, manifest)?;
     let runtime = super::fetch::runtime()?;
     let mut failed = 0;

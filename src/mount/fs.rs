@@ -1,6 +1,7 @@
-//! The filesystem: an inode table over three views — named islands at the top,
-//! `github/OWNER/REPO/REF/` for browsing, `by-hash/<tree hash>/` for stable paths — and the
-//! realized trees beneath them, served straight from the store.
+//! The filesystem: an inode table over three views — named islands at the top, the forges'
+//! browsing levels (`github/OWNER/REPO/REF/`, `gitlab/GROUP/…/PROJECT/-/REF/`,
+//! `sourcehut/~OWNER/REPO/REF/`), `by-hash/<tree hash>/` for stable paths — and the realized
+//! trees beneath them, served straight from the store.
 //!
 //! No request waits on a thread. A lookup answers at once: an island's directory exists before
 //! its contents (a `github/…/REF` lookup waits only for the one ref round trip, so a missing
@@ -44,13 +45,13 @@ type Errno = i32;
 #[derive(Clone, Debug)]
 enum Kind {
     Root,
-    Github,
-    GithubOwner(Arc<str>),
-    GithubRepo(Arc<str>, Arc<str>),
+    /// A forge's browsing level (`github/`, `gitlab/`, `sourcehut/`) and the names looked up
+    /// below it so far, before the ref.
+    Browse(Format, Arc<[Arc<str>]>),
     ByHash,
     /// A named island's root, realized or not.
     Named(Arc<str>),
-    /// `github/OWNER/REPO/REF`, whose ref is known; realized or not.
+    /// A browsed ref (`github/OWNER/REPO/REF`, …), known to exist; realized or not.
     Browsed(Arc<Island>),
     /// `by-hash/<hash>`, a published tree.
     Stored(TreeHash),
@@ -70,8 +71,20 @@ enum Content {
     Wait(Arc<Flight>),
 }
 
-/// The root's inode (then `github` and `by-hash`, see [`Table::new`]).
+/// The root's inode (then the forges' and `by-hash`, see [`Table::new`]).
 const ROOT: u64 = 1;
+
+/// The forges whose repositories can be browsed, by their directory at the top.
+const FORGES: [(&[u8], Format); 3] = [
+    (b"github", Format::Github),
+    (b"gitlab", Format::Gitlab),
+    (b"sourcehut", Format::Sourcehut),
+];
+
+/// A forge's top browsing level.
+fn forge_top(format: Format) -> Kind {
+    Kind::Browse(format, Arc::from([]))
+}
 
 /// How the mount serves file reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,10 +130,8 @@ impl CabFs {
             ReadPath::Plain if options.read_ahead => Some(Prefetcher::new(islands.realizer().store().clone())),
             _ => None,
         };
-        let table = Table::new(
-            Kind::Root,
-            [(&b"github"[..], Kind::Github), (&b"by-hash"[..], Kind::ByHash)],
-        );
+        let [github, gitlab, sourcehut] = FORGES.map(|(name, format)| (name, forge_top(format)));
+        let table = Table::new(Kind::Root, [github, gitlab, sourcehut, (&b"by-hash"[..], Kind::ByHash)]);
         // SAFETY: plain getters.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         CabFs {
@@ -248,7 +259,7 @@ impl CabFs {
                     .map(|m| m.mtime_nsec() as u64 / 1000 + m.mtime() as u64 * 1_000_000)
                     .unwrap_or(0)
             }
-            Kind::Github | Kind::GithubOwner(_) | Kind::GithubRepo(..) => {
+            Kind::Browse(..) => {
                 let table = self.table.read().unwrap_or_else(|e| e.into_inner());
                 table.children(ino).len() as u64
             }
@@ -380,8 +391,11 @@ impl CabFs {
         let text = std::str::from_utf8(&name).ok();
         match parent_kind {
             Kind::Root => match &name[..] {
-                b"github" => self.answer_entry(reply, self.look_up(ROOT, &name, || Kind::Github), &Kind::Github),
                 b"by-hash" => self.answer_entry(reply, self.look_up(ROOT, &name, || Kind::ByHash), &Kind::ByHash),
+                forge if let Some((_, format)) = FORGES.iter().find(|(n, _)| *n == forge) => {
+                    let kind = forge_top(*format);
+                    self.answer_entry(reply, self.look_up(ROOT, &name, || kind.clone()), &kind)
+                }
                 _ => {
                     let Some(text) = text.filter(|t| self.islands.has_name(t)) else {
                         return reply.error(libc::ENOENT);
@@ -394,27 +408,15 @@ impl CabFs {
                     self.answer_entry(reply, ino, &kind);
                 }
             },
-            Kind::Github => match text.filter(|t| valid_github_part(t)) {
-                Some(owner) => {
-                    let kind = Kind::GithubOwner(owner.into());
+            Kind::Browse(format, path) => match text.map(|t| browse_step(format, &path, t)) {
+                Some(Step::Deeper) => {
+                    let mut deeper = path.to_vec();
+                    deeper.push(text.unwrap_or_default().into());
+                    let kind = Kind::Browse(format, deeper.into());
                     let ino = self.look_up(parent, &name, || kind.clone());
                     self.answer_entry(reply, ino, &kind);
                 }
-                None => reply.error(libc::ENOENT),
-            },
-            Kind::GithubOwner(owner) => match text.filter(|t| valid_github_part(t)) {
-                Some(repo) => {
-                    let kind = Kind::GithubRepo(owner, repo.into());
-                    let ino = self.look_up(parent, &name, || kind.clone());
-                    self.answer_entry(reply, ino, &kind);
-                }
-                None => reply.error(libc::ENOENT),
-            },
-            Kind::GithubRepo(owner, repo) => {
-                let Some(island) = text.and_then(|r| browsed_island(&owner, &repo, r)) else {
-                    return reply.error(libc::ENOENT);
-                };
-                match self.islands.get_island(&island) {
+                Some(Step::Ref(island)) => match self.islands.get_island(&island) {
                     State::Failed(failure) => reply.error(if failure.not_found { libc::ENOENT } else { libc::EIO }),
                     State::Pending(flight) if flight.rev().is_none() => {
                         // One round trip tells whether the ref exists.
@@ -425,8 +427,9 @@ impl CabFs {
                         let ino = self.look_up(parent, &name, || kind.clone());
                         self.answer_entry(reply, ino, &kind);
                     }
-                }
-            }
+                },
+                Some(Step::Nothing) | None => reply.error(libc::ENOENT),
+            },
             Kind::ByHash => {
                 let Some(hash) = text.and_then(|t| t.parse::<TreeHash>().ok()) else {
                     return reply.error(libc::ENOENT);
@@ -497,10 +500,11 @@ impl CabFs {
                 .collect(),
             Kind::Tree { .. } => return Err(libc::ENOTDIR),
             Kind::Root => {
-                let mut out: Vec<Listed> = vec![
-                    (b"github"[..].into(), Kind::Github),
-                    (b"by-hash"[..].into(), Kind::ByHash),
-                ];
+                let mut out: Vec<Listed> = FORGES
+                    .iter()
+                    .map(|(name, format)| (Box::from(*name), forge_top(*format)))
+                    .collect();
+                out.push((b"by-hash"[..].into(), Kind::ByHash));
                 // Named islands are listed without realizing them: listing must stay cheap.
                 for name in self.islands.names() {
                     let kind = Kind::Named(name.as_str().into());
@@ -516,7 +520,7 @@ impl CabFs {
                     .collect()
             }
             // Browsing levels list what the kernel has looked up and still holds.
-            Kind::Github | Kind::GithubOwner(_) | Kind::GithubRepo(..) => {
+            Kind::Browse(..) => {
                 let table = self.table.read().unwrap_or_else(|e| e.into_inner());
                 table
                     .children(ino)
@@ -896,11 +900,41 @@ impl CabFs {
     }
 }
 
-/// `github/OWNER/REPO/REF` as an island, validated as a literal would be.
-fn browsed_island(owner: &str, repo: &str, reference: &str) -> Option<Island> {
+/// What a name means one level below a forge's browsing path.
+enum Step {
+    /// Another name of the repository's path.
+    Deeper,
+    /// The ref: the path names a repository, and this is the island.
+    Ref(Island),
+    /// Nothing: not a name the forge could have.
+    Nothing,
+}
+
+/// The meaning of `name` below `path` in `forge`'s browsing levels: `github/OWNER/REPO/REF`,
+/// `sourcehut/~OWNER/REPO/REF`, and `gitlab/GROUP/…/PROJECT/-/REF` — GitLab nests groups to
+/// any depth, so the project's path ends where GitLab's own URLs end it, at `-`.
+fn browse_step(forge: Format, path: &[Arc<str>], name: &str) -> Step {
+    let name_ok = crate::island::forge_name_ok(name) && name.len() <= 100;
+    let depth = path.len();
+    let deeper = match forge {
+        Format::Gitlab if path.last().is_some_and(|p| &**p == "-") => {
+            let project = path[..depth - 1].join("/");
+            return browsed_island(forge, &project, name).map_or(Step::Nothing, Step::Ref);
+        }
+        Format::Gitlab if name == "-" => depth >= 2,
+        Format::Gitlab => name_ok && depth < crate::island::MAX_GITLAB_DEPTH,
+        Format::Sourcehut if depth == 0 => name.strip_prefix('~').is_some_and(crate::island::forge_name_ok),
+        _ if depth < 2 => name_ok,
+        _ => return browsed_island(forge, &path.join("/"), name).map_or(Step::Nothing, Step::Ref),
+    };
+    if deeper { Step::Deeper } else { Step::Nothing }
+}
+
+/// A browsed repository at a ref as an island, validated as a literal would be.
+fn browsed_island(format: Format, location: &str, reference: &str) -> Option<Island> {
     let island = Island {
-        format: Format::Github,
-        location: format!("{owner}/{repo}"),
+        format,
+        location: location.to_owned(),
         config: Config {
             r#ref: Some(reference.to_owned()),
             ..Config::default()
@@ -908,14 +942,6 @@ fn browsed_island(owner: &str, repo: &str, reference: &str) -> Option<Island> {
         subpath: None,
     };
     island.to_string().parse().ok()
-}
-
-fn valid_github_part(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 100
-        && s != "."
-        && s != ".."
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// An inode number for a plain-readdir entry the table does not hold: stable, and never one

@@ -10,8 +10,10 @@
 //! and every one fetched later, whether or not it is published yet.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, Semaphore};
 
 use crate::hash::tree::{Node, Object};
 use crate::hash::{NarHash, TreeHash, encoding};
@@ -21,6 +23,13 @@ use crate::store::remote::Remote;
 /// Runs with the outcome of a blob's fetch: `Ok` once the blob is in the store.
 type Waiter = Box<dyn FnOnce(Result<(), ()>) + Send>;
 
+/// One blob being fetched: who waits for it, and how a reader hurries it along when it was
+/// queued in the background.
+struct Flight {
+    waiters: Vec<Waiter>,
+    urgent: Arc<Notify>,
+}
+
 /// A tree whose files arrive when read.
 pub struct Lazy {
     remote: Remote,
@@ -29,14 +38,28 @@ pub struct Lazy {
     nar: NarHash,
     label: String,
     complete: AtomicBool,
+    /// Whether a completion runs (started by `--prefetch` or by a reader going through many
+    /// directories).
+    completing: AtomicBool,
+    /// Directories read in so far (their first read each).
+    directories_read: AtomicUsize,
     /// Blobs being fetched, and who waits for each.
-    fetching: Mutex<HashMap<[u8; 32], Vec<Waiter>>>,
+    fetching: Mutex<HashMap<[u8; 32], Flight>>,
+    /// Background fetches at once: enough to keep a remote busy, few enough that a reader's
+    /// own fetches are not stuck behind a flood of them.
+    background: Arc<Semaphore>,
 }
 
 /// Directories' small files fetched ahead in one go: at most this many files a directory…
 const PREFETCH_FILES: usize = 256;
 /// …of at most this size each.
 const PREFETCH_FILE_MAX: u64 = 256 * 1024;
+/// A reader that has gone through this many directories is reading the tree, not a few files
+/// of it: the rest of the tree is fetched in the background, in the order a walk reads it, as
+/// fast as the remote gives it, instead of one directory's round trip at a time.
+const BULK_DIRECTORIES: usize = 32;
+/// Background fetches at once.
+const BACKGROUND_FETCHES: usize = 16;
 
 impl std::fmt::Debug for Lazy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -59,7 +82,10 @@ impl Lazy {
             nar,
             label: crate::island::shorten(label).into_owned(),
             complete: AtomicBool::new(false),
+            completing: AtomicBool::new(false),
+            directories_read: AtomicUsize::new(0),
             fetching: Mutex::default(),
+            background: Arc::new(Semaphore::new(BACKGROUND_FETCHES)),
         })
     }
 
@@ -74,8 +100,9 @@ impl Lazy {
     }
 
     /// Runs `then` once `blob` is in the store (or its fetch failed): at once if it is there,
-    /// else after the one fetch every waiter shares. A failure is logged once per attempt and
-    /// not remembered: the next read tries again.
+    /// else after the one fetch every waiter shares — hurried along if it was queued in the
+    /// background. A failure is logged once per attempt and not remembered: the next read
+    /// tries again.
     pub fn when_present(
         self: &Arc<Self>,
         runtime: &tokio::runtime::Handle,
@@ -83,20 +110,57 @@ impl Lazy {
         size: u64,
         then: impl FnOnce(Result<(), ()>) + Send + 'static,
     ) {
+        self.join(runtime, blob, size, false, Box::new(then));
+    }
+
+    /// Joins (or starts) the fetch of `blob`: a reader's now, a background one when a slot of
+    /// [`BACKGROUND_FETCHES`] is free.
+    fn join(
+        self: &Arc<Self>,
+        runtime: &tokio::runtime::Handle,
+        blob: [u8; 32],
+        size: u64,
+        background: bool,
+        then: Waiter,
+    ) {
         if self.present(&blob, size) {
             return then(Ok(()));
         }
-        {
+        let urgent = {
             let mut fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(waiters) = fetching.get_mut(&blob) {
-                waiters.push(Box::new(then));
+            if let Some(flight) = fetching.get_mut(&blob) {
+                flight.waiters.push(then);
+                if !background {
+                    flight.urgent.notify_one();
+                }
                 return;
             }
-            fetching.insert(blob, vec![Box::new(then)]);
-        }
+            let urgent = Arc::new(Notify::new());
+            fetching.insert(
+                blob,
+                Flight {
+                    waiters: vec![then],
+                    urgent: urgent.clone(),
+                },
+            );
+            urgent
+        };
         let lazy = self.clone();
         runtime.spawn(async move {
-            let result = lazy.remote.fetch_blob(&lazy.store, &blob, size).await;
+            // A background fetch waits for a slot, unless a reader comes to want it meanwhile.
+            let _slot = if background {
+                tokio::select! {
+                    slot = lazy.background.clone().acquire_owned() => slot.ok(),
+                    () = urgent.notified() => None,
+                }
+            } else {
+                None
+            };
+            let result = if lazy.store.has_blob(&blob, size) {
+                Ok(size)
+            } else {
+                lazy.remote.fetch_blob(&lazy.store, &blob, size).await
+            };
             if let Err(e) = &result {
                 tracing::error!(
                     "{}: cannot fetch blob {} from {}: {e:#} (reads of that file fail; the next read tries again)",
@@ -110,6 +174,7 @@ impl Lazy {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&blob)
+                .map(|f| f.waiters)
                 .unwrap_or_default();
             let outcome = result.map(|_| ()).map_err(|_| ());
             // Waiters answer requests: a blocking thread's work.
@@ -117,8 +182,9 @@ impl Lazy {
         });
     }
 
-    /// Fetches, in the background, the small files of a directory that are not here yet (a
-    /// reader going through a directory then finds them stored).
+    /// A reader's first read in a directory: fetches, in the background, the small files of
+    /// the directory that are not here yet (the reader then finds them stored); once a reader
+    /// has gone through [`BULK_DIRECTORIES`] directories, the rest of the tree too.
     pub fn prefetch(self: &Arc<Self>, runtime: &tokio::runtime::Handle, files: Vec<([u8; 32], u64)>) {
         let missing: Vec<_> = files
             .into_iter()
@@ -128,13 +194,26 @@ impl Lazy {
         for (blob, size) in missing {
             self.when_present(runtime, blob, size, |_| {});
         }
+        if self.directories_read.fetch_add(1, Ordering::Relaxed) + 1 == BULK_DIRECTORIES {
+            tracing::info!(
+                "{}: read in {BULK_DIRECTORIES} directories; fetching the rest in the background",
+                self.label
+            );
+            self.complete_in_background(runtime);
+        }
     }
 
-    /// Fetches every file not here yet, checks the narHash, and publishes the tree.
+    /// Fetches every file not here yet, checks the narHash, and publishes the tree (once at a
+    /// time; a failed completion may be started again).
     pub fn complete_in_background(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        if self.is_complete() || self.completing.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let lazy = self.clone();
+        let handle = runtime.clone();
         runtime.spawn(async move {
-            let outcome = lazy.complete().await;
+            let outcome = lazy.complete(&handle).await;
+            lazy.completing.store(false, Ordering::Release);
             match outcome {
                 Ok(()) => tracing::info!("{}: every file of {} is here; published", lazy.label, lazy.tree),
                 Err(e) => tracing::warn!("{}: cannot complete {}: {e:#}", lazy.label, lazy.tree),
@@ -142,21 +221,33 @@ impl Lazy {
         });
     }
 
-    async fn complete(self: &Arc<Self>) -> anyhow::Result<()> {
+    async fn complete(self: &Arc<Self>, runtime: &tokio::runtime::Handle) -> anyhow::Result<()> {
         let store = self.store.clone();
         let tree = self.tree;
-        let blobs = tokio::task::spawn_blocking(move || blobs_of(&store, &tree)).await??;
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut pending = blobs.into_iter().filter(|(b, s)| !self.store.has_blob(b, *s));
-        loop {
-            while tasks.len() < 16
-                && let Some((blob, size)) = pending.next()
-            {
-                let (remote, store) = (self.remote.clone(), self.store.clone());
-                tasks.spawn(async move { remote.fetch_blob(&store, &blob, size).await });
-            }
-            let Some(done) = tasks.join_next().await else { break };
-            done??;
+        let blobs = tokio::task::spawn_blocking(move || blobs_in_walk_order(&store, &tree)).await??;
+        // Every missing blob queued at once, in walk order (the background slots are handed out
+        // first come, first served): a reader walking the tree finds files arriving ahead of it,
+        // and joins the fetch of any it reaches first.
+        let (done, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
+        for (blob, size) in blobs {
+            let done = done.clone();
+            self.join(
+                runtime,
+                blob,
+                size,
+                true,
+                Box::new(move |outcome| {
+                    let _ = done.send(outcome);
+                }),
+            );
+        }
+        drop(done);
+        let mut failed = 0;
+        while let Some(outcome) = outcomes.recv().await {
+            failed += usize::from(outcome.is_err());
+        }
+        if failed > 0 {
+            anyhow::bail!("{failed} files could not be fetched from {}", self.remote);
         }
         let (store, tree, nar) = (self.store.clone(), self.tree, self.nar);
         tokio::task::spawn_blocking(move || {
@@ -175,8 +266,9 @@ impl Lazy {
     }
 }
 
-/// Every blob a stored listing names, with its size.
-fn blobs_of(store: &Store, tree: &TreeHash) -> anyhow::Result<Vec<([u8; 32], u64)>> {
+/// Every blob a stored listing names, with its size, in the order a top-down walk reads
+/// them: a directory's files, then each of its subdirectories in name order.
+fn blobs_in_walk_order(store: &Store, tree: &TreeHash) -> anyhow::Result<Vec<([u8; 32], u64)>> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     let mut next = vec![*tree];
@@ -188,13 +280,15 @@ fn blobs_of(store: &Store, tree: &TreeHash) -> anyhow::Result<Vec<([u8; 32], u64
             Object::Directory(entries) => entries.into_iter().map(|e| e.node).collect(),
             Object::Root(node) => vec![node],
         };
+        let mut subdirectories = Vec::new();
         for node in nodes {
             match node {
                 Node::File { blob, size, .. } => out.push((blob, size)),
-                Node::Directory { tree } => next.push(tree),
+                Node::Directory { tree } => subdirectories.push(tree),
                 Node::Symlink { .. } => {}
             }
         }
+        next.extend(subdirectories.into_iter().rev());
     }
     Ok(out)
 }

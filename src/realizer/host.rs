@@ -2,7 +2,7 @@
 //! output entries under `out/`. Both are the host's work, so the sandbox holds whatever the
 //! guest does: every URL the guest opens is checked against the allow-list, every byte
 //! downloaded and unpacked is counted against its limit, and credentials are added here, out
-//! of the guest's sight, for their own host only.
+//! of the guest's sight, each host's own to its requests only.
 //!
 //! Redirects are the server's choice, not the guest's: they are followed to any host, as curl
 //! -L and Nix follow them (release downloads cross hosts all the time), at most 20 of them,
@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use wasmtime::{Caller, Linker, StoreLimits};
 
+use super::credentials::Credentials;
 use super::output::Output;
 use super::progress::Progress;
 use super::wasi::read;
@@ -81,15 +82,6 @@ impl FifoBarrier {
     }
 }
 
-/// Credentials the host adds to requests for one host.
-#[derive(Clone, Debug)]
-pub struct Credential {
-    /// The host they are for (never sent elsewhere, not even across a redirect).
-    pub host: String,
-    /// The `Authorization` header value.
-    pub authorization: String,
-}
-
 /// The realizer's HTTP clients, each made on first use. A client that verifies TLS loads the
 /// machine's root certificates, reading and parsing ~150 files (3 ms here), and cab's own: a
 /// stored island never needs it, and a plain-HTTP server (a local forge or mirror) gets a
@@ -138,11 +130,20 @@ impl Clients {
     }
 }
 
+/// Where a run's HTTP may go, and what it may say there.
+pub struct Access {
+    /// The hosts the guest may open URLs on.
+    pub hosts: Vec<String>,
+    /// Credentials, each sent to its own host.
+    pub credentials: Arc<Credentials>,
+    /// The island is a GitLab project: its hosts take tokens as GitLab does.
+    pub gitlab: bool,
+}
+
 /// HTTP on the guest's behalf.
 pub struct Http {
     clients: Arc<Clients>,
-    hosts: Vec<String>,
-    credential: Option<Credential>,
+    access: Access,
     responses: HashMap<i32, (reqwest::Response, Pending)>,
     next_handle: i32,
     /// Bytes of response bodies handed to the guest.
@@ -167,8 +168,7 @@ impl Http {
     /// HTTP limited to `hosts`.
     pub fn new(
         clients: Arc<Clients>,
-        hosts: Vec<String>,
-        credential: Option<Credential>,
+        access: Access,
         max_download: u64,
         stall: Duration,
         barrier: Arc<FifoBarrier>,
@@ -176,8 +176,7 @@ impl Http {
     ) -> Http {
         Http {
             clients,
-            hosts,
-            credential,
+            access,
             responses: HashMap::new(),
             next_handle: 1,
             downloaded: 0,
@@ -193,10 +192,10 @@ impl Http {
     fn check_host(&self, url: &reqwest::Url) -> Result<()> {
         check_scheme(url)?;
         let host = bare_host(url);
-        if !self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+        if !self.access.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
             bail!(
                 "{url}: host `{host}` is not one this island names (allowed: {})",
-                self.hosts.join(", ")
+                self.access.hosts.join(", ")
             );
         }
         Ok(())
@@ -223,11 +222,13 @@ impl Http {
                 }
                 request = request.header(name.trim(), value.trim());
             }
-            // Credentials go to their own host only, never to where a redirect leads.
-            if let Some(cred) = &self.credential
-                && bare_host(&url).eq_ignore_ascii_case(&cred.host)
-            {
-                request = request.header(reqwest::header::AUTHORIZATION, &cred.authorization);
+            // Each host's own credentials, looked up again at every hop: a redirect never
+            // carries one host's secret to another.
+            let host = bare_host(&url);
+            let access = &self.access;
+            let gitlab = access.gitlab && access.hosts.iter().any(|h| h.eq_ignore_ascii_case(host));
+            if let Some(authorization) = access.credentials.authorization(host, gitlab) {
+                request = request.header(reqwest::header::AUTHORIZATION, authorization);
             }
             if let Some(b) = &body
                 && !b.is_empty()

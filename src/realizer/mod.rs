@@ -9,6 +9,7 @@
 //! guest reported is checked against them, the expected hashes are checked, and only then is
 //! anything published.
 
+pub mod credentials;
 mod engine;
 mod fetcher;
 mod host;
@@ -29,12 +30,12 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use wasmtime::{Engine, Linker, Module, StoreLimitsBuilder};
 
+pub use self::credentials::{Credentials, Secret};
 pub use self::fetcher::FETCHER_WASM;
-pub use self::host::Credential;
-use self::host::{Clients, Exit, FifoBarrier, HostState, Http};
+use self::host::{Access, Clients, Exit, FifoBarrier, HostState, Http};
 use self::output::Output;
 use self::progress::Progress;
-use crate::derivation::{Builder, Derivation, Environment};
+use crate::derivation::{Builder, Derivation, Environment, Forges, Method};
 use crate::hash::{NarHash, TreeHash};
 use crate::store::remote::{Remote, nix};
 use crate::store::{IndexKey, Ingest, Staging, Store};
@@ -210,7 +211,7 @@ pub struct Realizer {
     engine: Engine,
     env: Environment,
     limits: Limits,
-    credential: Option<Credential>,
+    credentials: Arc<Credentials>,
     clients: Arc<Clients>,
     modules: Mutex<HashMap<TreeHash, Arc<Loaded>>>,
     extra_modules: Mutex<HashMap<TreeHash, Vec<u8>>>,
@@ -276,8 +277,9 @@ pub fn module_hash(bytes: &[u8]) -> TreeHash {
 }
 
 impl Realizer {
-    /// A realizer over `store`. `github_url` is where github islands are fetched from.
-    pub fn new(store: Store, github_url: &str, limits: Limits) -> Result<Realizer> {
+    /// A realizer over `store`, fetching forge islands from `forges`, without credentials
+    /// (see [`Realizer::with_credentials`]).
+    pub fn new(store: Store, forges: Forges, limits: Limits) -> Result<Realizer> {
         let engine = Engine::new(&engine::engine_config()).map_err(|e| anyhow!("cannot start wasmtime: {e}"))?;
         // The epoch ticks every 10 ms while a guest runs; each tick lets a running guest
         // yield, so a stopped or timed-out run ends within a tick even in a loop that never
@@ -305,17 +307,8 @@ impl Realizer {
         // rustls needs a process-wide crypto provider; a second install is a no-op error.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let clients = Arc::new(Clients::new(limits.stall));
-        let credential = ["CAB_GITHUB_TOKEN", "GITHUB_TOKEN"]
-            .iter()
-            .find_map(|v| std::env::var(v).ok().filter(|t| !t.is_empty()))
-            .and_then(|token| {
-                crate::derivation::url_host(github_url).map(|host| Credential {
-                    host: host.to_owned(),
-                    authorization: format!("Bearer {token}"),
-                })
-            });
         let env = Environment {
-            github_url: github_url.trim_end_matches('/').to_owned(),
+            forges,
             fetcher: module_hash(FETCHER_WASM),
         };
         Ok(Realizer {
@@ -324,7 +317,7 @@ impl Realizer {
             engine,
             env,
             limits,
-            credential,
+            credentials: Arc::default(),
             clients,
             modules: Mutex::default(),
             extra_modules: Mutex::default(),
@@ -333,6 +326,12 @@ impl Realizer {
             push: None,
             pushes: Mutex::default(),
         })
+    }
+
+    /// Sends `credentials` with the fetcher's requests, each to its own host.
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Arc::new(credentials);
+        self
     }
 
     /// Turns progress bars off (they are on where standard error is a terminal).
@@ -776,8 +775,11 @@ impl Realizer {
         let output = Output::new(&work.join("out"), self.limits.unpacked, self.limits.entries)?;
         let http = Http::new(
             self.clients.clone(),
-            drv.hosts.clone(),
-            self.credential.clone(),
+            Access {
+                hosts: drv.hosts.clone(),
+                credentials: self.credentials.clone(),
+                gitlab: drv.method == Method::GitlabArchive,
+            },
             self.limits.download,
             self.limits.stall,
             barrier.clone(),
@@ -988,6 +990,18 @@ impl Realizer {
             downloaded,
             stopped_early,
         })
+    }
+
+    /// The tree at `subpath` in the published tree `whole`, published in turn: a part of a
+    /// tree already checked needs no fetch. Returns it with its narHash.
+    pub fn subtree(&self, whole: &TreeHash, subpath: &[String]) -> Result<(TreeHash, NarHash)> {
+        let tree = self.store.subtree(whole, subpath)?;
+        if let Some(published) = self.store.published(&tree)? {
+            return Ok((tree, published.nar));
+        }
+        let nar = self.store.nar_hash_of(&tree)?;
+        self.store.publish(&tree, &nar)?;
+        Ok((tree, nar))
     }
 
     fn check_expected(&self, drv: &Derivation, label: &str, tree: &TreeHash, nar: &NarHash) -> Result<()> {

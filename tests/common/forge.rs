@@ -4,6 +4,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
+use super::run_ok;
 use std::time::{Duration, Instant};
 
 /// The repository root.
@@ -172,6 +174,20 @@ pub fn commit(root: &Path, owner_repo: &str, src: &Path, branch: &str, message: 
     rev
 }
 
+/// Archives `entries` of `dir` as `root/files/NAME` (compressed as NAME's suffix says), for the
+/// forge to serve at `/files/NAME`.
+pub fn serve_archive(root: &Path, name: &str, dir: &Path, entries: &[&str]) {
+    fs::create_dir_all(root.join("files")).unwrap();
+    run_ok(
+        Command::new("tar")
+            .arg("-caf")
+            .arg(root.join("files").join(name))
+            .arg("-C")
+            .arg(dir)
+            .args(entries),
+    );
+}
+
 /// Tags `rev` in `root/OWNER/REPO.git`.
 pub fn tag(root: &Path, owner_repo: &str, name: &str, rev: &str, annotated: bool) {
     let mut cmd = Command::new(repo_root().join("scripts/forge"));
@@ -245,4 +261,78 @@ impl Forge {
         }
         self.requests()
     }
+}
+
+/// A CA of the test's own, and a certificate for 127.0.0.1 and localhost signed by it.
+pub struct Pki {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Makes the CA and the certificate in `dir`.
+pub fn pki(dir: &Path) -> Pki {
+    let p = |name: &str| dir.join(name);
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run_ok(
+        Command::new("openssl")
+            .args(["req", "-x509", "-days", "2", "-subj", "/CN=cab test CA"])
+            .args(ec)
+            .args([
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign",
+            ])
+            .arg("-keyout")
+            .arg(p("ca.key"))
+            .arg("-out")
+            .arg(p("ca.pem")),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args(["req", "-subj", "/CN=127.0.0.1"])
+            .args(ec)
+            .arg("-keyout")
+            .arg(p("server.key"))
+            .arg("-out")
+            .arg(p("server.csr")),
+    );
+    fs::write(
+        p("ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run_ok(
+        Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+            .arg("-in")
+            .arg(p("server.csr"))
+            .arg("-CA")
+            .arg(p("ca.pem"))
+            .arg("-CAkey")
+            .arg(p("ca.key"))
+            .arg("-extfile")
+            .arg(p("ext"))
+            .arg("-out")
+            .arg(p("server.pem")),
+    );
+    Pki {
+        ca: p("ca.pem"),
+        cert: p("server.pem"),
+        key: p("server.key"),
+    }
+}
+
+/// A forge serving https with `pki`'s certificate.
+pub fn tls_forge(root: &Path, pki: &Pki) -> Forge {
+    Forge::start(
+        root,
+        &[
+            "--tls-cert",
+            pki.cert.to_str().unwrap(),
+            "--tls-key",
+            pki.key.to_str().unwrap(),
+        ],
+    )
 }

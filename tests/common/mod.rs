@@ -104,6 +104,15 @@ pub fn cab() -> Command {
     cmd.env_remove("CAB_STORE")
         .env_remove("CAB_FAILPOINT")
         .env_remove("RUST_LOG");
+    // Nor from setting anything else: no configuration file, no setting from the environment,
+    // no netrc (the tests that test these set their own).
+    for key in cab::config::Config::KEYS {
+        cmd.env_remove(cab::config::env_name(key));
+    }
+    cmd.env_remove("CAB_CONFIG")
+        .env_remove("GITHUB_TOKEN")
+        .env("XDG_CONFIG_HOME", "/nonexistent/cab-tests")
+        .env("CAB_NETRC", "/dev/null");
     for proxy in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"] {
         cmd.env_remove(proxy).env_remove(proxy.to_lowercase());
     }

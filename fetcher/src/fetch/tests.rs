@@ -171,7 +171,11 @@ fn go(args: &[&str], routes: Vec<Route>) -> (Result<()>, Vec<String>, RecordingS
 }
 
 fn github(extra: &[&str]) -> Vec<String> {
-    let mut a = vec!["github".to_owned(), format!("base={BASE}/"), "repo=o/r".to_owned()];
+    let mut a = vec![
+        "forge".to_owned(),
+        format!("git={BASE}/o/r.git"),
+        format!("archive={BASE}/o/r/archive/{{rev}}.tar.gz"),
+    ];
     a.extend(extra.iter().map(|s| s.to_string()));
     a
 }
@@ -270,8 +274,9 @@ fn v2_missing_ref_suggests_close_names() {
     let e = r.unwrap_err();
     assert_eq!(e.code(), 1);
     assert!(
-        e.message()
-            .starts_with("no branch or tag `mian` in o/r; the closest it has: refs/heads/main, "),
+        e.message().starts_with(
+            "no branch or tag `mian` in http://127.0.0.1:9/o/r.git; the closest it has: refs/heads/main, "
+        ),
         "{e}"
     );
     assert!(e.message().contains("refs/heads/master"));
@@ -371,4 +376,37 @@ fn tarball() {
         .0
         .unwrap_err();
     assert_eq!(e.message(), format!("{url}: truncated gzip stream"));
+}
+
+/// `forge`: the ref is resolved at the git URL as given (SourceHut's has no `.git`), and the
+/// archive URL is the template with every `{rev}` replaced (GitLab's names the commit twice).
+#[test]
+fn forge_resolves_at_its_git_url_and_fills_the_archive_template() {
+    let git = format!("{BASE}/~o/r");
+    let mut ls = ls_refs(
+        &["refs/heads/main", "refs/tags/main"],
+        &[&format!("{SHA} refs/heads/main\n"), "0000"],
+    );
+    ls.url = format!("{git}/git-upload-pack");
+    let archive = format!("{BASE}/g/s/r/-/archive/{SHA}/r-{SHA}.tar.gz");
+    let routes = vec![ls, get(archive.clone(), 200, github_archive(SHA))];
+    let (r, events, sink) = go(
+        &[
+            "forge",
+            &format!("git={git}"),
+            &format!("archive={BASE}/g/s/r/-/archive/{{rev}}/r-{{rev}}.tar.gz"),
+            "ref=main",
+        ],
+        routes,
+    );
+    r.unwrap();
+    assert_eq!(
+        events,
+        [
+            format!("POST {git}/git-upload-pack"),
+            format!("announce git-rev {SHA}\n"),
+            format!("GET {archive}"),
+        ]
+    );
+    assert_eq!(sink.file(&format!("r-{SHA}/README")).0, b"hello");
 }
