@@ -180,6 +180,15 @@ fn what_goes_wrong_with_a_remote_is_said_clearly() {
     let garbage = tmp.join("garbage");
     fs::write(&garbage, b"not what the hash says").unwrap();
     assert!(curl_s3(&garage, "PUT", &blob, Some(&garbage)).status.success());
+    // Its pack too (else the file comes from the pack, checked, and the blob is not needed).
+    let packs = curl_s3(&garage, "GET", "?list-type=2&prefix=packs%2F", None);
+    for pack in text(&packs.stdout)
+        .split("<Key>")
+        .skip(1)
+        .map(|k| k.split("</Key>").next().unwrap().to_owned())
+    {
+        assert!(curl_s3(&garage, "DELETE", &pack, None).status.success());
+    }
     let b = tmp.join("b");
     let out = run_timeout(
         cab_on(&b, Some(&garage.remote_url()), &garage, &forge.url()).args(["fetch", &locked]),

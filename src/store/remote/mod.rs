@@ -8,6 +8,8 @@
 //!   trees/<64 hex>        tree objects, named by their BLAKE3
 //!   bundles/<64 hex>      every tree object of a published tree, in one object (a machine
 //!                         learns a whole tree's listing in one request)
+//!   packs/<64 hex>[.own]  a subtree's small files in one object (see [`pack`]): a whole
+//!                         tree in a few hundred requests, not one per file
 //!   published/<64 hex>    "nar-sha256 sha256-…\n": the tree is whole on the remote
 //!   index/<64 hex>        index entries, the same names and text as a local store's
 //!   nix-cache-info, <hash>.narinfo, nar/<hash>.nar.zst
@@ -23,6 +25,7 @@
 pub mod backend;
 mod bundle;
 pub mod nix;
+mod pack;
 mod s3;
 
 use std::collections::{HashMap, HashSet};
@@ -220,18 +223,38 @@ impl Remote {
                 }
             }
         }
+        // Small files come in packs where most of a pack is wanted; the rest one by one.
+        let listing: HashMap<TreeHash, Object> = objects.iter().map(|(h, (o, _))| (*h, o.clone())).collect();
+        let mut packs = Vec::new();
+        for unit in pack::units(tree, &listing)? {
+            let missing = unit.blobs.iter().filter(|(b, _)| wanted.contains_key(b)).count();
+            if missing >= 2 && missing * 2 >= unit.blobs.len() {
+                for (blob, _) in &unit.blobs {
+                    wanted.remove(blob);
+                }
+                packs.push(unit);
+            }
+        }
         let mut tasks = tokio::task::JoinSet::new();
-        let mut pending = wanted.into_iter();
+        let mut pending = packs
+            .into_iter()
+            .map(Job::Pack)
+            .chain(wanted.into_iter().map(|(blob, size)| Job::Blob(blob, size)));
         loop {
             while tasks.len() < CONCURRENCY
-                && let Some((blob, size)) = pending.next()
+                && let Some(job) = pending.next()
             {
                 let (remote, store) = (self.clone(), store.clone());
-                tasks.spawn(async move { remote.fetch_blob(&store, &blob, size).await });
+                tasks.spawn(async move {
+                    match job {
+                        Job::Pack(unit) => remote.fetch_pack(&store, &unit).await,
+                        Job::Blob(blob, size) => remote.fetch_blob(&store, &blob, size).await.map(|b| (1, b)),
+                    }
+                });
             }
             let Some(done) = tasks.join_next().await else { break };
-            let bytes = done.context("a download task panicked")??;
-            fetched.objects += 1;
+            let (objects, bytes) = done.context("a download task panicked")??;
+            fetched.objects += objects;
             fetched.bytes += bytes;
         }
         let got = tokio::task::spawn_blocking({
@@ -290,6 +313,112 @@ impl Remote {
         .await
         .context("a storing task panicked")??;
         Ok(size)
+    }
+
+    /// The blobs of `unit` from its pack, each checked, into `store`; returns the requests
+    /// and bytes it took. A pack that is missing or does not check out gives way to its blobs
+    /// one by one (a warning names a corrupt one).
+    async fn fetch_pack(&self, store: &Store, unit: &pack::Unit) -> Result<(u64, u64)> {
+        let got = self.backend.get(&unit.key).await;
+        let bytes = match got {
+            Ok(Some(bytes)) => match pack::decode(unit, &bytes) {
+                Ok(_) => Some(bytes),
+                Err(e) => {
+                    tracing::warn!("{self}: {} is corrupt ({e:#}); fetching its files one by one", unit.key);
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(
+                    "{self}: cannot fetch {} ({e:#}); fetching its files one by one",
+                    unit.key
+                );
+                None
+            }
+        };
+        let Some(bytes) = bytes else {
+            let mut requests = 1;
+            let mut total = 0;
+            for (blob, size) in &unit.blobs {
+                if !store.has_blob(blob, *size) {
+                    total += self.fetch_blob(store, blob, *size).await?;
+                    requests += 1;
+                }
+            }
+            return Ok((requests, total));
+        };
+        let len = bytes.len() as u64;
+        let (store, unit) = (store.clone(), unit.clone());
+        tokio::task::spawn_blocking(move || {
+            let blobs = pack::decode(&unit, &bytes)?;
+            let _guard = store.guard()?;
+            for (blob, bytes) in blobs {
+                store.add_blob(&blob, bytes)?;
+            }
+            anyhow::Ok(())
+        })
+        .await
+        .context("a storing task panicked")??;
+        Ok((1, len))
+    }
+
+    /// Uploads the packs of `tree` the remote lacks (after its blobs: a pack only speeds up
+    /// what the blobs already give).
+    async fn push_packs(&self, store: &Store, tree: &TreeHash, pushed: &mut Pushed) -> Result<()> {
+        let units = {
+            let (store, tree) = (store.clone(), *tree);
+            tokio::task::spawn_blocking(move || {
+                let mut listing = HashMap::new();
+                let mut next = vec![tree];
+                while let Some(hash) = next.pop() {
+                    if listing.contains_key(&hash) {
+                        continue;
+                    }
+                    let object = store.read_object(&hash)?;
+                    if let Object::Directory(entries) = &object {
+                        next.extend(entries.iter().filter_map(|e| match e.node {
+                            Node::Directory { tree } => Some(tree),
+                            _ => None,
+                        }));
+                    }
+                    listing.insert(hash, object);
+                }
+                pack::units(&tree, &listing)
+            })
+            .await
+            .context("a listing task panicked")??
+        };
+        let present = self.exist_all(units.iter().map(|u| u.key.clone()).collect()).await?;
+        let missing: Vec<pack::Unit> = units
+            .into_iter()
+            .zip(present)
+            .filter(|(_, there)| !there)
+            .map(|(u, _)| u)
+            .collect();
+        // A batch at a time: packs are built in memory, and a whole tree's would not fit.
+        for batch in missing.chunks(CONCURRENCY) {
+            let mut uploads = Vec::new();
+            for unit in batch {
+                let (store, unit) = (store.clone(), unit.clone());
+                let bytes = tokio::task::spawn_blocking(move || {
+                    let contents = unit
+                        .blobs
+                        .iter()
+                        .map(|(blob, _)| {
+                            let path = store.blob_path(blob);
+                            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    anyhow::Ok(pack::encode(contents.iter().map(Vec::as_slice)))
+                })
+                .await
+                .context("a packing task panicked")??;
+                uploads.push((unit.key.clone(), Upload::Bytes(bytes)));
+            }
+            self.put_all(uploads, pushed).await?;
+        }
+        Ok(())
     }
 
     /// Every tree object of `tree`, by hash: from its bundle in one request, else one by one.
@@ -374,6 +503,7 @@ impl Remote {
             pushed.bytes += bundle.len() as u64;
             pushed.objects += 1;
             self.backend.put(&Self::bundle_key(tree), Body::Bytes(bundle)).await?;
+            self.push_packs(store, tree, &mut pushed).await?;
         }
         if let Some(nix) = nix
             && (!already || !nix.has(self, &published.nar).await?)
@@ -527,6 +657,12 @@ impl Remote {
         }
         Ok(())
     }
+}
+
+/// One download of a whole-tree fetch.
+enum Job {
+    Pack(pack::Unit),
+    Blob([u8; 32], u64),
 }
 
 enum Upload {
