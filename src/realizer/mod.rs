@@ -995,12 +995,19 @@ impl Realizer {
     /// The tree at `subpath` in the published tree `whole`, published in turn: a part of a
     /// tree already checked needs no fetch. Returns it with its narHash.
     pub fn subtree(&self, whole: &TreeHash, subpath: &[String]) -> Result<(TreeHash, NarHash)> {
+        // One guarded section: no collection runs while the part is cut from the whole, and
+        // the part is live before the guard goes.
+        let _guard = self.store.guard()?;
         let tree = self.store.subtree(whole, subpath)?;
-        if let Some(published) = self.store.published(&tree)? {
-            return Ok((tree, published.nar));
-        }
-        let nar = self.store.nar_hash_of(&tree)?;
-        self.store.publish(&tree, &nar)?;
+        let nar = match self.store.published(&tree)? {
+            Some(published) => published.nar,
+            None => {
+                let nar = self.store.nar_hash_of(&tree)?;
+                self.store.publish(&tree, &nar)?;
+                nar
+            }
+        };
+        self.store.declare_live(&[tree])?;
         Ok((tree, nar))
     }
 
