@@ -18,7 +18,7 @@ use tokio::sync::{Notify, Semaphore};
 use crate::hash::tree::{Node, Object};
 use crate::hash::{NarHash, TreeHash, encoding};
 use crate::store::Store;
-use crate::store::remote::Remote;
+use crate::store::remote::{Remote, pack};
 
 /// Runs with the outcome of a blob's fetch: `Ok` once the blob is in the store.
 type Waiter = Box<dyn FnOnce(Result<(), ()>) + Send>;
@@ -182,6 +182,74 @@ impl Lazy {
         });
     }
 
+    /// Queues the pack of `unit` in the background: each of its blobs not here and not in
+    /// flight becomes a flight of the pack's one download (hurried along when a reader wants
+    /// any of them); every blob's outcome goes to `done`.
+    fn join_pack(
+        self: &Arc<Self>,
+        runtime: &tokio::runtime::Handle,
+        unit: pack::Unit,
+        done: &tokio::sync::mpsc::UnboundedSender<Result<(), ()>>,
+    ) {
+        let missing: Vec<[u8; 32]> = unit
+            .blobs
+            .iter()
+            .filter(|(blob, size)| !self.present(blob, *size))
+            .map(|(blob, _)| *blob)
+            .collect();
+        let urgent = Arc::new(Notify::new());
+        let mut mine = Vec::new();
+        {
+            let mut fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+            for blob in missing {
+                let done = done.clone();
+                let waiter: Waiter = Box::new(move |outcome| {
+                    let _ = done.send(outcome);
+                });
+                if let Some(flight) = fetching.get_mut(&blob) {
+                    flight.waiters.push(waiter);
+                    continue;
+                }
+                fetching.insert(
+                    blob,
+                    Flight {
+                        waiters: vec![waiter],
+                        urgent: urgent.clone(),
+                    },
+                );
+                mine.push(blob);
+            }
+        }
+        if mine.is_empty() {
+            return;
+        }
+        let lazy = self.clone();
+        runtime.spawn(async move {
+            let _slot = tokio::select! {
+                slot = lazy.background.clone().acquire_owned() => slot.ok(),
+                () = urgent.notified() => None,
+            };
+            let result = lazy.remote.fetch_pack(&lazy.store, &unit).await;
+            if let Err(e) = &result {
+                tracing::error!(
+                    "{}: cannot fetch {} from {}: {e:#} (reads of its files fail; the next read tries again)",
+                    lazy.label,
+                    unit.key,
+                    lazy.remote
+                );
+            }
+            let waiters: Vec<Waiter> = {
+                let mut fetching = lazy.fetching.lock().unwrap_or_else(|e| e.into_inner());
+                mine.iter()
+                    .filter_map(|blob| fetching.remove(blob))
+                    .flat_map(|flight| flight.waiters)
+                    .collect()
+            };
+            let outcome = result.map(|_| ()).map_err(|_| ());
+            let _ = tokio::task::spawn_blocking(move || waiters.into_iter().for_each(|w| w(outcome))).await;
+        });
+    }
+
     /// A reader's first read in a directory: fetches, in the background, the small files of
     /// the directory that are not here yet (the reader then finds them stored); once a reader
     /// has gone through [`BULK_DIRECTORIES`] directories, the rest of the tree too.
@@ -224,12 +292,24 @@ impl Lazy {
     async fn complete(self: &Arc<Self>, runtime: &tokio::runtime::Handle) -> anyhow::Result<()> {
         let store = self.store.clone();
         let tree = self.tree;
-        let blobs = tokio::task::spawn_blocking(move || blobs_in_walk_order(&store, &tree)).await??;
+        let (units, blobs) = tokio::task::spawn_blocking(move || {
+            anyhow::Ok((pack::stored_units(&store, &tree)?, blobs_in_walk_order(&store, &tree)?))
+        })
+        .await??;
         // Every missing blob queued at once, in walk order (the background slots are handed out
         // first come, first served): a reader walking the tree finds files arriving ahead of it,
-        // and joins the fetch of any it reaches first.
+        // and joins the fetch of any it reaches first. Small files come in packs where most of
+        // a pack is missing, as a whole fetch takes them.
         let (done, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
-        for (blob, size) in blobs {
+        let mut packed = HashSet::new();
+        for unit in units {
+            let missing = unit.blobs.iter().filter(|(b, size)| !self.present(b, *size)).count();
+            if missing >= 2 && missing * 2 >= unit.blobs.len() {
+                packed.extend(unit.blobs.iter().map(|(blob, _)| *blob));
+                self.join_pack(runtime, unit, &done);
+            }
+        }
+        for (blob, size) in blobs.into_iter().filter(|(blob, _)| !packed.contains(blob)) {
             let done = done.clone();
             self.join(
                 runtime,

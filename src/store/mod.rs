@@ -336,26 +336,52 @@ impl Store {
     /// holds a [`Store::guard`] (required here), and either the blob belongs to a tree it has
     /// declared live already or it declares that tree live before dropping the guard.
     pub fn add_blob(&self, blob: &[u8; 32], bytes: &[u8]) -> Result<()> {
+        self.add_blobs([(blob, bytes)])
+    }
+
+    /// Stores blobs as [`Store::add_blob`] does, counting them in the usage once.
+    pub fn add_blobs<'a>(&self, blobs: impl IntoIterator<Item = (&'a [u8; 32], &'a [u8])>) -> Result<()> {
         self.require_guard("storing a blob")?;
-        if self.has_blob(blob, bytes.len() as u64) {
-            return Ok(());
+        let mut written = 0;
+        let mut result = Ok(());
+        for (blob, bytes) in blobs {
+            if self.has_blob(blob, bytes.len() as u64) {
+                continue;
+            }
+            result = self.write_atomically(&self.blob_path(blob), bytes, false);
+            if result.is_err() {
+                break;
+            }
+            written += bytes.len() as u64;
         }
-        self.write_atomically(&self.blob_path(blob), bytes, false)?;
-        self.add_usage(bytes.len() as u64);
-        Ok(())
+        self.add_usage(written);
+        result
     }
 
     /// Stores a tree object whose bytes the caller has checked against its name, under the
     /// same protocol as [`Store::add_blob`].
     pub fn add_object(&self, tree: &TreeHash, bytes: &[u8]) -> Result<()> {
+        self.add_objects([(tree, bytes)])
+    }
+
+    /// Stores tree objects as [`Store::add_object`] does, counting them in the usage once.
+    pub fn add_objects<'a>(&self, objects: impl IntoIterator<Item = (&'a TreeHash, &'a [u8])>) -> Result<()> {
         self.require_guard("storing a tree object")?;
-        let path = self.object_path(tree);
-        if fs::symlink_metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
-            return Ok(());
+        let mut written = 0;
+        let mut result = Ok(());
+        for (tree, bytes) in objects {
+            let path = self.object_path(tree);
+            if fs::symlink_metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
+                continue;
+            }
+            result = self.write_atomically(&path, bytes, false);
+            if result.is_err() {
+                break;
+            }
+            written += bytes.len() as u64;
         }
-        self.write_atomically(&path, bytes, false)?;
-        self.add_usage(bytes.len() as u64);
-        Ok(())
+        self.add_usage(written);
+        result
     }
 
     /// The index entries that name `tree`: each entry's file name and text.

@@ -25,7 +25,7 @@
 pub mod backend;
 mod bundle;
 pub mod nix;
-mod pack;
+pub mod pack;
 mod s3;
 
 use std::collections::{HashMap, HashSet};
@@ -318,7 +318,7 @@ impl Remote {
     /// The blobs of `unit` from its pack, each checked, into `store`; returns the requests
     /// and bytes it took. A pack that is missing or does not check out gives way to its blobs
     /// one by one (a warning names a corrupt one).
-    async fn fetch_pack(&self, store: &Store, unit: &pack::Unit) -> Result<(u64, u64)> {
+    pub async fn fetch_pack(&self, store: &Store, unit: &pack::Unit) -> Result<(u64, u64)> {
         let got = self.backend.get(&unit.key).await;
         let bytes = match got {
             Ok(Some(bytes)) => match pack::decode(unit, &bytes) {
@@ -353,10 +353,7 @@ impl Remote {
         tokio::task::spawn_blocking(move || {
             let blobs = pack::decode(&unit, &bytes)?;
             let _guard = store.guard()?;
-            for (blob, bytes) in blobs {
-                store.add_blob(&blob, bytes)?;
-            }
-            anyhow::Ok(())
+            store.add_blobs(blobs.iter().map(|(blob, bytes)| (blob, *bytes)))
         })
         .await
         .context("a storing task panicked")??;
@@ -368,26 +365,9 @@ impl Remote {
     async fn push_packs(&self, store: &Store, tree: &TreeHash, pushed: &mut Pushed) -> Result<()> {
         let units = {
             let (store, tree) = (store.clone(), *tree);
-            tokio::task::spawn_blocking(move || {
-                let mut listing = HashMap::new();
-                let mut next = vec![tree];
-                while let Some(hash) = next.pop() {
-                    if listing.contains_key(&hash) {
-                        continue;
-                    }
-                    let object = store.read_object(&hash)?;
-                    if let Object::Directory(entries) = &object {
-                        next.extend(entries.iter().filter_map(|e| match e.node {
-                            Node::Directory { tree } => Some(tree),
-                            _ => None,
-                        }));
-                    }
-                    listing.insert(hash, object);
-                }
-                pack::units(&tree, &listing)
-            })
-            .await
-            .context("a listing task panicked")??
+            tokio::task::spawn_blocking(move || pack::stored_units(&store, &tree))
+                .await
+                .context("a listing task panicked")??
         };
         let present = self.exist_all(units.iter().map(|u| u.key.clone()).collect()).await?;
         let missing: Vec<pack::Unit> = units
@@ -679,9 +659,7 @@ async fn store_listing(store: &Store, tree: &TreeHash, objects: &HashMap<TreeHas
     let objects: Vec<(TreeHash, Vec<u8>)> = objects.iter().map(|(h, (_, b))| (*h, b.clone())).collect();
     tokio::task::spawn_blocking(move || {
         let _guard = store.guard()?;
-        for (hash, bytes) in &objects {
-            store.add_object(hash, bytes)?;
-        }
+        store.add_objects(objects.iter().map(|(hash, bytes)| (hash, bytes.as_slice())))?;
         store.declare_live(&[tree])
     })
     .await

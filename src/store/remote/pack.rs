@@ -113,6 +113,26 @@ pub fn units(root: &TreeHash, objects: &HashMap<TreeHash, Object>) -> Result<Vec
     Ok(out)
 }
 
+/// The units of `tree`, whose listing is in `store`.
+pub fn stored_units(store: &crate::store::Store, tree: &TreeHash) -> Result<Vec<Unit>> {
+    let mut listing = HashMap::new();
+    let mut next = vec![*tree];
+    while let Some(hash) = next.pop() {
+        if listing.contains_key(&hash) {
+            continue;
+        }
+        let object = store.read_object(&hash)?;
+        if let Object::Directory(entries) = &object {
+            next.extend(entries.iter().filter_map(|e| match e.node {
+                Node::Directory { tree } => Some(tree),
+                _ => None,
+            }));
+        }
+        listing.insert(hash, object);
+    }
+    units(tree, &listing)
+}
+
 /// Every small file of the subtree `tree`, each blob once, in top-down walk order.
 fn walk_small<'a>(
     tree: &TreeHash,
