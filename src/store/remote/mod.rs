@@ -430,8 +430,11 @@ impl Remote {
         let mut next = vec![*tree];
         while !next.is_empty() {
             let mut level = Vec::new();
+            // A directory that appears twice in a level (two identical subtrees) is taken once:
+            // its second sight would find it neither in the bundle any more nor stored yet.
+            let mut in_level = HashSet::new();
             for hash in next.drain(..) {
-                if objects.contains_key(&hash) {
+                if objects.contains_key(&hash) || !in_level.insert(hash) {
                     continue;
                 }
                 if let Some(bytes) = known.remove(&hash) {
