@@ -22,7 +22,8 @@ use support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 
-/// A source tree with an empty file and an empty directory (S3 servers have tripped on both).
+/// A source tree with an empty file and an empty directory (S3 servers have tripped on both),
+/// and two identical directories.
 fn project(dir: &Path, generation: u32) {
     write_file(
         &dir.join("README"),
@@ -32,6 +33,10 @@ fn project(dir: &Path, generation: u32) {
     write_file(&dir.join("bin/run"), b"#!/bin/sh\necho run\n", 0o755);
     write_file(&dir.join("empty"), b"", 0o644);
     mkdir(&dir.join("empty-dir"));
+    // Two identical directories: one tree object seen twice in a level of the listing.
+    for twin in ["a", "b"] {
+        write_file(&dir.join(format!("twins/{twin}/same.txt")), b"the same\n", 0o644);
+    }
     for i in 0..40 {
         write_file(
             &dir.join(format!("lib/m{i:02}.txt")),
@@ -408,6 +413,11 @@ fn a_tree_on_the_remote_is_served_at_once_and_its_files_arrive_when_read() {
         text(&out.stdout).trim().to_owned()
     };
     assert_eq!(xattr(&island), "no");
+    assert!(
+        mount.log().contains("(listing: 1 objects"),
+        "the listing is one bundle: {}",
+        mount.log()
+    );
     assert!(
         fs::read_dir(b_store.join("roots")).map(|d| d.count()).unwrap_or(0) == 0,
         "nothing is published while files are missing"
