@@ -773,6 +773,23 @@ impl CabFs {
         }
     }
 
+    /// The directory of a tree that `ino` is in: its inode, `ino`'s name in it, and its tree.
+    fn parent_directory(&self, ino: u64) -> Option<(u64, Vec<u8>, TreeHash)> {
+        let (parent, name) = self
+            .table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .parent(ino)
+            .map(|(p, n)| (p, n.to_vec()))?;
+        match self.content(parent) {
+            Ok(Content::Now(Kind::Tree {
+                node: Node::Directory { tree },
+                ..
+            })) => Some((parent, name, tree)),
+            _ => None,
+        }
+    }
+
     /// For a tree served lazily: the first read in a directory fetches the small files beside
     /// it from the remote in the background, so a reader going through the directory finds
     /// them stored rather than paying a round trip to the remote each.
@@ -783,20 +800,7 @@ impl CabFs {
         let Some(lazy) = island.lazy.as_ref().filter(|l| !l.is_complete()) else {
             return;
         };
-        let Some(parent) = self
-            .table
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .parent(ino)
-            .map(|(p, _)| p)
-        else {
-            return;
-        };
-        let Ok(Content::Now(Kind::Tree {
-            node: Node::Directory { tree },
-            ..
-        })) = self.content(parent)
-        else {
+        let Some((_, _, tree)) = self.parent_directory(ino) else {
             return;
         };
         let seen = self
@@ -825,20 +829,7 @@ impl CabFs {
         if self.passthrough.load(Ordering::Relaxed) {
             return;
         }
-        let Some((parent, name)) = self
-            .table
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .parent(ino)
-            .map(|(p, n)| (p, n.to_vec()))
-        else {
-            return;
-        };
-        let Ok(Content::Now(Kind::Tree {
-            node: Node::Directory { tree },
-            ..
-        })) = self.content(parent)
-        else {
+        let Some((parent, name, tree)) = self.parent_directory(ino) else {
             return;
         };
         prefetcher.read_now();

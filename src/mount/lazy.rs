@@ -30,6 +30,12 @@ struct Flight {
     urgent: Arc<Notify>,
 }
 
+/// What one flight downloads.
+enum Download {
+    Blob([u8; 32], u64),
+    Pack(pack::Unit),
+}
+
 /// A tree whose files arrive when read.
 pub struct Lazy {
     remote: Remote,
@@ -145,9 +151,21 @@ impl Lazy {
             );
             urgent
         };
+        self.fly(runtime, Download::Blob(blob, size), vec![blob], urgent, background);
+    }
+
+    /// Runs one download for the flights of `blobs` and lands them: a background one once a
+    /// slot is free, or at once if a reader comes to want one of them meanwhile.
+    fn fly(
+        self: &Arc<Self>,
+        runtime: &tokio::runtime::Handle,
+        download: Download,
+        blobs: Vec<[u8; 32]>,
+        urgent: Arc<Notify>,
+        background: bool,
+    ) {
         let lazy = self.clone();
         runtime.spawn(async move {
-            // A background fetch waits for a slot, unless a reader comes to want it meanwhile.
             let _slot = if background {
                 tokio::select! {
                     slot = lazy.background.clone().acquire_owned() => slot.ok(),
@@ -156,27 +174,36 @@ impl Lazy {
             } else {
                 None
             };
-            let result = if lazy.store.has_blob(&blob, size) {
-                Ok(size)
-            } else {
-                lazy.remote.fetch_blob(&lazy.store, &blob, size).await
+            let (result, what) = match &download {
+                Download::Blob(blob, size) => {
+                    let result = if lazy.store.has_blob(blob, *size) {
+                        Ok(())
+                    } else {
+                        lazy.remote.fetch_blob(&lazy.store, blob, *size).await.map(|_| ())
+                    };
+                    (result, format!("blob {}", encoding::to_hex(blob)))
+                }
+                Download::Pack(unit) => (
+                    lazy.remote.fetch_pack(&lazy.store, unit).await.map(|_| ()),
+                    unit.key.clone(),
+                ),
             };
             if let Err(e) = &result {
                 tracing::error!(
-                    "{}: cannot fetch blob {} from {}: {e:#} (reads of that file fail; the next read tries again)",
+                    "{}: cannot fetch {what} from {}: {e:#} (reads of its files fail; the next read tries again)",
                     lazy.label,
-                    encoding::to_hex(&blob),
                     lazy.remote
                 );
             }
-            let waiters = lazy
-                .fetching
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&blob)
-                .map(|f| f.waiters)
-                .unwrap_or_default();
-            let outcome = result.map(|_| ()).map_err(|_| ());
+            let waiters: Vec<Waiter> = {
+                let mut fetching = lazy.fetching.lock().unwrap_or_else(|e| e.into_inner());
+                blobs
+                    .iter()
+                    .filter_map(|blob| fetching.remove(blob))
+                    .flat_map(|flight| flight.waiters)
+                    .collect()
+            };
+            let outcome = result.map_err(|_| ());
             // Waiters answer requests: a blocking thread's work.
             let _ = tokio::task::spawn_blocking(move || waiters.into_iter().for_each(|w| w(outcome))).await;
         });
@@ -220,34 +247,9 @@ impl Lazy {
                 mine.push(blob);
             }
         }
-        if mine.is_empty() {
-            return;
+        if !mine.is_empty() {
+            self.fly(runtime, Download::Pack(unit), mine, urgent, true);
         }
-        let lazy = self.clone();
-        runtime.spawn(async move {
-            let _slot = tokio::select! {
-                slot = lazy.background.clone().acquire_owned() => slot.ok(),
-                () = urgent.notified() => None,
-            };
-            let result = lazy.remote.fetch_pack(&lazy.store, &unit).await;
-            if let Err(e) = &result {
-                tracing::error!(
-                    "{}: cannot fetch {} from {}: {e:#} (reads of its files fail; the next read tries again)",
-                    lazy.label,
-                    unit.key,
-                    lazy.remote
-                );
-            }
-            let waiters: Vec<Waiter> = {
-                let mut fetching = lazy.fetching.lock().unwrap_or_else(|e| e.into_inner());
-                mine.iter()
-                    .filter_map(|blob| fetching.remove(blob))
-                    .flat_map(|flight| flight.waiters)
-                    .collect()
-            };
-            let outcome = result.map(|_| ()).map_err(|_| ());
-            let _ = tokio::task::spawn_blocking(move || waiters.into_iter().for_each(|w| w(outcome))).await;
-        });
     }
 
     /// A reader's first read in a directory: fetches, in the background, the small files of
@@ -293,7 +295,9 @@ impl Lazy {
         let store = self.store.clone();
         let tree = self.tree;
         let (units, blobs) = tokio::task::spawn_blocking(move || {
-            anyhow::Ok((pack::stored_units(&store, &tree)?, blobs_in_walk_order(&store, &tree)?))
+            let listing = pack::stored_listing(&store, &tree)?;
+            let object = |hash: &TreeHash| listing.get(hash);
+            anyhow::Ok((pack::units(&tree, object)?, blobs_in_walk_order(&tree, object)?))
         })
         .await??;
         // Every missing blob queued at once, in walk order (the background slots are handed out
@@ -348,7 +352,10 @@ impl Lazy {
 
 /// Every blob a stored listing names, with its size, in the order a top-down walk reads
 /// them: a directory's files, then each of its subdirectories in name order.
-fn blobs_in_walk_order(store: &Store, tree: &TreeHash) -> anyhow::Result<Vec<([u8; 32], u64)>> {
+fn blobs_in_walk_order<'a>(
+    tree: &TreeHash,
+    object: impl Fn(&TreeHash) -> Option<&'a Object>,
+) -> anyhow::Result<Vec<([u8; 32], u64)>> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     let mut next = vec![*tree];
@@ -356,15 +363,16 @@ fn blobs_in_walk_order(store: &Store, tree: &TreeHash) -> anyhow::Result<Vec<([u
         if !seen.insert(hash) {
             continue;
         }
-        let nodes = match store.read_object(&hash)? {
-            Object::Directory(entries) => entries.into_iter().map(|e| e.node).collect(),
-            Object::Root(node) => vec![node],
+        let nodes: Vec<&Node> = match object(&hash) {
+            Some(Object::Directory(entries)) => entries.iter().map(|e| &e.node).collect(),
+            Some(Object::Root(node)) => vec![node],
+            None => anyhow::bail!("the listing lacks directory {hash}"),
         };
         let mut subdirectories = Vec::new();
         for node in nodes {
             match node {
-                Node::File { blob, size, .. } => out.push((blob, size)),
-                Node::Directory { tree } => subdirectories.push(tree),
+                Node::File { blob, size, .. } => out.push((*blob, *size)),
+                Node::Directory { tree } => subdirectories.push(*tree),
                 Node::Symlink { .. } => {}
             }
         }

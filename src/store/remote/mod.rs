@@ -224,9 +224,8 @@ impl Remote {
             }
         }
         // Small files come in packs where most of a pack is wanted; the rest one by one.
-        let listing: HashMap<TreeHash, Object> = objects.iter().map(|(h, (o, _))| (*h, o.clone())).collect();
         let mut packs = Vec::new();
-        for unit in pack::units(tree, &listing)? {
+        for unit in pack::units(tree, |hash| objects.get(hash).map(|(object, _)| object))? {
             let missing = unit.blobs.iter().filter(|(b, _)| wanted.contains_key(b)).count();
             if missing >= 2 && missing * 2 >= unit.blobs.len() {
                 for (blob, _) in &unit.blobs {
@@ -319,45 +318,44 @@ impl Remote {
     /// and bytes it took. A pack that is missing or does not check out gives way to its blobs
     /// one by one (a warning names a corrupt one).
     pub async fn fetch_pack(&self, store: &Store, unit: &pack::Unit) -> Result<(u64, u64)> {
-        let got = self.backend.get(&unit.key).await;
-        let bytes = match got {
-            Ok(Some(bytes)) => match pack::decode(unit, &bytes) {
-                Ok(_) => Some(bytes),
-                Err(e) => {
-                    tracing::warn!("{self}: {} is corrupt ({e:#}); fetching its files one by one", unit.key);
-                    None
-                }
-            },
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(
-                    "{self}: cannot fetch {} ({e:#}); fetching its files one by one",
-                    unit.key
-                );
-                None
-            }
-        };
-        let Some(bytes) = bytes else {
-            let mut requests = 1;
-            let mut total = 0;
-            for (blob, size) in &unit.blobs {
-                if !store.has_blob(blob, *size) {
-                    total += self.fetch_blob(store, blob, *size).await?;
-                    requests += 1;
+        match self.backend.get(&unit.key).await {
+            Ok(Some(bytes)) => {
+                let len = bytes.len() as u64;
+                let (store, owned) = (store.clone(), unit.clone());
+                // Checked and stored in one pass over the bytes: the BLAKE3 of every blob once.
+                let corrupt = tokio::task::spawn_blocking(move || {
+                    let blobs = match pack::decode(&owned, &bytes) {
+                        Ok(blobs) => blobs,
+                        Err(e) => return anyhow::Ok(Some(e)),
+                    };
+                    let _guard = store.guard()?;
+                    store.add_blobs(blobs.iter().map(|(blob, bytes)| (blob, *bytes)))?;
+                    Ok(None)
+                })
+                .await
+                .context("a storing task panicked")??;
+                match corrupt {
+                    None => return Ok((1, len)),
+                    Some(e) => {
+                        tracing::warn!("{self}: {} is corrupt ({e:#}); fetching its files one by one", unit.key)
+                    }
                 }
             }
-            return Ok((requests, total));
-        };
-        let len = bytes.len() as u64;
-        let (store, unit) = (store.clone(), unit.clone());
-        tokio::task::spawn_blocking(move || {
-            let blobs = pack::decode(&unit, &bytes)?;
-            let _guard = store.guard()?;
-            store.add_blobs(blobs.iter().map(|(blob, bytes)| (blob, *bytes)))
-        })
-        .await
-        .context("a storing task panicked")??;
-        Ok((1, len))
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                "{self}: cannot fetch {} ({e:#}); fetching its files one by one",
+                unit.key
+            ),
+        }
+        let mut requests = 1;
+        let mut total = 0;
+        for (blob, size) in &unit.blobs {
+            if !store.has_blob(blob, *size) {
+                total += self.fetch_blob(store, blob, *size).await?;
+                requests += 1;
+            }
+        }
+        Ok((requests, total))
     }
 
     /// Uploads the packs of `tree` the remote lacks (after its blobs: a pack only speeds up
@@ -365,9 +363,12 @@ impl Remote {
     async fn push_packs(&self, store: &Store, tree: &TreeHash, pushed: &mut Pushed) -> Result<()> {
         let units = {
             let (store, tree) = (store.clone(), *tree);
-            tokio::task::spawn_blocking(move || pack::stored_units(&store, &tree))
-                .await
-                .context("a listing task panicked")??
+            tokio::task::spawn_blocking(move || {
+                let listing = pack::stored_listing(&store, &tree)?;
+                pack::units(&tree, |hash| listing.get(hash))
+            })
+            .await
+            .context("a listing task panicked")??
         };
         let present = self.exist_all(units.iter().map(|u| u.key.clone()).collect()).await?;
         let missing: Vec<pack::Unit> = units

@@ -40,10 +40,10 @@ pub struct Unit {
     pub blobs: Vec<([u8; 32], u64)>,
 }
 
-/// The units of the tree `root`, whose objects `objects` holds (every directory of it).
-pub fn units(root: &TreeHash, objects: &HashMap<TreeHash, Object>) -> Result<Vec<Unit>> {
-    let entries = |tree: &TreeHash| -> Result<&[crate::hash::tree::Entry]> {
-        match objects.get(tree) {
+/// The units of the tree `root`, whose objects `object` finds (every directory of it).
+pub fn units<'a>(root: &TreeHash, object: impl Fn(&TreeHash) -> Option<&'a Object>) -> Result<Vec<Unit>> {
+    let entries = |tree: &TreeHash| -> Result<&'a [crate::hash::tree::Entry]> {
+        match object(tree) {
             Some(Object::Directory(entries)) => Ok(entries),
             Some(Object::Root(_)) => Ok(&[]),
             None => bail!("the listing lacks directory {tree}"),
@@ -113,8 +113,8 @@ pub fn units(root: &TreeHash, objects: &HashMap<TreeHash, Object>) -> Result<Vec
     Ok(out)
 }
 
-/// The units of `tree`, whose listing is in `store`.
-pub fn stored_units(store: &crate::store::Store, tree: &TreeHash) -> Result<Vec<Unit>> {
+/// Every directory object of `tree`, read from `store` (whose listing of it is whole).
+pub fn stored_listing(store: &crate::store::Store, tree: &TreeHash) -> Result<HashMap<TreeHash, Object>> {
     let mut listing = HashMap::new();
     let mut next = vec![*tree];
     while let Some(hash) = next.pop() {
@@ -130,7 +130,7 @@ pub fn stored_units(store: &crate::store::Store, tree: &TreeHash) -> Result<Vec<
         }
         listing.insert(hash, object);
     }
-    units(tree, &listing)
+    Ok(listing)
 }
 
 /// Every small file of the subtree `tree`, each blob once, in top-down walk order.
@@ -237,7 +237,7 @@ mod tests {
             "",
             vec![a.clone(), b, file("z", b"zz"), file("zz", b"xx")],
         );
-        let units = units(&root, &objects).unwrap();
+        let units = units(&root, |t| objects.get(t)).unwrap();
         let keys: Vec<&str> = units.iter().map(|u| u.key.as_str()).collect();
         assert_eq!(
             keys,
@@ -250,7 +250,7 @@ mod tests {
         // The root's own: z, then zz's blob is x's, but that is in another unit: kept here too.
         assert_eq!(units[0].blobs.len(), 2);
         let (_, small_root) = dir(&mut objects, "", vec![a, file("z", b"zz")]);
-        let one = super::units(&small_root, &objects).unwrap();
+        let one = super::units(&small_root, |t| objects.get(t)).unwrap();
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].blobs.len(), 3);
         // Walk order: the root's own files, then a's.
