@@ -11,7 +11,7 @@ mod support;
 
 use std::fs;
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,29 @@ fn cab_on(store: &Path, remote: Option<&str>, garage: &Garage, github: &str) -> 
     cmd
 }
 
+/// Machine A pins the manifest's island `name` from the forge and pushes it to `garage`
+/// (`update` waits for its pushes before it exits); returns its tree hash, and a directory
+/// holding the tree as `t` to compare with.
+fn pin_and_push(world: &World, garage: &Garage, name: &str) -> (String, PathBuf) {
+    let mut update = world.cab();
+    garage.credentials(&mut update);
+    update.args(["--remote", &garage.remote_url(), "--push", "update"]);
+    run_ok(&mut update);
+    let tree = hash_of(&world.locked(name).expect("pinned"));
+    let reference = world.dir("reference");
+    export(&world.store, &tree, &reference.join("t"));
+    (tree, reference)
+}
+
+/// Machine B's project: machine A's manifest and lock.
+fn machine_b(world: &World) -> PathBuf {
+    let b = world.dir("machine-b");
+    for file in ["islands.toml", "islands.lock"] {
+        fs::copy(world.project.join(file), b.join(file)).unwrap();
+    }
+    b
+}
+
 fn hash_of(locked: &str) -> String {
     let start = locked.find("blake3-").expect("a tree hash");
     locked[start..start + 71].to_owned()
@@ -98,20 +121,11 @@ fn machine_b_mounts_what_machine_a_pushed_without_the_forge() {
     world.push("acme/lib", &src, "one");
     world.manifest("lib = '<github:acme/lib>'\n");
 
-    // Machine A: pins and pushes (update waits for its pushes before it exits).
-    let mut update = world.cab();
-    garage.credentials(&mut update);
-    update.args(["--remote", &remote, "--push", "update"]);
-    run_ok(&mut update);
-    let locked = world.locked("lib").expect("pinned");
-    let tree = hash_of(&locked);
-    let reference = world.dir("reference");
-    export(&world.store, &tree, &reference.join("t"));
+    // Machine A: pins and pushes.
+    let (_, reference) = pin_and_push(&world, &garage, "lib");
 
     // Machine B: an empty store, the same manifest and lock, the forge down.
-    let b = world.dir("machine-b");
-    fs::copy(world.project.join("islands.toml"), b.join("islands.toml")).unwrap();
-    fs::copy(world.project.join("islands.lock"), b.join("islands.lock")).unwrap();
+    let b = machine_b(&world);
     let b_store = world.dir("machine-b-store");
     let b_mnt = world.dir("machine-b-mnt");
     // Nothing listens on port 1: the forge is down for machine B.
@@ -315,18 +329,7 @@ fn nix_and_cab_read_the_bucket_over_its_website() {
     let expr = format!("builtins.fetchTarball {{ url = \"http://127.0.0.1:1/gone.tar.gz\"; sha256 = \"{nar}\"; }}");
     let narinfo_path = nix_store_path(&nar);
     let _ = Command::new("nix-store").arg("--delete").arg(&narinfo_path).output();
-    let out = run_timeout(
-        Command::new("nix-store")
-            .arg("--realise")
-            .arg(&narinfo_path)
-            .args(["--option", "substituters", &garage.web_url()])
-            .args([
-                "--option",
-                "trusted-public-keys",
-                fs::read_to_string(&public).unwrap().trim(),
-            ]),
-        TIMEOUT,
-    );
+    let out = nix_realise_from(&narinfo_path, &garage.web_url(), &public);
     assert!(out.status.success(), "{}", report("nix-store --realise", &out));
     let out = run_timeout(Command::new("nix-instantiate").args(["--eval", "-E", &expr]), TIMEOUT);
     assert!(out.status.success(), "{}", report("nix-instantiate", &out));
@@ -366,17 +369,8 @@ fn a_tree_on_the_remote_is_served_at_once_and_its_files_arrive_when_read() {
     write_file(&src.join("big/never-read.bin"), &pseudo_random(3 << 20, 55), 0o644);
     world.push("acme/lib", &src, "one");
     world.manifest("lib = '<github:acme/lib>'\n");
-    let mut update = world.cab();
-    garage.credentials(&mut update);
-    update.args(["--remote", &remote, "--push", "update"]);
-    run_ok(&mut update);
-    let tree = hash_of(&world.locked("lib").unwrap());
-    let reference = world.dir("reference");
-    export(&world.store, &tree, &reference.join("t"));
-
-    let b = world.dir("machine-b");
-    fs::copy(world.project.join("islands.toml"), b.join("islands.toml")).unwrap();
-    fs::copy(world.project.join("islands.lock"), b.join("islands.lock")).unwrap();
+    let (_, reference) = pin_and_push(&world, &garage, "lib");
+    let b = machine_b(&world);
     let (b_store, b_mnt) = (world.dir("b-store"), world.dir("b-mnt"));
     let mount_b = |extra: &[&str]| {
         let mut cmd = cab_on(&b_store, Some(&remote), &garage, "http://127.0.0.1:1");
@@ -497,17 +491,8 @@ fn a_reader_going_through_the_tree_brings_the_rest_in_the_background() {
     }
     world.push("acme/wide", &src, "one");
     world.manifest("wide = '<github:acme/wide>'\n");
-    let mut update = world.cab();
-    garage.credentials(&mut update);
-    update.args(["--remote", &remote, "--push", "update"]);
-    run_ok(&mut update);
-    let tree = hash_of(&world.locked("wide").unwrap());
-    let reference = world.dir("reference");
-    export(&world.store, &tree, &reference.join("t"));
-
-    let b = world.dir("machine-b");
-    fs::copy(world.project.join("islands.toml"), b.join("islands.toml")).unwrap();
-    fs::copy(world.project.join("islands.lock"), b.join("islands.lock")).unwrap();
+    let (_, reference) = pin_and_push(&world, &garage, "wide");
+    let b = machine_b(&world);
     let (b_store, b_mnt) = (world.dir("b-store"), world.dir("b-mnt"));
     let mut cmd = cab_on(&b_store, Some(&remote), &garage, "http://127.0.0.1:1");
     cmd.current_dir(&b).arg("-v").arg("mount").arg(&b_mnt);

@@ -361,18 +361,7 @@ fn nix_substitutes_what_cab_pushed() {
     let _ = Command::new("nix-store").arg("--delete").arg(&store_path).output();
     // Nix 2.8's fetchTarball does not consult substituters (NixOS/nix#4313): the path is
     // realized from the cache first, signature checked, then fetchTarball finds it.
-    let out = run_timeout(
-        Command::new("nix-store")
-            .arg("--realise")
-            .arg(&store_path)
-            .args(["--option", "substituters", &fleet.remote_url()])
-            .args([
-                "--option",
-                "trusted-public-keys",
-                fs::read_to_string(&public).unwrap().trim(),
-            ]),
-        TIMEOUT,
-    );
+    let out = nix_realise_from(&store_path, &fleet.remote_url(), &public);
     assert!(out.status.success(), "{}", report("nix-store --realise", &out));
     let expr = format!("builtins.fetchTarball {{ url = \"http://127.0.0.1:1/gone.tar.gz\"; sha256 = \"{nar}\"; }}");
     let out = run_timeout(Command::new("nix-instantiate").args(["--eval", "-E", &expr]), TIMEOUT);

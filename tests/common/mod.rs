@@ -320,6 +320,20 @@ pub fn nix_hash(path: &Path, flag: Option<&str>) -> String {
     text(&out.stdout).trim().to_string()
 }
 
+/// `nix-store --realise PATH` from the binary cache `substituter` only, trusting the public
+/// key in `public_key` (as `nix key convert-secret-to-public` writes it).
+pub fn nix_realise_from(path: &str, substituter: &str, public_key: &Path) -> Output {
+    let key = fs::read_to_string(public_key).unwrap();
+    run_timeout(
+        Command::new("nix-store")
+            .arg("--realise")
+            .arg(path)
+            .args(["--option", "substituters", substituter])
+            .args(["--option", "trusted-public-keys", key.trim()]),
+        Duration::from_secs(180),
+    )
+}
+
 /// Fails the test, with a clear message, unless `nix` can be run.
 pub fn require_nix() {
     static NIX: OnceLock<Result<(), String>> = OnceLock::new();
