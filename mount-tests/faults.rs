@@ -113,44 +113,84 @@ fn push_big(world: &World, repo: &str, size: usize, seed: u64) {
 // 1. The kernel's request timeout
 // ---------------------------------------------------------------------------------------------
 
+/// The kernel's request timeouts, set for a test and restored after it (0: none).
+fn request_timeouts(default: &str, max: &str) -> Option<(Sysctl, Sysctl)> {
+    let default = Sysctl::set("/proc/sys/fs/fuse/default_request_timeout", default)?;
+    let max = Sysctl::set("/proc/sys/fs/fuse/max_request_timeout", max)?;
+    Some((default, max))
+}
+
+/// A world whose island `slow` takes about 40 s to download.
+fn slow_world(label: &str) -> World {
+    let world = World::new(label, &["--throttle", "60000", "--throttle-path-regex", "slow"]);
+    push_big(&world, "acme/slow", 2_400_000, 1);
+    world.manifest("slow = '<github:acme/slow>'\n");
+    world
+}
+
 #[test]
-fn a_fetch_longer_than_the_kernel_request_timeout_leaves_the_mount_alive() {
+fn a_fetch_longer_than_the_default_request_timeout_is_waited_for() {
     let _serial = serial();
-    let Some(_timeout) = Sysctl::set("/proc/sys/fs/fuse/default_request_timeout", "10") else {
+    let Some(_timeouts) = request_timeouts("15", "0") else {
         eprintln!("skipped: this kernel has no FUSE request timeout (Linux 6.14+)");
         return;
     };
-    // About 40 s to download: longer than the timeout (10 s, which the kernel enforces at its
-    // next 15 s check), by far.
-    let world = World::new(
-        "faults-timeout",
-        &["--throttle", "60000", "--throttle-path-regex", "slow"],
-    );
-    push_big(&world, "acme/slow", 2_400_000, 1);
-    world.manifest("slow = '<github:acme/slow>'\n");
+    let world = slow_world("faults-timeout");
     let mount = world.mount(&[]);
     assert!(
-        mount.wait_log("the kernel ends FUSE requests after 10 s", Duration::from_secs(5)),
-        "the daemon reads the timeout in force at mount\n{}",
+        mount.wait_log("declared a FUSE request timeout of", Duration::from_secs(5)),
+        "the daemon declares a timeout that covers its fetches\n{}",
+        mount.log()
+    );
+    // The reader simply waits for its tree, past the admin's default of 15 s (which the kernel
+    // would enforce at its next 15 s check).
+    let started = Instant::now();
+    let small = world.at("slow/small.txt");
+    let read = answers_within(Duration::from_secs(150), "cat MNT/slow/small.txt", move || {
+        fs::read_to_string(small).map_err(|e| e.raw_os_error())
+    });
+    assert_eq!(read, Ok("acme/slow\n".to_string()), "{}", mount.log());
+    assert!(
+        started.elapsed() > Duration::from_secs(20),
+        "the fetch was meant to outlast the kernel's default timeout; it took {:?}",
+        started.elapsed()
+    );
+    let log = mount.stop();
+    assert!(!log.contains("EAGAIN"), "{log}");
+    assert!(!log.contains("ended the FUSE connection"), "{log}");
+}
+
+#[test]
+fn a_hard_cap_shorter_than_a_fetch_answers_eagain_and_the_mount_stays_up() {
+    let _serial = serial();
+    let Some(_timeouts) = request_timeouts("15", "15") else {
+        eprintln!("skipped: this kernel has no FUSE request timeout (Linux 6.14+)");
+        return;
+    };
+    let world = slow_world("faults-timeout-cap");
+    let mount = world.mount(&[]);
+    assert!(
+        mount.wait_log("sooner than a fetch may take", Duration::from_secs(5)),
+        "the daemon says once at mount that the admin's cap cuts its waits short\n{}",
         mount.log()
     );
     let started = Instant::now();
     let slow = world.at("slow");
-    let first = answers_within(Duration::from_secs(14), "the first listing", {
+    let first = answers_within(Duration::from_secs(15), "the first listing", {
         let slow = slow.clone();
         move || listing(&slow)
     });
     assert_eq!(
         first,
         Err(libc::EAGAIN),
-        "answered EAGAIN before the timeout\n{}",
+        "answered EAGAIN before the cap\n{}",
         mount.log()
     );
     assert!(mount.log().contains("answered EAGAIN"), "{}", mount.log());
     // Asked again and again while the download goes on: each answer comes in time, and the
     // mount stays alive throughout (the kernel would have aborted it at ~15-30 s).
     let names = loop {
-        match answers_within(Duration::from_secs(14), "a later listing", {
+        match answers_within(Duration::from_secs(15), "a later listing", {
             let slow = slow.clone();
             move || listing(&slow)
         }) {
@@ -177,11 +217,7 @@ fn a_fetch_longer_than_the_kernel_request_timeout_leaves_the_mount_alive() {
             mount.log()
         );
     };
-    assert!(
-        started.elapsed() > Duration::from_secs(20),
-        "the fetch was meant to outlast the kernel's timeout; it took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() > Duration::from_secs(20), "{:?}", started.elapsed());
     let mut names = names;
     names.sort();
     assert_eq!(names, ["payload.bin", "small.txt"]);
@@ -604,4 +640,272 @@ fn an_unprivileged_user_mounts_through_fusermount3() {
 
 fn cab_path() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cab"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Recovery: a forge that comes back serves at the next look, and a failure says why
+// ---------------------------------------------------------------------------------------------
+
+/// `user.cab.error` of `path`, or what getfattr said instead.
+fn error_xattr(path: &Path) -> String {
+    let out = tool("getfattr")
+        .args(["--only-values", "-n", "user.cab.error"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "getfattr -n user.cab.error {}: {}",
+        path.display(),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// The forge's `HOST:PORT`.
+fn address(url: &str) -> String {
+    url.trim_start_matches("http://").trim_end_matches('/').to_owned()
+}
+
+#[test]
+fn an_island_serves_at_the_next_look_once_its_forge_is_back() {
+    let _serial = serial();
+    let world = World::new("faults-recovery", &[]);
+    for repo in ["acme/back", "acme/reset"] {
+        let src = world.dir(&format!("src-{}", repo.replace('/', "-")));
+        write_file(&src.join("hello.txt"), format!("{repo}\n").as_bytes(), 0o644);
+        world.push(repo, &src, repo);
+    }
+    let forge = address(&world.forge.url());
+    let mut gate = Gate::new(&forge);
+    gate.set(GateMode::Closed);
+    // Besides the forge behind the gate: a host that does not resolve, and TLS spoken to a
+    // server that answers plain HTTP.
+    world.manifest(&format!(
+        "back = '<github:acme/back>'\n\
+         reset = '<github:acme/reset>'\n\
+         nowhere = '<git:http://no-such-host.invalid/acme/back.git>'\n\
+         tls = '<git:https://{forge}/acme/back.git>'\n"
+    ));
+    let mut cmd = world.cab();
+    cmd.env("CAB_GITHUB_URL", gate.url()).arg("mount").arg(&world.mnt);
+    let mount = Mount::start(cmd, &world.mnt);
+
+    // The forge is down: the island's contents fail, and it says why.
+    assert_eq!(listing(&world.at("back")), Err(libc::EIO), "{}", mount.log());
+    let why = error_xattr(&world.at("back"));
+    assert!(why.contains("refused"), "{why}");
+    assert!(why.contains("tries again"), "{why}");
+    assert!(why.contains("acme/back"), "names the island: {why}");
+    // The other causes, each named.
+    for (name, cause) in [("nowhere", "could not be resolved"), ("tls", "TLS failed")] {
+        assert_eq!(listing(&world.at(name)), Err(libc::EIO), "{name}\n{}", mount.log());
+        let why = error_xattr(&world.at(name));
+        assert!(why.contains(cause), "{name}: {why}");
+    }
+    // A connection reset: and one `ls` (three requests to the daemon) is one attempt.
+    gate.set(GateMode::Reset);
+    let before = gate.accepted();
+    let ls = tool("ls").arg(world.at("reset")).output().unwrap();
+    assert!(!ls.status.success(), "ls of an island whose forge resets fails");
+    assert_eq!(gate.accepted() - before, 1, "one ls, one attempt\n{}", mount.log());
+    let why = error_xattr(&world.at("reset"));
+    assert!(why.contains("reset"), "{why}");
+
+    // The forge comes back: the island serves within 2 s of the next look.
+    gate.set(GateMode::Open);
+    let looked = Instant::now();
+    loop {
+        match listing(&world.at("back")) {
+            Ok(names) => {
+                assert_eq!(names, ["hello.txt"]);
+                break;
+            }
+            Err(errno) => assert_eq!(errno, libc::EIO),
+        }
+        assert!(
+            looked.elapsed() < Duration::from_secs(2),
+            "the island still fails {:?} after the forge came back\n{}",
+            looked.elapsed(),
+            mount.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(read_text(&world.at("back/hello.txt")), "acme/back\n");
+    // A served island has no error to tell.
+    let out = tool("getfattr")
+        .args(["-n", "user.cab.error"])
+        .arg(world.at("back"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    mount.stop();
+}
+
+/// A tmpfs of `size` mounted at `dir` for the length of a test (unmounted when dropped).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        mkdir(dir);
+        ok(tool("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "cab-test"])
+            .arg(dir));
+        Tmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = tool("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_not_remembered_once_space_is_freed() {
+    let _serial = serial();
+    let world = World::new("faults-enospc", &[]);
+    push_big(&world, "acme/big", 3_000_000, 7);
+    world.manifest("big = '<github:acme/big>'\n");
+    // The store on a small filesystem of its own.
+    let _tmpfs = Tmpfs::mount(&world.store, "24m");
+    let mount = world.mount(&[]);
+    // Fill it.
+    let filler = world.store.join("filler");
+    let _ = tool("dd")
+        .args(["if=/dev/zero", "bs=1M"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(Stdio::null())
+        .status();
+    assert_eq!(listing(&world.at("big")), Err(libc::EIO), "{}", mount.log());
+    let why = error_xattr(&world.at("big"));
+    assert!(why.contains("No space left on device"), "{why}");
+    assert!(why.contains("next look"), "not remembered: {why}");
+    // Space freed: the very next look serves.
+    fs::remove_file(&filler).unwrap();
+    let mut names = listing(&world.at("big")).unwrap_or_else(|e| panic!("errno {e}\n{}", mount.log()));
+    names.sort();
+    assert_eq!(names, ["payload.bin", "small.txt"]);
+    assert_eq!(read_text(&world.at("big/small.txt")), "acme/big\n");
+    drop(mount);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Interrupts at any moment, and a bug in a handler
+// ---------------------------------------------------------------------------------------------
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+#[test]
+fn thousands_of_waiting_requests_interrupted_at_random_moments_all_return() {
+    let _serial = serial();
+    // The archive trickles: its island stays pending for the length of the test.
+    let world = World::new(
+        "faults-interrupts",
+        &["--throttle", "2000", "--throttle-path-regex", "slow"],
+    );
+    push_big(&world, "acme/slow", 1_000_000, 3);
+    world.manifest("slow = '<github:acme/slow>'\n");
+    // A lost interrupt would wait for the fetch: bounded, so that it shows as a failure.
+    let mount = world.mount(&["--max-time", "60"]);
+    // A handler without SA_RESTART: a signal makes a waiting call return EINTR.
+    // SAFETY: installs a handler that does nothing, for a signal nothing else here uses.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = ignore_signal as *const () as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut());
+    }
+    let threads = 16;
+    let rounds = 125;
+    let slow = world.at("slow");
+    assert!(fs::metadata(&slow).unwrap().is_dir());
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let slow = slow.clone();
+            thread::spawn(move || {
+                // SAFETY: the id of this very thread.
+                let me = unsafe { libc::pthread_self() };
+                let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (t as u64 + 1);
+                let mut slowest = Duration::ZERO;
+                for k in 0..rounds {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    // Each call waits on the pending island (a distinct name each time, so the
+                    // kernel sends every one); a signaller interrupts it after 0-20 ms, and
+                    // again every 50 ms in case the first came before the call began.
+                    let delay = Duration::from_micros(seed % 20_000);
+                    let me_too = me as usize;
+                    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+                    let signaller = thread::spawn(move || {
+                        thread::sleep(delay);
+                        let first = Instant::now();
+                        loop {
+                            // SAFETY: the thread is alive until it says it is done.
+                            unsafe { libc::pthread_kill(me_too as libc::pthread_t, libc::SIGUSR1) };
+                            if done_rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+                                return first.elapsed();
+                            }
+                        }
+                    });
+                    let path = slow.join(format!("name-{t}-{k}"));
+                    let result = fs::symlink_metadata(&path);
+                    let _ = done_tx.send(());
+                    let after_first_signal = signaller.join().unwrap();
+                    assert_eq!(
+                        result.as_ref().err().and_then(|e| e.raw_os_error()),
+                        Some(libc::EINTR),
+                        "{}: {result:?}",
+                        path.display()
+                    );
+                    slowest = slowest.max(after_first_signal);
+                }
+                slowest
+            })
+        })
+        .collect();
+    let slowest = workers.into_iter().map(|w| w.join().unwrap()).max().unwrap();
+    assert!(
+        slowest < Duration::from_secs(3),
+        "an interrupted call waited {slowest:?} after its first signal: an interrupt was lost\n{}",
+        mount.log()
+    );
+    // The mount is as it was.
+    assert_eq!(listing(&world.at("")).map(|n| n.len()), Ok(5));
+    mount.stop();
+}
+
+#[test]
+fn a_panicking_request_is_answered_eio_and_the_mount_keeps_all_its_workers() {
+    let _serial = serial();
+    let world = World::new("faults-panic", &[]);
+    let src = world.dir("src");
+    write_file(&src.join("hello.txt"), b"still here\n", 0o644);
+    world.push("acme/here", &src, "here");
+    world.manifest("here = '<github:acme/here>'\n");
+    let mut cmd = world.cab();
+    cmd.env("CAB_FAILPOINT", "mount-panic").arg("mount").arg(&world.mnt);
+    let mount = Mount::start(cmd, &world.mnt);
+    let workers = |pid: u32| {
+        fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.starts_with("fuse-"))
+            .count()
+    };
+    let before = workers(mount.child.id());
+    assert_eq!(before, 4, "the default worker count");
+    // More panics than workers: each costs its request only.
+    for _ in 0..12 {
+        let errno = answers_within(Duration::from_secs(5), "a panicking lookup", {
+            let path = world.at("cab-failpoint-panic");
+            move || errno_of(fs::metadata(path))
+        });
+        assert_eq!(errno, Some(libc::EIO));
+    }
+    assert!(mount.log().contains("a bug in cab: request"), "{}", mount.log());
+    assert_eq!(workers(mount.child.id()), before, "no worker lost\n{}", mount.log());
+    assert_eq!(read_text(&world.at("here/hello.txt")), "still here\n");
+    mount.stop();
 }

@@ -547,3 +547,144 @@ pub fn copy_tree(src: &Path, dst: &Path) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// A server that fails on demand
+// ---------------------------------------------------------------------------------------------
+
+/// How a [`Gate`] treats connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GateMode {
+    /// Passes them on to the server behind it.
+    Open,
+    /// Nobody listens: connections are refused.
+    Closed,
+    /// Accepts each connection and resets it at once.
+    Reset,
+}
+
+/// A TCP port in front of a server that can be opened, closed (connection refused) or made to
+/// reset every connection, while clients keep using the same address: a forge that goes down
+/// and comes back.
+pub struct Gate {
+    port: u16,
+    upstream: String,
+    mode: Arc<Mutex<GateMode>>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    worker: Option<thread::JoinHandle<()>>,
+}
+
+impl Gate {
+    /// A gate in front of `upstream` (`HOST:PORT`), open.
+    pub fn new(upstream: &str) -> Gate {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let mut gate = Gate {
+            port,
+            upstream: upstream.to_owned(),
+            mode: Arc::new(Mutex::new(GateMode::Open)),
+            accepted: Arc::default(),
+            stop: Arc::default(),
+            worker: None,
+        };
+        gate.set(GateMode::Open);
+        gate
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Connections accepted so far (in `Open` and `Reset` modes).
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Switches the gate: the listener is dropped while closed and bound again (same port)
+    /// when opened or resetting.
+    pub fn set(&mut self, mode: GateMode) {
+        use std::sync::atomic::Ordering;
+        *self.mode.lock().unwrap() = mode;
+        let listening = self.worker.is_some();
+        if mode == GateMode::Closed && listening {
+            self.stop.store(true, Ordering::SeqCst);
+            if let Some(worker) = self.worker.take() {
+                worker.join().unwrap();
+            }
+        } else if mode != GateMode::Closed && !listening {
+            self.stop.store(false, Ordering::SeqCst);
+            let listener = std::net::TcpListener::bind(("127.0.0.1", self.port)).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let (mode, stop, accepted, upstream) = (
+                self.mode.clone(),
+                self.stop.clone(),
+                self.accepted.clone(),
+                self.upstream.clone(),
+            );
+            self.worker = Some(thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let client = match listener.accept() {
+                        Ok((client, _)) => client,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            thread::sleep(Duration::from_millis(5));
+                            continue;
+                        }
+                        Err(_) => continue,
+                    };
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let _ = client.set_nonblocking(false);
+                    if *mode.lock().unwrap() == GateMode::Reset {
+                        // Take the request first: the reset then comes where a reply should.
+                        let _ = client.set_read_timeout(Some(Duration::from_millis(200)));
+                        let _ = (&client).read(&mut [0; 4096]);
+                        reset(client);
+                        continue;
+                    }
+                    let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                        reset(client);
+                        continue;
+                    };
+                    for (from, to) in [
+                        (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                        (server, client),
+                    ] {
+                        thread::spawn(move || {
+                            let (mut from, mut to) = (from, to);
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(std::net::Shutdown::Write);
+                        });
+                    }
+                }
+            }));
+        }
+    }
+}
+
+/// Closes a connection with a reset (SO_LINGER 0) instead of an orderly close.
+fn reset(stream: std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a plain setsockopt on a socket we own, with a value that lives for the call.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(stream);
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.set(GateMode::Closed);
+    }
+}

@@ -45,8 +45,9 @@ pub struct MountArgs {
     #[arg(long, overrides_with = "prefetch")]
     no_prefetch: bool,
     /// The FUSE request timeout to declare to the kernel, in seconds (Linux 6.14+; capped by
-    /// /proc/sys/fs/fuse/max_request_timeout) [default: the kernel's default_request_timeout].
-    /// Requests waiting for a fetch are answered EAGAIN before it runs out.
+    /// /proc/sys/fs/fuse/max_request_timeout) [default: where the kernel sets a timeout, one
+    /// long enough for the slowest fetch (--max-time)]. Requests waiting for a fetch longer
+    /// than the timeout allows are answered EAGAIN before it runs out.
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u16).range(1..))]
     request_timeout: Option<u16>,
     /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf).

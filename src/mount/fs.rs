@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use super::fuse::abi::{fopen, init};
 use super::fuse::{Attr, Dirents, Filesystem, InitIn, InitOut, Op, Parked, Reply, Request};
-use super::islands::{Flight, Islands, Ready, State};
+use super::islands::{Failure, Flight, Islands, LastFailure, Ready, State};
 use super::prefetch::{self, Prefetcher};
 use super::table::Table;
 use super::timeout::RequestTimeout;
@@ -119,13 +119,20 @@ pub struct CabFs {
     fetched_dirs: Mutex<lru::LruCache<TreeHash, ()>>,
     uid: u32,
     gid: u32,
+    /// Test hook (`CAB_FAILPOINT=mount-panic`): a lookup of [`PANIC_NAME`] panics, as a bug
+    /// in a handler would.
+    panic_hook: bool,
 }
+
+/// The name whose lookup panics under `CAB_FAILPOINT=mount-panic`.
+const PANIC_NAME: &[u8] = b"cab-failpoint-panic";
 
 impl CabFs {
     /// A filesystem serving `islands` as `options` say.
     pub fn new(islands: Arc<Islands>, options: &super::Options) -> CabFs {
         let read_path = options.read_path;
-        let timeout = RequestTimeout::read(options.request_timeout);
+        let limits = islands.realizer().limits();
+        let timeout = RequestTimeout::read(options.request_timeout, limits.time + limits.stall);
         let prefetch = match read_path {
             ReadPath::Plain if options.read_ahead => Some(Prefetcher::new(islands.realizer().store().clone())),
             _ => None,
@@ -150,6 +157,7 @@ impl CabFs {
             fetched_dirs: Mutex::new(lru::LruCache::new(NonZeroUsize::new(16384).expect("non-zero"))),
             uid,
             gid,
+            panic_hook: std::env::var_os("CAB_FAILPOINT").is_some_and(|v| v == "mount-panic"),
         }
     }
 
@@ -185,10 +193,15 @@ impl CabFs {
         }
     }
 
-    /// A directory's entries, decoded once and kept.
-    fn entries(&self, tree: &TreeHash) -> Result<Arc<Vec<Entry>>, Errno> {
+    /// A directory of `island`'s tree: its entries, decoded once and kept.
+    fn entries(&self, tree: &TreeHash, island: &Ready) -> Result<Arc<Vec<Entry>>, Errno> {
         if let Some(entries) = self.dirs.lock().unwrap_or_else(|e| e.into_inner()).get(tree) {
             return Ok(entries.clone());
+        }
+        // A tree served from the remote is answered from its listing in memory until the
+        // store has it.
+        if let Some(entries) = island.lazy.as_ref().and_then(|lazy| lazy.unwritten_directory(tree)) {
+            return Ok(entries);
         }
         let entries = match self.islands.realizer().store().read_object(tree) {
             Ok(Object::Directory(entries)) => Arc::new(entries),
@@ -310,7 +323,9 @@ impl CabFs {
     }
 
     /// Parks `reply` until `flight` has ended (or only learned its commit, with `rev_only`),
-    /// then runs `then` with it. Bounded by the request budget where the kernel has one.
+    /// then runs `then` with it; a failed flight answers EIO (ENOENT for what does not exist,
+    /// where only its commit was awaited). Bounded by the request budget where the kernel has
+    /// one.
     fn wait(
         self: &Arc<Self>,
         flight: Arc<Flight>,
@@ -318,11 +333,33 @@ impl CabFs {
         rev_only: bool,
         then: impl FnOnce(&Arc<CabFs>, Reply) + Send + 'static,
     ) {
+        self.wait_or(flight, reply, rev_only, then, move |_, reply, failure| {
+            reply.error(if rev_only && failure.not_found() {
+                libc::ENOENT
+            } else {
+                libc::EIO
+            })
+        });
+    }
+
+    /// [`CabFs::wait`], answering a failed flight with `failed`.
+    fn wait_or(
+        self: &Arc<Self>,
+        flight: Arc<Flight>,
+        reply: Reply,
+        rev_only: bool,
+        then: impl FnOnce(&Arc<CabFs>, Reply) + Send + 'static,
+        failed: impl FnOnce(&Arc<CabFs>, Reply, &Failure) + Send + 'static,
+    ) {
         let parked = self.park(reply);
         let fs = self.clone();
+        let watched = flight.clone();
         let resume = move || {
             if let Some(reply) = parked.take() {
-                then(&fs, reply);
+                match watched.failure() {
+                    Some(failure) => failed(&fs, reply, &failure),
+                    None => then(&fs, reply),
+                }
             }
         };
         if rev_only {
@@ -388,6 +425,12 @@ impl CabFs {
         let Some(parent_kind) = self.kind(parent) else {
             return reply.error(libc::ENOENT);
         };
+        if self.panic_hook && name == PANIC_NAME {
+            panic!(
+                "CAB_FAILPOINT=mount-panic: a lookup of {}",
+                String::from_utf8_lossy(PANIC_NAME)
+            );
+        }
         let text = std::str::from_utf8(&name).ok();
         match parent_kind {
             Kind::Root => match &name[..] {
@@ -417,7 +460,7 @@ impl CabFs {
                     self.answer_entry(reply, ino, &kind);
                 }
                 Some(Step::Ref(island)) => match self.islands.get_island(&island) {
-                    State::Failed(failure) => reply.error(if failure.not_found { libc::ENOENT } else { libc::EIO }),
+                    State::Failed(failure) => reply.error(if failure.not_found() { libc::ENOENT } else { libc::EIO }),
                     State::Pending(flight) if flight.rev().is_none() => {
                         // One round trip tells whether the ref exists.
                         self.wait(flight, reply, true, move |fs, reply| fs.lookup(parent, name, reply));
@@ -463,7 +506,7 @@ impl CabFs {
         else {
             return reply.error(libc::ENOTDIR);
         };
-        let entries = match self.entries(tree) {
+        let entries = match self.entries(tree, island) {
             Ok(entries) => entries,
             Err(e) => return reply.error(e),
         };
@@ -488,7 +531,7 @@ impl CabFs {
                 node: Node::Directory { tree },
                 island,
             } => self
-                .entries(&tree)?
+                .entries(&tree, &island)?
                 .iter()
                 .map(|entry| {
                     let kind = Kind::Tree {
@@ -636,34 +679,37 @@ impl CabFs {
         let kind = match self.content(ino) {
             Ok(Content::Now(kind)) => kind,
             Ok(Content::Wait(flight)) => {
-                return self.wait(flight, reply, false, move |fs, reply| fs.xattr(ino, name, size, reply));
+                let again = name.clone();
+                return self.wait_or(
+                    flight,
+                    reply,
+                    false,
+                    move |fs, reply| fs.xattr(ino, again, size, reply),
+                    move |fs, reply, _| match fs.island_failure(ino) {
+                        Some(last) => {
+                            answer_xattrs(&[("user.cab.error", last.describe().into_bytes())], name, size, reply)
+                        }
+                        None => reply.error(libc::EIO),
+                    },
+                );
             }
-            Err(e) => return reply.error(e),
-        };
-        let value = match &name {
-            Some(name) => match self
-                .xattrs(&kind)
-                .into_iter()
-                .find(|(n, _)| n.as_bytes() == name.as_slice())
-            {
-                Some((_, value)) => value,
-                None => return reply.error(libc::ENODATA),
-            },
-            None => {
-                let mut list = Vec::new();
-                for (name, _) in self.xattrs(&kind) {
-                    list.extend_from_slice(name.as_bytes());
-                    list.push(0);
-                }
-                list
+            // An island that failed says why (an errno alone tells a user nothing).
+            Err(e) => {
+                return match self.island_failure(ino) {
+                    Some(last) => answer_xattrs(&[("user.cab.error", last.describe().into_bytes())], name, size, reply),
+                    None => reply.error(e),
+                };
             }
         };
-        if size == 0 {
-            reply.xattr_size(value.len() as u32)
-        } else if (size as usize) < value.len() {
-            reply.error(libc::ERANGE)
-        } else {
-            reply.data(&value)
+        answer_xattrs(&self.xattrs(&kind), name, size, reply);
+    }
+
+    /// The last failure of the island whose root `ino` is, if it failed.
+    fn island_failure(&self, ino: u64) -> Option<LastFailure> {
+        match self.kind(ino)? {
+            Kind::Named(name) => self.islands.failure_named(&name),
+            Kind::Browsed(island) => self.islands.failure_island(&island),
+            _ => None,
         }
     }
 
@@ -773,8 +819,9 @@ impl CabFs {
         }
     }
 
-    /// The directory of a tree that `ino` is in: its inode, `ino`'s name in it, and its tree.
-    fn parent_directory(&self, ino: u64) -> Option<(u64, Vec<u8>, TreeHash)> {
+    /// The directory of a tree that `ino` is in: its inode, `ino`'s name in it, its tree, and
+    /// the island it belongs to.
+    fn parent_directory(&self, ino: u64) -> Option<(u64, Vec<u8>, TreeHash, Arc<Ready>)> {
         let (parent, name) = self
             .table
             .read()
@@ -784,8 +831,8 @@ impl CabFs {
         match self.content(parent) {
             Ok(Content::Now(Kind::Tree {
                 node: Node::Directory { tree },
-                ..
-            })) => Some((parent, name, tree)),
+                island,
+            })) => Some((parent, name, tree, island)),
             _ => None,
         }
     }
@@ -800,7 +847,7 @@ impl CabFs {
         let Some(lazy) = island.lazy.as_ref().filter(|l| !l.is_complete()) else {
             return;
         };
-        let Some((_, _, tree)) = self.parent_directory(ino) else {
+        let Some((_, _, tree, _)) = self.parent_directory(ino) else {
             return;
         };
         let seen = self
@@ -811,7 +858,9 @@ impl CabFs {
         if seen.is_some() {
             return;
         }
-        let Ok(entries) = self.entries(&tree) else { return };
+        let Ok(entries) = self.entries(&tree, &island) else {
+            return;
+        };
         let files = entries
             .iter()
             .filter_map(|e| match e.node {
@@ -829,14 +878,16 @@ impl CabFs {
         if self.passthrough.load(Ordering::Relaxed) {
             return;
         }
-        let Some((parent, name, tree)) = self.parent_directory(ino) else {
+        let Some((parent, name, tree, island)) = self.parent_directory(ino) else {
             return;
         };
         prefetcher.read_now();
         if !prefetcher.first_read_in(parent, tree) {
             return;
         }
-        let Ok(entries) = self.entries(&tree) else { return };
+        let Ok(entries) = self.entries(&tree, &island) else {
+            return;
+        };
         // The files after this one first (a reader goes through a directory in order), then
         // those before it.
         let at = entries.partition_point(|e| e.name.as_slice() <= name.as_slice());
@@ -888,6 +939,31 @@ impl CabFs {
             Ok(Content::Wait(flight)) => self.wait(flight, reply, false, move |fs, reply| fs.readlink(ino, reply)),
             Err(e) => reply.error(e),
         }
+    }
+}
+
+/// Answers getxattr (`name`) or listxattr (`None`) from `xattrs`.
+fn answer_xattrs(xattrs: &[(&str, Vec<u8>)], name: Option<Vec<u8>>, size: u32, reply: Reply) {
+    let value = match &name {
+        Some(name) => match xattrs.iter().find(|(n, _)| n.as_bytes() == name.as_slice()) {
+            Some((_, value)) => value.clone(),
+            None => return reply.error(libc::ENODATA),
+        },
+        None => {
+            let mut list = Vec::new();
+            for (name, _) in xattrs {
+                list.extend_from_slice(name.as_bytes());
+                list.push(0);
+            }
+            list
+        }
+    };
+    if size == 0 {
+        reply.xattr_size(value.len() as u32)
+    } else if (size as usize) < value.len() {
+        reply.error(libc::ERANGE)
+    } else {
+        reply.data(&value)
     }
 }
 
@@ -974,13 +1050,26 @@ impl Filesystem for CabFs {
         out.flags = flags;
         let in_force = self.timeout.in_force(offers_timeout);
         let budget = in_force.map(RequestTimeout::budget);
-        if let Some(limit) = in_force {
-            tracing::info!(
-                "the kernel ends FUSE requests after {} s; a request waiting for a fetch is answered \
-                 EAGAIN after {:.1} s",
+        match in_force {
+            Some(limit) if self.timeout.cuts_waits(limit) => tracing::warn!(
+                "the kernel ends FUSE requests after {} s ({}), sooner than a fetch may take ({} s: \
+                 --max-time and --stall-timeout): a request waiting longer than {:.1} s for a fetch is \
+                 answered EAGAIN (try again)",
                 limit.as_secs(),
+                match (offers_timeout, self.timeout.asked) {
+                    (true, Some(asked)) if self.timeout.declared() == Some(asked) => "--request-timeout",
+                    (true, _) => "/proc/sys/fs/fuse/max_request_timeout caps what cab may declare",
+                    (false, _) => "/proc/sys/fs/fuse/default_request_timeout, and this kernel takes no other",
+                },
+                self.timeout.waits.as_secs(),
                 budget.unwrap_or_default().as_secs_f64()
-            );
+            ),
+            Some(limit) => tracing::info!(
+                "declared a FUSE request timeout of {} s, which covers the longest fetch (--max-time and \
+                 --stall-timeout): requests wait for their trees",
+                limit.as_secs()
+            ),
+            None => {}
         }
         let _ = self.budget.set(budget);
         out

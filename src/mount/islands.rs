@@ -1,11 +1,18 @@
 //! Islands as the mount sees them. Each is realized once however many requests want it, off
 //! the request path: a request that needs a tree still being fetched waits on its [`Flight`]
-//! without holding a thread (see [`super::fuse::Parked`]). A failure is remembered for a few
-//! seconds, longer on each repeat, so a path that keeps failing does not hammer the forge.
+//! without holding a thread (see [`super::fuse::Parked`]).
+//!
+//! A failure is remembered according to its [`Cause`]: one caused on this machine (no space,
+//! too many open files) not at all — the next look tries again, so freeing space is enough;
+//! one of the forge or the network for about one user action (`ls` alone asks three times),
+//! so that a forge that comes back serves at the next look while a loop of looks costs it at
+//! most one attempt a second; one the same request would meet again (a limit, a mismatch) for
+//! a few seconds, longer on each repeat. The last failure's text and the moment of the next
+//! try are kept for `user.cab.error`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::lazy::Lazy;
 use crate::derivation::Derivation;
@@ -14,7 +21,7 @@ use crate::hash::TreeHash;
 use crate::hash::tree::Node;
 use crate::island::Island;
 use crate::lock::{Lock, Manifest, Pin};
-use crate::realizer::{NotFound, Realized, Realizer};
+use crate::realizer::{Cause, Realized, Realizer};
 
 /// A realized island: what its tree is and how to describe it (xattrs).
 #[derive(Debug)]
@@ -36,8 +43,85 @@ pub struct Ready {
 pub struct Failure {
     /// The error, as logged.
     pub message: String,
+    /// What kind of failure it is (when to try again; ENOENT for what does not exist).
+    pub cause: Cause,
+}
+
+impl Failure {
+    fn of(error: anyhow::Error) -> Failure {
+        Failure {
+            cause: Cause::of(&error),
+            message: format!("{error:#}"),
+        }
+    }
+
     /// The island names something that does not exist (a repository, a ref): ENOENT, not EIO.
-    pub not_found: bool,
+    pub fn not_found(&self) -> bool {
+        self.cause == Cause::NotFound
+    }
+}
+
+/// The last failure of an island, as `user.cab.error` tells it.
+#[derive(Clone, Debug)]
+pub struct LastFailure {
+    /// The failure.
+    pub failure: Failure,
+    /// When it happened.
+    pub at: SystemTime,
+    /// From when the next look tries again (at once if past).
+    pub retry_at: SystemTime,
+}
+
+impl LastFailure {
+    /// The text of `user.cab.error`: the error, then when it happened and when cab tries
+    /// again.
+    pub fn describe(&self) -> String {
+        let now = SystemTime::now();
+        let next = match self.retry_at.duration_since(now) {
+            Ok(wait) if !wait.is_zero() => format!(
+                "cab tries again at the first look after {} ({:.1} s from now)",
+                utc(self.retry_at),
+                wait.as_secs_f64()
+            ),
+            _ => "cab tries again at the next look".to_owned(),
+        };
+        let why = match self.failure.cause {
+            Cause::Local => "this machine ran out of something; it is not remembered",
+            Cause::NotFound => "it does not exist at its source",
+            Cause::Unreachable => "its source could not be reached or failed",
+            Cause::Content => "its source gave an answer cab refuses; asking again gives the same",
+        };
+        format!(
+            "{}\nfailed at {} ({why}); {next}\n",
+            self.failure.message.trim_end(),
+            utc(self.at)
+        )
+    }
+}
+
+/// A moment as `YYYY-MM-DD HH:MM:SS UTC`.
+fn utc(at: SystemTime) -> String {
+    let secs = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }
 
 /// How a realization ended.
@@ -70,6 +154,8 @@ struct FlightState {
     on_rev: Vec<Waiter>,
     /// Waiters for the end.
     on_done: Vec<Waiter>,
+    /// How it failed, once it has.
+    failure: Option<Failure>,
 }
 
 impl Flight {
@@ -114,10 +200,18 @@ impl Flight {
         run_waiters(waiters);
     }
 
-    fn finish(&self) {
+    /// How the realization failed, if it has ended in failure. Its waiters answer with this,
+    /// not with a fresh look at the island (which, for a failure not remembered, would start
+    /// the next realization and wait again).
+    pub fn failure(&self) -> Option<Failure> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).failure.clone()
+    }
+
+    fn finish(&self, failure: Option<Failure>) {
         let waiters = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             state.done = true;
+            state.failure = failure;
             let mut waiters = std::mem::take(&mut state.on_rev);
             waiters.append(&mut state.on_done);
             waiters
@@ -139,15 +233,19 @@ fn run_waiters(waiters: Vec<Waiter>) {
 
 /// A remembered failure.
 struct Remembered {
-    failure: Failure,
+    last: LastFailure,
     at: Instant,
     until: Instant,
     repeats: u32,
 }
 
-/// The first retry waits this long; each repeat doubles it, up to [`FAILURE_MEMORY_MAX`].
-const FAILURE_MEMORY: Duration = Duration::from_secs(2);
-const FAILURE_MEMORY_MAX: Duration = Duration::from_secs(60);
+/// A failure of the forge or the network answers the requests that come within this long of
+/// it: the several requests of one user action (`ls` alone makes three), not the next action.
+const UNREACHABLE_MEMORY: Duration = Duration::from_secs(1);
+/// A failure the same request would meet again waits this long before the first retry; each
+/// repeat doubles it, up to [`CONTENT_MEMORY_MAX`].
+const CONTENT_MEMORY: Duration = Duration::from_secs(2);
+const CONTENT_MEMORY_MAX: Duration = Duration::from_secs(60);
 /// Repeats count as repeats when they come within this long of the last failure.
 const REPEAT_WINDOW: Duration = Duration::from_secs(600);
 /// At most this many failures are remembered (distinct bad paths must not grow memory).
@@ -363,31 +461,40 @@ impl Islands {
                         "{}: the realization panicked (a bug in cab): {e}",
                         crate::island::shorten(&key)
                     ),
-                    not_found: false,
+                    cause: Cause::Unreachable,
                 })
             });
             let islands_done = islands.clone();
             // Writing a pin and reading a root node are blocking work.
             let settled = tokio::task::spawn_blocking(move || {
                 let islands = islands_done;
-                match outcome {
+                let failed = match outcome {
                     Ok(ready) => {
+                        islands.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
                         on_first(&islands, &ready);
                         islands
                             .ready
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .insert(key.clone(), ready);
+                        None
                     }
-                    Err(failure) => islands.remember_failure(&key, &failure),
-                }
+                    Err(failure) => {
+                        islands.remember_failure(&key, &failure);
+                        Some(failure)
+                    }
+                };
                 islands.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                failed
             })
             .await;
-            if settled.is_err() {
-                tracing::error!("a realization's bookkeeping panicked");
-            }
-            task_flight.finish();
+            let failed = settled.unwrap_or_else(|_| {
+                Some(Failure {
+                    message: "a realization's bookkeeping panicked (a bug in cab)".into(),
+                    cause: Cause::Unreachable,
+                })
+            });
+            task_flight.finish(failed);
             if let Some(limit) = islands.auto_gc {
                 crate::gc::auto_in_background(islands.realizer.store(), limit);
             }
@@ -397,10 +504,7 @@ impl Islands {
 
     /// The island's tree if it is pinned and stored (no fetch needed).
     fn stored(&self, island: &Island) -> Result<Option<Arc<Ready>>, Failure> {
-        let failure = |e: anyhow::Error| Failure {
-            message: format!("{e:#}"),
-            not_found: false,
-        };
+        let failure = Failure::of;
         let drv = to_derivation(island, self.realizer.environment()).map_err(failure)?;
         let Some(realized) = self.realizer.stored(&drv, &island.to_string()).map_err(failure)? else {
             return Ok(None);
@@ -411,19 +515,39 @@ impl Islands {
     fn remembered_failure(&self, key: &str) -> Option<Failure> {
         let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let remembered = failures.get(key)?;
-        (Instant::now() < remembered.until).then(|| remembered.failure.clone())
+        (Instant::now() < remembered.until).then(|| remembered.last.failure.clone())
+    }
+
+    /// The last failure of the named island `name`, if its last realization failed.
+    pub fn failure_named(&self, name: &str) -> Option<LastFailure> {
+        self.last_failure(&format!("name:{name}"))
+    }
+
+    /// The last failure of `island`, if its last realization failed.
+    pub fn failure_island(&self, island: &Island) -> Option<LastFailure> {
+        self.last_failure(&island.to_string())
+    }
+
+    fn last_failure(&self, key: &str) -> Option<LastFailure> {
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.get(key).map(|r| r.last.clone())
     }
 
     fn remember_failure(&self, key: &str, failure: &Failure) {
         let now = Instant::now();
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let repeats = match failures.get(key) {
-            Some(last) if now.duration_since(last.at) < REPEAT_WINDOW => last.repeats + 1,
-            _ => 0,
+        let last = failures
+            .get(key)
+            .filter(|last| now.duration_since(last.at) < REPEAT_WINDOW);
+        let repeats = last.map_or(0, |last| last.repeats + 1);
+        let same_again = last.is_some_and(|last| last.last.failure.message == failure.message);
+        let wait = match failure.cause {
+            Cause::Local => Duration::ZERO,
+            Cause::NotFound | Cause::Unreachable => UNREACHABLE_MEMORY,
+            Cause::Content => CONTENT_MEMORY
+                .saturating_mul(1 << repeats.min(16))
+                .min(CONTENT_MEMORY_MAX),
         };
-        let wait = FAILURE_MEMORY
-            .saturating_mul(1 << repeats.min(16))
-            .min(FAILURE_MEMORY_MAX);
         if failures.len() >= FAILURES_KEPT {
             failures.retain(|_, r| now < r.until);
             if failures.len() >= FAILURES_KEPT
@@ -432,27 +556,39 @@ impl Islands {
                 failures.remove(&oldest);
             }
         }
+        let wall = SystemTime::now();
         failures.insert(
             key.to_owned(),
             Remembered {
-                failure: failure.clone(),
+                last: LastFailure {
+                    failure: failure.clone(),
+                    at: wall,
+                    retry_at: wall + wait,
+                },
                 at: now,
                 until: now + wait,
                 repeats,
             },
         );
-        // The one log line for this failure (the realizer's message names the island).
-        tracing::error!("{}\n  (not tried again for {} s)", failure.message, wait.as_secs());
+        drop(failures);
+        // One log line per failure, not per look: a failure that repeats with the same words
+        // is logged again only at debug.
+        let when = match failure.cause {
+            Cause::Local => "tried again at the next look".to_owned(),
+            _ => format!("not tried again for {:.0} s", wait.as_secs_f64().max(1.0)),
+        };
+        if same_again {
+            tracing::debug!("{}\n  (again, {repeats} times; {when})", failure.message);
+        } else {
+            tracing::error!("{}\n  ({when})", failure.message);
+        }
     }
 }
 
 /// Realizes `island`, telling `on_rev` the commit as soon as the fetcher reports it.
 async fn realize(realizer: &Realizer, island: &Island, on_rev: &(dyn Fn(&str) + Send + Sync)) -> Outcome {
     let label = island.to_string();
-    let failure = |e: anyhow::Error| Failure {
-        not_found: e.chain().any(|c| c.is::<NotFound>()),
-        message: format!("{e:#}"),
-    };
+    let failure = Failure::of;
     let drv = to_derivation(island, realizer.environment()).map_err(failure)?;
     if let Some(ready) = lazily(realizer, island, &drv, &label).await.map_err(failure)? {
         return Ok(ready);
@@ -478,7 +614,7 @@ async fn lazily(
         return Ok(None);
     }
     let store = realizer.store();
-    let (nar, fetched) = match remote.fetch_listing(store, &tree).await {
+    let (nar, fetched, listing) = match remote.fetch_listing(store, &tree).await {
         Ok(Some(found)) => found,
         Ok(None) => return Ok(None),
         Err(e) => {
@@ -495,18 +631,29 @@ async fn lazily(
              wanted: narHash = \"{want}\"\n     got: narHash = \"{nar}\""
         );
     }
+    // Live from before the first answer; the guard stays with the listing until it is
+    // written (see `Lazy::new`).
+    let guard = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let guard = store.guard()?;
+            store.declare_live(&[tree])?;
+            Ok(guard)
+        })
+        .await??
+    };
     tracing::info!(
         "{label}: {tree} served from the remote {remote} as its files are read (listing: {} objects, {} bytes)",
         fetched.objects,
         fetched.bytes
     );
-    let root = store.root_node(&tree)?;
+    let lazy = Lazy::new(remote.clone(), store.clone(), listing, guard, nar, label)?;
     Ok(Some(Arc::new(Ready {
         tree,
-        root,
+        root: lazy.root().clone(),
         rev: drv.rev.clone(),
         locked: island.locked(drv.rev.clone(), tree, nar),
-        lazy: Some(Lazy::new(remote.clone(), store.clone(), tree, nar, label)),
+        lazy: Some(lazy),
     })))
 }
 

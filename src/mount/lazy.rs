@@ -5,9 +5,13 @@
 //! written to the store, and from then on served like any stored blob. The tree is published
 //! in the store only once every blob is there and its narHash checks out (`--prefetch`
 //! completes it in the background); until then it lives in the mount's table only, and its
-//! nodes say `user.cab.complete = "no"`. Its listing came with it declared live for this
-//! process ([`Remote::fetch_listing`]), so a collection keeps every file of it fetched so far,
-//! and every one fetched later, whether or not it is published yet.
+//! nodes say `user.cab.complete = "no"`.
+//!
+//! The listing is served from memory the moment it arrives: writing its objects to the store
+//! (thousands of small files) happens behind the first answer, never before it. The tree is
+//! declared live, and the store's guard taken, before the first answer and held until every
+//! object is written, so a collection keeps every file of it fetched meanwhile, and every one
+//! fetched later, whether or not it is published yet.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,10 +19,13 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, Semaphore};
 
-use crate::hash::tree::{Node, Object};
+use crate::hash::tree::{Entry, Node, Object};
 use crate::hash::{NarHash, TreeHash, encoding};
-use crate::store::Store;
-use crate::store::remote::{Remote, pack};
+use crate::store::remote::{Listing, Remote, pack};
+use crate::store::{Guard, Store};
+
+/// Directories of a listing, decoded, by tree hash.
+type Directories = HashMap<TreeHash, Arc<Vec<Entry>>>;
 
 /// Runs with the outcome of a blob's fetch: `Ok` once the blob is in the store.
 type Waiter = Box<dyn FnOnce(Result<(), ()>) + Send>;
@@ -54,6 +61,13 @@ pub struct Lazy {
     /// Background fetches at once: enough to keep a remote busy, few enough that a reader's
     /// own fetches are not stuck behind a flood of them.
     background: Arc<Semaphore>,
+    /// The root node, from the listing.
+    root: Node,
+    /// The listing's directories while its objects are being written to the store (then
+    /// `None`: the store has them).
+    unwritten: std::sync::RwLock<Option<Arc<Directories>>>,
+    /// Whether the listing is in the store yet (`Some(false)`: writing it failed).
+    written: tokio::sync::watch::Receiver<Option<bool>>,
 }
 
 /// Directories' small files fetched ahead in one go: at most this many files a directory…
@@ -78,12 +92,39 @@ impl std::fmt::Debug for Lazy {
 }
 
 impl Lazy {
-    /// `tree` (whose listing is in `store`), its narHash as the lock or the remote records it,
-    /// its files from `remote`.
-    pub fn new(remote: Remote, store: Store, tree: TreeHash, nar: NarHash, label: &str) -> Arc<Lazy> {
-        Arc::new(Lazy {
+    /// The tree `listing` lists, with its narHash as the lock or the remote records it, its
+    /// files from `remote`. `guard` is the store's guard under which the tree was declared
+    /// live; the listing is written to `store` in the background, under it, while it is
+    /// served from memory.
+    pub fn new(
+        remote: Remote,
+        store: Store,
+        listing: Listing,
+        guard: Guard,
+        nar: NarHash,
+        label: &str,
+    ) -> anyhow::Result<Arc<Lazy>> {
+        let tree = listing.tree();
+        let mut root = None;
+        let mut directories = HashMap::with_capacity(listing.len());
+        for (hash, object) in listing.objects() {
+            match object {
+                Object::Directory(entries) => {
+                    directories.insert(*hash, Arc::new(entries.clone()));
+                }
+                Object::Root(node) if *hash == tree => root = Some(node.clone()),
+                Object::Root(_) => {}
+            }
+        }
+        let root = match root {
+            Some(node) => node,
+            None if directories.contains_key(&tree) => Node::Directory { tree },
+            None => anyhow::bail!("the listing of {tree} lacks its root"),
+        };
+        let (written_tx, written) = tokio::sync::watch::channel(None);
+        let lazy = Arc::new(Lazy {
             remote,
-            store,
+            store: store.clone(),
             tree,
             nar,
             label: crate::island::shorten(label).into_owned(),
@@ -92,7 +133,60 @@ impl Lazy {
             directories_read: AtomicUsize::new(0),
             fetching: Mutex::default(),
             background: Arc::new(Semaphore::new(BACKGROUND_FETCHES)),
-        })
+            root,
+            unwritten: std::sync::RwLock::new(Some(Arc::new(directories))),
+            written,
+        });
+        let writer = Arc::downgrade(&lazy);
+        let label = lazy.label.clone();
+        let write = move || {
+            let started = std::time::Instant::now();
+            let result = listing.store(&store);
+            drop(guard);
+            match &result {
+                Ok(()) => tracing::debug!(
+                    "{label}: wrote the {} objects of its listing in {:.2} s",
+                    listing.len(),
+                    started.elapsed().as_secs_f64()
+                ),
+                Err(e) => tracing::error!(
+                    "{label}: cannot write its listing to the store ({e:#}); it is served from memory, \
+                     and not completed"
+                ),
+            }
+            if result.is_ok()
+                && let Some(lazy) = writer.upgrade()
+            {
+                *lazy.unwritten.write().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+            let _ = written_tx.send(Some(result.is_ok()));
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(write)),
+            Err(_) => write(),
+        }
+        Ok(lazy)
+    }
+
+    /// The root node of the tree.
+    pub fn root(&self) -> &Node {
+        &self.root
+    }
+
+    /// The entries of directory `tree` of this tree, while its listing is still being written
+    /// to the store (afterwards the store has them).
+    pub fn unwritten_directory(&self, tree: &TreeHash) -> Option<Arc<Vec<Entry>>> {
+        let unwritten = self.unwritten.read().unwrap_or_else(|e| e.into_inner());
+        unwritten.as_ref()?.get(tree).cloned()
+    }
+
+    /// Waits until the listing is in the store.
+    async fn listing_written(&self) -> anyhow::Result<()> {
+        let mut written = self.written.clone();
+        match written.wait_for(Option::is_some).await.map(|w| *w) {
+            Ok(Some(true)) => Ok(()),
+            _ => anyhow::bail!("its listing could not be written to the store"),
+        }
     }
 
     /// Whether every file is here and the tree published.
@@ -292,6 +386,7 @@ impl Lazy {
     }
 
     async fn complete(self: &Arc<Self>, runtime: &tokio::runtime::Handle) -> anyhow::Result<()> {
+        self.listing_written().await?;
         let store = self.store.clone();
         let tree = self.tree;
         let (units, blobs) = tokio::task::spawn_blocking(move || {

@@ -26,7 +26,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use wasmtime::{Caller, Linker, StoreLimits};
+use wasmtime::{Caller, Linker, ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 
 use super::credentials::Credentials;
 use super::output::Output;
@@ -288,10 +288,10 @@ impl Http {
                     self.downloaded += bytes.len() as u64;
                     progress.downloaded(bytes.len() as u64);
                     if self.downloaded > self.max_download {
-                        bail!(
+                        return Err(super::OverLimit::error(format!(
                             "{url}: more than {} bytes downloaded: over the download limit (raise --max-download)",
                             self.max_download
-                        );
+                        )));
                     }
                     *pending = Pending {
                         data: bytes.to_vec(),
@@ -349,11 +349,46 @@ fn count_wait(waited: &AtomicU64, since: Instant) {
     waited.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
 }
 
+/// The guest's memory limit, and whether the guest ran into it: a run that traps after that
+/// failed for want of memory (raise --max-memory), which a trap alone does not say.
+pub struct MemoryLimit {
+    limits: StoreLimits,
+    /// Whether a growth past the limit was refused.
+    pub hit: bool,
+}
+
+impl MemoryLimit {
+    /// At most `bytes` of linear memory; growing past it traps.
+    pub fn new(bytes: usize) -> MemoryLimit {
+        MemoryLimit {
+            limits: StoreLimitsBuilder::new()
+                .memory_size(bytes)
+                .trap_on_grow_failure(true)
+                .build(),
+            hit: false,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryLimit {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum);
+        if !matches!(allowed, Ok(true)) {
+            self.hit = true;
+        }
+        allowed
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+}
+
 /// Everything one run of the fetcher owns. Dropped as a whole when the run ends or is stopped,
 /// which closes every connection and the FIFO's write end.
 pub struct HostState {
-    /// Memory limits for the guest.
-    pub limits: StoreLimits,
+    /// The guest's memory limit.
+    pub limits: MemoryLimit,
     /// argv.
     pub args: Vec<Vec<u8>>,
     /// The FIFO's write end: the guest's standard output.
@@ -383,7 +418,7 @@ impl HostState {
         fifo: File,
         output: Output,
         http: Http,
-        limits: StoreLimits,
+        limits: MemoryLimit,
         progress: Progress,
         label: &str,
     ) -> Self {

@@ -11,6 +11,7 @@
 
 pub mod credentials;
 mod engine;
+mod failure;
 mod fetcher;
 mod host;
 mod output;
@@ -28,11 +29,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
-use wasmtime::{Engine, Linker, Module, StoreLimitsBuilder};
+use wasmtime::{Engine, Linker, Module};
 
 pub use self::credentials::{Credentials, Secret};
+pub use self::failure::{Cause, Failed, NotFound, OverLimit, network_summary};
 pub use self::fetcher::FETCHER_WASM;
-use self::host::{Access, Clients, Exit, FifoBarrier, HostState, Http};
+use self::host::{Access, Clients, Exit, FifoBarrier, HostState, Http, MemoryLimit};
 use self::output::Output;
 use self::progress::Progress;
 use crate::derivation::{Builder, Derivation, Environment, Forges, Method};
@@ -86,19 +88,6 @@ pub struct Realized {
     /// Whether the run was stopped early because the store already held the tree.
     pub stopped_early: bool,
 }
-
-/// The island names something that does not exist: a repository or file the server answers
-/// 404 for, or a ref the repository lacks. The mount answers ENOENT for these, not EIO.
-#[derive(Debug)]
-pub struct NotFound(pub String);
-
-impl std::fmt::Display for NotFound {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for NotFound {}
 
 /// Whether a failed run says the ref it was asked for does not exist (the fetcher's words
 /// for it: fetcher/src/refs.rs `Want::describe`, fetcher/src/fetch.rs `not_found`).
@@ -431,6 +420,11 @@ impl Realizer {
     /// The environment derivations are built in.
     pub fn environment(&self) -> &Environment {
         &self.env
+    }
+
+    /// What a run may consume.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The store.
@@ -785,10 +779,7 @@ impl Realizer {
             barrier.clone(),
             waited,
         );
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.limits.memory)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = MemoryLimit::new(self.limits.memory);
         let mut args = vec![b"fetcher".to_vec()];
         args.extend(drv.args.iter().map(|a| a.as_bytes().to_vec()));
         let state = HostState::new(args, writer, output, http, limits, progress.clone(), label);
@@ -839,7 +830,10 @@ impl Realizer {
                 finished = &mut guest => break finished,
                 _ = &mut deadline => {
                     progress.finish();
-                    bail!("{label}: the fetch took longer than {:?}: over the time limit (raise --max-time)", self.limits.time);
+                    return Err(OverLimit::error(format!(
+                        "{label}: the fetch took longer than {:?}: over the time limit (raise --max-time)",
+                        self.limits.time
+                    )));
                 }
             }
         };
@@ -856,15 +850,13 @@ impl Realizer {
             Err(e) => match e.downcast_ref::<Exit>() {
                 Some(Exit(code)) => *code,
                 None => {
-                    let trap = format!("{e:?}");
-                    let reason = if trap.contains("forcing trap when growing memory") {
-                        format!(
-                            "the fetcher needed more than {} bytes of memory (raise --max-memory)",
+                    if state.limits.hit {
+                        return Err(OverLimit::error(format!(
+                            "{label}: the fetcher needed more than {} bytes of memory (raise --max-memory)",
                             self.limits.memory
-                        )
-                    } else {
-                        format!("the fetcher crashed: {e}")
-                    };
+                        )));
+                    }
+                    let reason = format!("the fetcher crashed: {e}");
                     return Err(failure(label, state.error, reason, &state.stderr_tail));
                 }
             },
@@ -1015,12 +1007,18 @@ impl Realizer {
         if let Some(want) = &drv.hash
             && want != tree
         {
-            bail!("{label}: hash mismatch\n  wanted: hash = \"{want}\"\n     got: hash = \"{tree}\"");
+            return Err(Failed::error(
+                Cause::Content,
+                format!("{label}: hash mismatch\n  wanted: hash = \"{want}\"\n     got: hash = \"{tree}\""),
+            ));
         }
         if let Some(want) = &drv.nar_hash
             && want != nar
         {
-            bail!("{label}: narHash mismatch\n  wanted: narHash = \"{want}\"\n     got: narHash = \"{nar}\"");
+            return Err(Failed::error(
+                Cause::Content,
+                format!("{label}: narHash mismatch\n  wanted: narHash = \"{want}\"\n     got: narHash = \"{nar}\""),
+            ));
         }
         Ok(())
     }
@@ -1053,16 +1051,28 @@ fn note(
     }
 }
 
+/// A failed run's error: the first failure on the host's side if there was one (else
+/// `reason`), what the network failure was in a few words, and the guest's last words. Its
+/// [`Cause`] is read off the host's error before that is flattened into the message.
 fn failure(label: &str, host_error: Option<anyhow::Error>, reason: String, stderr: &[String]) -> anyhow::Error {
     let mut message = format!("{label}: ");
-    match host_error {
-        Some(e) => message.push_str(&format!("{e:#}")),
-        None => message.push_str(&reason),
-    }
+    let cause = match &host_error {
+        Some(e) => {
+            if let Some(summary) = network_summary(e) {
+                message.push_str(&format!("{summary}: "));
+            }
+            message.push_str(&format!("{e:#}"));
+            Cause::of(e)
+        }
+        None => {
+            message.push_str(&reason);
+            Cause::Unreachable
+        }
+    };
     if !stderr.is_empty() {
         message.push_str(&format!("\n  the fetcher said: {}", stderr.join("\n    ")));
     }
-    anyhow!(message)
+    Failed::error(cause, message)
 }
 
 fn make_fifo(path: &Path) -> Result<()> {

@@ -92,10 +92,10 @@ impl Output {
             bail!("`{}` already exists (duplicate member)", show(path));
         }
         if self.made.len() >= self.max_entries {
-            bail!(
+            return Err(super::OverLimit::error(format!(
                 "more than {} entries: over the limit on entries (raise --max-entries)",
                 self.max_entries
-            );
+            )));
         }
         Ok(self.root.join(OsStr::from_bytes(path)))
     }
@@ -104,10 +104,10 @@ impl Output {
     fn count(unpacked: &mut u64, max: u64, n: u64, at: impl FnOnce() -> String) -> Result<()> {
         *unpacked += n;
         if *unpacked > max {
-            bail!(
+            return Err(super::OverLimit::error(format!(
                 "more than {max} bytes unpacked ({}): over the limit on unpacked bytes (raise --max-unpacked)",
                 at()
-            );
+            )));
         }
         Ok(())
     }

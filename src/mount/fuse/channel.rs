@@ -132,6 +132,12 @@ impl Channel {
         Ok(Channel { fd })
     }
 
+    /// A channel over any descriptor (tests speak the protocol over a socket pair).
+    #[cfg(test)]
+    pub fn from_fd(fd: OwnedFd) -> Channel {
+        Channel { fd }
+    }
+
     /// A new descriptor on the same connection, with its own queue of requests in progress
     /// (so worker threads do not contend for one).
     pub fn clone_for_thread(&self) -> io::Result<Channel> {

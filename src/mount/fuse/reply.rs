@@ -192,12 +192,17 @@ impl Reply {
 
     /// Parks the request until [`Parked::take`] gives its reply back. An interrupt that came
     /// before it was parked answers it at once.
+    ///
+    /// The reply is in its slot before the slot is registered, and both the registration and
+    /// the check for an early interrupt happen under the one lock [`Interrupts::interrupt`]
+    /// takes: an interrupt handled on another worker finds either the early mark or a slot
+    /// with its reply in it, never an empty slot in between.
     pub fn park(self) -> Parked {
         let unique = self.unique;
         let interrupts = self.interrupts.clone();
         let slot = Arc::new(Slot {
             unique,
-            reply: Mutex::new(None),
+            reply: Mutex::new(Some(self)),
             interrupts: interrupts.clone(),
         });
         let mut state = interrupts.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -205,12 +210,13 @@ impl Reply {
             state.early.remove(at);
             drop(state);
             tracing::debug!("request {unique} was interrupted before it could wait; answered EINTR");
-            self.error(libc::EINTR);
+            if let Some(reply) = slot.reply.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                reply.error(libc::EINTR);
+            }
             return Parked(slot);
         }
         state.parked.insert(unique, Arc::downgrade(&slot));
         drop(state);
-        *slot.reply.lock().unwrap_or_else(|e| e.into_inner()) = Some(self);
         Parked(slot)
     }
 }
@@ -274,4 +280,104 @@ impl Dirents {
 /// Whether an I/O error means the connection is over.
 pub fn is_disconnect(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ENODEV)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    /// A channel whose replies arrive, one message each, on the returned socket.
+    fn channel() -> (Arc<Channel>, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: a plain syscall filling a two-element array.
+        let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, fds.as_mut_ptr()) };
+        assert_eq!(rc, 0, "socketpair: {}", io::Error::last_os_error());
+        // SAFETY: both descriptors were just made and are owned by nobody else.
+        let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        (Arc::new(Channel::from_fd(ours)), theirs)
+    }
+
+    /// Collects every reply sent on the channel, (unique, error), until it is closed.
+    fn answers(socket: OwnedFd) -> std::thread::JoinHandle<Vec<(u64, i32)>> {
+        use std::os::fd::AsRawFd;
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let mut buf = [0u8; 256];
+            loop {
+                // SAFETY: buf is valid for writes of its length.
+                let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n < 16 {
+                    return out;
+                }
+                let error = i32::from_ne_bytes(buf[4..8].try_into().unwrap());
+                let unique = u64::from_ne_bytes(buf[8..16].try_into().unwrap());
+                out.push((unique, error));
+            }
+        })
+    }
+
+    /// An interrupt handled on another worker while a request is being parked: whichever
+    /// comes first, the request is answered EINTR, exactly once, without anyone taking it.
+    #[test]
+    fn an_interrupt_racing_a_park_is_never_lost() {
+        let (channel, socket) = channel();
+        let answered = answers(socket);
+        let interrupts: Arc<Interrupts> = Arc::default();
+        let rounds = 40_000u64;
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let parker = {
+            let (channel, interrupts, start) = (channel.clone(), interrupts.clone(), start.clone());
+            std::thread::spawn(move || {
+                let mut parked = Vec::new();
+                for unique in 1..=rounds {
+                    start.wait();
+                    // A little work of varying length first, as a handler would do.
+                    for _ in 0..(unique % 41) * 3 {
+                        std::hint::spin_loop();
+                    }
+                    parked.push(Reply::new(unique, channel.clone(), interrupts.clone()).park());
+                }
+                parked
+            })
+        };
+        for unique in 1..=rounds {
+            start.wait();
+            for _ in 0..(unique % 37) * 3 {
+                std::hint::spin_loop();
+            }
+            interrupts.interrupt(unique);
+        }
+        let parked = parker.join().unwrap();
+        let unanswered = parked.iter().filter(|p| !p.answered()).count();
+        assert_eq!(
+            unanswered, 0,
+            "interrupts lost: their callers would wait for the fetch to end"
+        );
+        assert_eq!(interrupts.parked(), 0);
+        drop((parked, channel));
+        let mut got = answered.join().unwrap();
+        got.sort();
+        assert_eq!(got.len() as u64, rounds, "each request answered exactly once");
+        assert!(
+            got.iter()
+                .enumerate()
+                .all(|(i, &(u, e))| u == i as u64 + 1 && e == -libc::EINTR)
+        );
+    }
+
+    /// A reply taken back by its waiter is not answered again by a late interrupt.
+    #[test]
+    fn a_taken_reply_is_answered_once() {
+        let (channel, socket) = channel();
+        let answered = answers(socket);
+        let interrupts: Arc<Interrupts> = Arc::default();
+        let parked = Reply::new(7, channel, interrupts.clone()).park();
+        let reply = parked.take().expect("nobody answered yet");
+        interrupts.interrupt(7);
+        reply.ok();
+        assert!(parked.take().is_none());
+        drop(parked);
+        assert_eq!(answered.join().unwrap(), [(7, 0)]);
+    }
 }

@@ -150,6 +150,33 @@ impl Request<'_> {
         })
     }
 
+    /// The operation's name, for logs.
+    pub fn op_name(&self) -> &'static str {
+        match self.op {
+            Op::Init(_) => "INIT",
+            Op::Destroy => "DESTROY",
+            Op::Interrupt { .. } => "INTERRUPT",
+            Op::Lookup { .. } => "LOOKUP",
+            Op::Forget { .. } => "FORGET",
+            Op::BatchForget { .. } => "BATCH_FORGET",
+            Op::GetAttr => "GETATTR",
+            Op::ReadLink => "READLINK",
+            Op::Open { .. } => "OPEN",
+            Op::Read { .. } => "READ",
+            Op::Release { .. } => "RELEASE",
+            Op::OpenDir => "OPENDIR",
+            Op::ReadDir { .. } => "READDIR",
+            Op::ReadDirPlus { .. } => "READDIRPLUS",
+            Op::ReleaseDir => "RELEASEDIR",
+            Op::StatFs => "STATFS",
+            Op::GetXattr { .. } => "GETXATTR",
+            Op::ListXattr { .. } => "LISTXATTR",
+            Op::Access { .. } => "ACCESS",
+            Op::Write => "a write",
+            Op::Unsupported(_) => "an unsupported operation",
+        }
+    }
+
     /// Whether the kernel expects no reply (forgets).
     pub fn is_one_way(&self) -> bool {
         matches!(self.op, Op::Forget { .. } | Op::BatchForget { .. })

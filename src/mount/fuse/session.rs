@@ -160,6 +160,23 @@ fn dispatch<F: Filesystem>(fs: &Arc<F>, channel: &Arc<Channel>, interrupts: &Arc
         Op::Destroy => reply.ok(),
         Op::Write => reply.error(libc::EROFS),
         Op::Unsupported(_) => reply.error(libc::ENOSYS),
-        _ => fs.handle(request, reply),
+        _ => {
+            // A bug in a handler must cost one request, not a worker: the reply it held is
+            // dropped as the panic unwinds, which answers the kernel EIO, and the worker reads
+            // the next request. Shared state stays usable (every lock ignores poisoning).
+            let (name, nodeid, pid, unique) = (request.op_name(), request.nodeid, request.pid, request.unique);
+            let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fs.handle(request, reply)));
+            if let Err(panic) = handled {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into());
+                tracing::error!(
+                    "a bug in cab: request {unique} ({name} on inode {nodeid}, from pid {pid}) panicked: \
+                     {message}; answered EIO, and the mount goes on"
+                );
+            }
+        }
     }
 }

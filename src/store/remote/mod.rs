@@ -207,7 +207,7 @@ impl Remote {
         }
         let mut fetched = Fetched::default();
         let objects = self.tree_objects(store, tree, &mut fetched).await?;
-        store_listing(store, tree, &objects).await?;
+        let Listing { objects, .. } = store_listing(store, Listing { tree: *tree, objects }).await?;
         // Every blob the tree names that this store lacks.
         let mut wanted: HashMap<[u8; 32], u64> = HashMap::new();
         for (object, _) in objects.values() {
@@ -273,21 +273,20 @@ impl Remote {
         Ok(Some(fetched))
     }
 
-    /// Brings only the listing of `tree` — its tree objects, from its bundle in one request —
-    /// into `store`, without its blobs and without publishing it: enough to serve names,
-    /// kinds, sizes and modes at once, with file contents fetched when read
-    /// ([`Remote::fetch_blob`]). The tree is declared live for this process (it is about to
-    /// be served; see [`Store::declare_live`]). Returns the narHash the remote records, or
-    /// `None` if the remote does not have the tree.
-    pub async fn fetch_listing(&self, store: &Store, tree: &TreeHash) -> Result<Option<(NarHash, Fetched)>> {
+    /// Fetches only the listing of `tree` — its tree objects, from its bundle in one request,
+    /// each checked against its name — without its blobs: enough to serve names, kinds, sizes
+    /// and modes at once, with file contents fetched when read ([`Remote::fetch_blob`]). The
+    /// listing is returned in memory, so that it can be served before it is written
+    /// ([`Listing::store`]). Returns the narHash the remote records with it, or `None` if the
+    /// remote does not have the tree.
+    pub async fn fetch_listing(&self, store: &Store, tree: &TreeHash) -> Result<Option<(NarHash, Fetched, Listing)>> {
         let Some(nar) = self.published(tree).await? else {
             return Ok(None);
         };
         let mut fetched = Fetched::default();
         let objects = self.tree_objects(store, tree, &mut fetched).await?;
-        store_listing(store, tree, &objects).await?;
         fetched.nar = Some(nar);
-        Ok(Some((nar, fetched)))
+        Ok(Some((nar, fetched, Listing { tree: *tree, objects })))
     }
 
     /// One blob, checked against its name and size, into `store`; returns its size. The blob
@@ -654,17 +653,52 @@ enum Upload {
     File(std::path::PathBuf),
 }
 
+/// The listing of a tree — every tree object of it, checked against its name — fetched from a
+/// remote and not necessarily written to the store yet.
+pub struct Listing {
+    tree: TreeHash,
+    objects: HashMap<TreeHash, (Object, Vec<u8>)>,
+}
+
+impl Listing {
+    /// The tree it lists.
+    pub fn tree(&self) -> TreeHash {
+        self.tree
+    }
+
+    /// Its objects, decoded.
+    pub fn objects(&self) -> impl Iterator<Item = (&TreeHash, &Object)> {
+        self.objects.iter().map(|(hash, (object, _))| (hash, object))
+    }
+
+    /// How many objects it has.
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// Whether it has none (never, for a real tree).
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// Writes every object into `store`. The caller holds a guard under which the tree was
+    /// declared live, from before the first object is written until the last is: an object
+    /// found already there is relied on, not written again, so no collection may delete it
+    /// before the tree that needs it is live.
+    pub fn store(&self, store: &Store) -> Result<()> {
+        store.add_objects(self.objects.iter().map(|(hash, (_, bytes))| (hash, bytes.as_slice())))
+    }
+}
+
 /// Writes a tree's listing (every tree object of it) into `store` and declares the tree live,
-/// in one guarded section: an object found already there is relied on, not written again, so
-/// no collection may delete it before the tree that needs it is live.
-async fn store_listing(store: &Store, tree: &TreeHash, objects: &HashMap<TreeHash, (Object, Vec<u8>)>) -> Result<()> {
+/// in one guarded section (see [`Listing::store`]).
+async fn store_listing(store: &Store, listing: Listing) -> Result<Listing> {
     let store = store.clone();
-    let tree = *tree;
-    let objects: Vec<(TreeHash, Vec<u8>)> = objects.iter().map(|(h, (_, b))| (*h, b.clone())).collect();
     tokio::task::spawn_blocking(move || {
         let _guard = store.guard()?;
-        store.add_objects(objects.iter().map(|(hash, bytes)| (hash, bytes.as_slice())))?;
-        store.declare_live(&[tree])
+        store.declare_live(&[listing.tree])?;
+        listing.store(&store)?;
+        Ok(listing)
     })
     .await
     .context("a storing task panicked")?
