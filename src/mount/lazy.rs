@@ -24,9 +24,6 @@ use crate::hash::{NarHash, TreeHash, encoding};
 use crate::store::remote::{Listing, Remote, pack};
 use crate::store::{Guard, Store};
 
-/// Directories of a listing, decoded, by tree hash.
-type Directories = HashMap<TreeHash, Arc<Vec<Entry>>>;
-
 /// Runs with the outcome of a blob's fetch: `Ok` once the blob is in the store.
 type Waiter = Box<dyn FnOnce(Result<(), ()>) + Send>;
 
@@ -63,9 +60,9 @@ pub struct Lazy {
     background: Arc<Semaphore>,
     /// The root node, from the listing.
     root: Node,
-    /// The listing's directories while its objects are being written to the store (then
-    /// `None`: the store has them).
-    unwritten: std::sync::RwLock<Option<Arc<Directories>>>,
+    /// The listing while its objects are being written to the store (then `None`: the store
+    /// has them).
+    unwritten: std::sync::RwLock<Option<Arc<Listing>>>,
     /// Whether the listing is in the store yet (`Some(false)`: writing it failed).
     written: tokio::sync::watch::Receiver<Option<bool>>,
 }
@@ -105,22 +102,12 @@ impl Lazy {
         label: &str,
     ) -> anyhow::Result<Arc<Lazy>> {
         let tree = listing.tree();
-        let mut root = None;
-        let mut directories = HashMap::with_capacity(listing.len());
-        for (hash, object) in listing.objects() {
-            match object {
-                Object::Directory(entries) => {
-                    directories.insert(*hash, Arc::new(entries.clone()));
-                }
-                Object::Root(node) if *hash == tree => root = Some(node.clone()),
-                Object::Root(_) => {}
-            }
-        }
-        let root = match root {
-            Some(node) => node,
-            None if directories.contains_key(&tree) => Node::Directory { tree },
+        let root = match listing.object(&tree) {
+            Some(Object::Root(node)) => node.clone(),
+            Some(Object::Directory(_)) => Node::Directory { tree },
             None => anyhow::bail!("the listing of {tree} lacks its root"),
         };
+        let listing = Arc::new(listing);
         let (written_tx, written) = tokio::sync::watch::channel(None);
         let lazy = Arc::new(Lazy {
             remote,
@@ -134,7 +121,7 @@ impl Lazy {
             fetching: Mutex::default(),
             background: Arc::new(Semaphore::new(BACKGROUND_FETCHES)),
             root,
-            unwritten: std::sync::RwLock::new(Some(Arc::new(directories))),
+            unwritten: std::sync::RwLock::new(Some(listing.clone())),
             written,
         });
         let writer = Arc::downgrade(&lazy);
@@ -173,11 +160,19 @@ impl Lazy {
         &self.root
     }
 
+    /// The listing, while it is still being written to the store (afterwards the store has
+    /// it).
+    fn unwritten(&self) -> Option<Arc<Listing>> {
+        self.unwritten.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The entries of directory `tree` of this tree, while its listing is still being written
     /// to the store (afterwards the store has them).
     pub fn unwritten_directory(&self, tree: &TreeHash) -> Option<Arc<Vec<Entry>>> {
-        let unwritten = self.unwritten.read().unwrap_or_else(|e| e.into_inner());
-        unwritten.as_ref()?.get(tree).cloned()
+        match self.unwritten()?.object(tree)? {
+            Object::Directory(entries) => Some(Arc::new(entries.clone())),
+            Object::Root(_) => None,
+        }
     }
 
     /// Waits until the listing is in the store.
@@ -386,13 +381,21 @@ impl Lazy {
     }
 
     async fn complete(self: &Arc<Self>, runtime: &tokio::runtime::Handle) -> anyhow::Result<()> {
-        self.listing_written().await?;
         let store = self.store.clone();
         let tree = self.tree;
-        let (units, blobs) = tokio::task::spawn_blocking(move || {
-            let listing = pack::stored_listing(&store, &tree)?;
-            let object = |hash: &TreeHash| listing.get(hash);
-            anyhow::Ok((pack::units(&tree, object)?, blobs_in_walk_order(&tree, object)?))
+        // From the listing in memory while it is being written (the fetches need not wait
+        // for the store), else from the store.
+        let unwritten = self.unwritten();
+        let (units, blobs) = tokio::task::spawn_blocking(move || match unwritten {
+            Some(listing) => {
+                let object = |hash: &TreeHash| listing.object(hash);
+                anyhow::Ok((pack::units(&tree, object)?, blobs_in_walk_order(&tree, object)?))
+            }
+            None => {
+                let listing = pack::stored_listing(&store, &tree)?;
+                let object = |hash: &TreeHash| listing.get(hash);
+                anyhow::Ok((pack::units(&tree, object)?, blobs_in_walk_order(&tree, object)?))
+            }
         })
         .await??;
         // Every missing blob queued at once, in walk order (the background slots are handed out
@@ -428,6 +431,8 @@ impl Lazy {
         if failed > 0 {
             anyhow::bail!("{failed} files could not be fetched from {}", self.remote);
         }
+        // Publishing reads the tree's objects from the store.
+        self.listing_written().await?;
         let (store, tree, nar) = (self.store.clone(), self.tree, self.nar);
         tokio::task::spawn_blocking(move || {
             let got = store.nar_hash_of(&tree)?;

@@ -671,6 +671,11 @@ impl Listing {
         self.objects.iter().map(|(hash, (object, _))| (hash, object))
     }
 
+    /// One object of it.
+    pub fn object(&self, tree: &TreeHash) -> Option<&Object> {
+        self.objects.get(tree).map(|(object, _)| object)
+    }
+
     /// How many objects it has.
     pub fn len(&self) -> usize {
         self.objects.len()
