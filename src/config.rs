@@ -120,7 +120,7 @@ pub fn env_name(key: &str) -> String {
     format!("CAB_{}", key.to_ascii_uppercase().replace('-', "_"))
 }
 
-/// Declares the settings: each is a field of [`Config`], named in the file by its key, and
+/// Declares the settings: each is a field of [`Layer`], named in the file by its key, and
 /// read from the environment variable [`env_name`] gives.
 macro_rules! settings {
     ($( $(#[doc = $doc:literal])* $field:ident: $ty:ty = $key:literal; )*) => {
@@ -128,18 +128,18 @@ macro_rules! settings {
         /// what the source leaves out is `None`.
         #[derive(Clone, Debug, Default, Deserialize)]
         #[serde(deny_unknown_fields)]
-        pub struct Config {
+        pub struct Layer {
             $( $(#[doc = $doc])* #[serde(rename = $key, default)] pub $field: Option<$ty>, )*
         }
 
-        impl Config {
+        impl Layer {
             /// Every key, as the file spells it.
             pub const KEYS: &'static [&'static str] = &[$($key),*];
 
             /// The settings the environment gives (`var` looks a variable up; empty counts as
             /// unset).
-            pub fn from_env(var: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
-                let mut config = Config::default();
+            pub fn from_env(var: &dyn Fn(&str) -> Option<String>) -> Result<Layer> {
+                let mut config = Layer::default();
                 $(
                     let name = env_name($key);
                     if let Some(text) = var(&name).filter(|t| !t.is_empty()) {
@@ -151,8 +151,8 @@ macro_rules! settings {
             }
 
             /// Each setting from `self` where it has one, else from `lower`.
-            pub fn or(self, lower: Config) -> Config {
-                Config { $( $field: self.$field.or(lower.$field), )* }
+            pub fn or(self, lower: Layer) -> Layer {
+                Layer { $( $field: self.$field.or(lower.$field), )* }
             }
         }
     };
@@ -215,7 +215,7 @@ settings! {
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
     /// The merged settings.
-    pub config: Config,
+    pub values: Layer,
     /// The configuration file read, if any.
     pub file: Option<PathBuf>,
 }
@@ -231,10 +231,10 @@ pub fn default_file() -> Option<PathBuf> {
 
 /// Reads and checks a configuration file. Relative paths in it are relative to its directory,
 /// and `~/` is the home directory.
-pub fn read_file(path: &Path) -> Result<Config> {
+pub fn read_file(path: &Path) -> Result<Layer> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read the config file {}", path.display()))?;
-    let mut config: Config =
+    let mut config: Layer =
         toml::from_str(&text).map_err(|e| anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     for value in [&mut config.store, &mut config.netrc, &mut config.nix_secret_key]
@@ -258,27 +258,27 @@ fn resolve_path(dir: &Path, path: &Path) -> PathBuf {
 impl Settings {
     /// The settings in force: `flags` (the command line), then the environment, then the file
     /// (`file` if given — it must exist —, else the default file if there is one).
-    pub fn load(file: Option<PathBuf>, flags: Config) -> Result<Settings> {
-        let env = Config::from_env(&|name| std::env::var(name).ok())?;
+    pub fn load(file: Option<PathBuf>, flags: Layer) -> Result<Settings> {
+        let env = Layer::from_env(&|name| std::env::var(name).ok())?;
         let file = match file {
             Some(path) => Some(path),
             None => default_file().filter(|p| p.exists()),
         };
         let from_file = match &file {
             Some(path) => read_file(path)?,
-            None => Config::default(),
+            None => Layer::default(),
         };
         let mut config = flags.or(env).or(from_file);
         // GitHub's own variable, as the gh tool and GitHub Actions set it.
         if config.github_token.is_none() {
             config.github_token = std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty());
         }
-        Ok(Settings { config, file })
+        Ok(Settings { values: config, file })
     }
 
     /// The store directory.
     pub fn store(&self) -> Result<PathBuf> {
-        match &self.config.store {
+        match &self.values.store {
             Some(path) => Ok(path.clone()),
             None => crate::store::default_root(),
         }
@@ -286,7 +286,7 @@ impl Settings {
 
     /// The limits on one fetch.
     pub fn limits(&self) -> Limits {
-        let c = &self.config;
+        let c = &self.values;
         let d = Limits::default();
         Limits {
             memory: c.max_memory.map_or(d.memory, |s| s.0 as usize),
@@ -301,7 +301,7 @@ impl Settings {
     /// The forges' default instances.
     pub fn forges(&self) -> Forges {
         let d = Forges::default();
-        let c = &self.config;
+        let c = &self.values;
         Forges {
             github: c.github_url.clone().unwrap_or(d.github),
             gitlab: c.gitlab_url.clone().unwrap_or(d.gitlab),
@@ -312,7 +312,7 @@ impl Settings {
     /// Every host's credentials: each forge's token for its default instance, then `tokens`,
     /// then the netrc file's logins (`netrc`, else `~/.netrc` if there is one).
     pub fn credentials(&self) -> Result<Credentials> {
-        let c = &self.config;
+        let c = &self.values;
         let forges = self.forges();
         let host_of = |setting: &str, url: &str| -> Result<String> {
             url_host(url)
@@ -366,10 +366,10 @@ impl Settings {
                 );
             }
         }
-        if self.config.threads == Some(0) {
+        if self.values.threads == Some(0) {
             bail!("threads ({}) must be at least 1", env_name("threads"));
         }
-        if self.config.request_timeout == Some(0) {
+        if self.values.request_timeout == Some(0) {
             bail!("request-timeout ({}) must be at least 1", env_name("request-timeout"));
         }
         Ok(())
@@ -398,21 +398,21 @@ mod tests {
             ("CAB_TOKENS", "a.example=1, b.example=2"),
             ("CAB_STORE", ""),
         ]);
-        let config = Config::from_env(&|n| vars.get(n).map(|v| v.to_string())).unwrap();
+        let config = Layer::from_env(&|n| vars.get(n).map(|v| v.to_string())).unwrap();
         assert_eq!(config.max_memory, Some(Size(1 << 30)));
         assert_eq!(config.passthrough, Some(true));
         assert_eq!(config.tokens.unwrap().len(), 2);
         assert_eq!(config.store, None);
-        let e = Config::from_env(&|n| (n == "CAB_THREADS").then(|| "many".to_owned())).unwrap_err();
+        let e = Layer::from_env(&|n| (n == "CAB_THREADS").then(|| "many".to_owned())).unwrap_err();
         assert!(e.to_string().starts_with("CAB_THREADS: "), "{e}");
     }
 
     #[test]
     fn the_file_refuses_unknown_keys_and_bad_values() {
-        let e = toml::from_str::<Config>("max-tmie = 3\n").unwrap_err().to_string();
+        let e = toml::from_str::<Layer>("max-tmie = 3\n").unwrap_err().to_string();
         assert!(e.contains("max-tmie"), "{e}");
-        assert!(toml::from_str::<Config>("max-memory = \"lots\"\n").is_err());
-        let c: Config =
+        assert!(toml::from_str::<Layer>("max-memory = \"lots\"\n").is_err());
+        let c: Layer =
             toml::from_str("max-memory = 1024\nmax-download = \"2G\"\n[tokens]\n\"h.example\" = \"t\"\n").unwrap();
         assert_eq!((c.max_memory, c.max_download), (Some(Size(1024)), Some(Size(2 << 30))));
     }

@@ -14,3 +14,4 @@ pub mod mount;
 pub mod pin;
 pub mod realizer;
 pub mod store;
+pub mod sync;

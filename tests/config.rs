@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use cab::config::{Config, env_name};
+use cab::config::{Layer, env_name};
 use common::forge::{self, Forge};
 use common::*;
 
@@ -218,7 +218,7 @@ fn unknown_keys_and_bad_values_are_usage_errors() {
 #[test]
 fn readme_documents_every_key() {
     let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    for key in Config::KEYS {
+    for key in Layer::KEYS {
         let row = readme
             .lines()
             .find(|l| l.starts_with(&format!("| `{key}` ")))

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::config::{Config, Settings, Size, parse_size};
+use crate::config::{Layer, Settings, Size, parse_size};
 use crate::derivation::to_derivation;
 use crate::island::Island;
 
@@ -34,15 +34,15 @@ pub struct LimitArgs {
 
 impl LimitArgs {
     /// The settings these flags give.
-    pub fn config(&self) -> Config {
-        Config {
+    pub fn config(&self) -> Layer {
+        Layer {
             max_memory: self.max_memory.map(Size),
             max_time: self.max_time,
             max_download: self.max_download.map(Size),
             max_unpacked: self.max_unpacked.map(Size),
             stall_timeout: self.stall_timeout,
             max_entries: self.max_entries,
-            ..Config::default()
+            ..Layer::default()
         }
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, Settings};
+use crate::config::{Layer, Settings};
 use crate::realizer::Realizer;
 use crate::store::remote::nix::{CacheWriter, SecretKey};
 use crate::store::remote::{Remote, Timeouts};
@@ -93,19 +93,19 @@ enum Command {
 
 impl Command {
     /// The settings this command's flags give (the command line's layer of the settings).
-    fn flags(&self) -> Config {
+    fn flags(&self) -> Layer {
         match self {
-            Command::Fetch(args) => Config {
+            Command::Fetch(args) => Layer {
                 gc_auto_size: args.gc.size(),
                 ..args.limits.config()
             },
             Command::Mount(args) => args.config(),
-            Command::Update(args) => Config {
+            Command::Update(args) => Layer {
                 gc_auto_size: args.gc.size(),
                 ..args.limits.config()
             },
             Command::Import(args) => args.limits.config(),
-            _ => Config::default(),
+            _ => Layer::default(),
         }
     }
 }
@@ -130,7 +130,7 @@ pub fn main() -> ExitCode {
         Command::Man(args) => return finish(shell::man(args)),
         command => command,
     };
-    let flags = Config {
+    let flags = Layer {
         store: cli.store.clone(),
         remote: cli.remote.clone(),
         push: cli.push.then_some(true),
@@ -179,7 +179,7 @@ fn open_store(settings: &Settings) -> Result<crate::store::Store> {
 /// after `timeouts` (then the forge is asked).
 fn remote(settings: &Settings, timeouts: Timeouts) -> Result<Option<Remote>> {
     settings
-        .config
+        .values
         .remote
         .as_deref()
         .filter(|url| !url.is_empty())
@@ -190,7 +190,7 @@ fn remote(settings: &Settings, timeouts: Timeouts) -> Result<Option<Remote>> {
 /// The Nix binary cache entries pushes write, signed with `nix-secret-key` if it is set.
 fn nix_cache(settings: &Settings) -> Result<CacheWriter> {
     let key = settings
-        .config
+        .values
         .nix_secret_key
         .as_deref()
         .map(SecretKey::read)
@@ -212,7 +212,7 @@ fn realizer(settings: &Settings) -> Result<Arc<Realizer>> {
     let mut realizer =
         Realizer::new(open_store(settings)?, settings.forges(), limits)?.with_credentials(settings.credentials()?);
     if let Some(remote) = remote {
-        let push = if settings.config.push.unwrap_or(false) {
+        let push = if settings.values.push.unwrap_or(false) {
             Some(nix_cache(settings)?)
         } else {
             None

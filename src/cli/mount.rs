@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use super::fetch::{LimitArgs, runtime};
-use crate::config::{Config, Settings};
+use crate::config::{Layer, Settings};
 use crate::lock::{Lock, Manifest, lock_path};
 use crate::mount::{Islands, Options, ReadPath};
 
@@ -72,8 +72,8 @@ fn switch(on: bool, off: bool) -> Option<bool> {
 
 impl MountArgs {
     /// The settings these flags give.
-    pub fn config(&self) -> Config {
-        Config {
+    pub fn config(&self) -> Layer {
+        Layer {
             passthrough: switch(self.passthrough, self.no_passthrough),
             read_ahead: switch(self.read_ahead, self.no_read_ahead),
             prefetch: switch(self.prefetch, self.no_prefetch),
@@ -88,7 +88,7 @@ impl MountArgs {
 
 /// The mount options the settings give.
 fn options(settings: &Settings) -> Options {
-    let c = &settings.config;
+    let c = &settings.values;
     let d = Options::default();
     Options {
         read_path: if c.passthrough.unwrap_or(false) {
@@ -198,7 +198,7 @@ pub fn mount(args: MountArgs, settings: &Settings) -> Result<ExitCode> {
     let count = manifest.as_ref().map(|m| m.islands.len()).unwrap_or(0);
     let islands = Arc::new(
         Islands::new(realizer.clone(), runtime.handle().clone(), manifest, lock)
-            .with_prefetch(settings.config.prefetch.unwrap_or(false))
+            .with_prefetch(settings.values.prefetch.unwrap_or(false))
             .with_auto_gc(super::store::auto_gc_limit(settings)),
     );
     let options = options(settings);

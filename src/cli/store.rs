@@ -131,7 +131,7 @@ pub fn auto_gc(settings: &Settings, store: &Store) {
 
 /// The `gc-auto-size` setting, in bytes.
 pub fn auto_gc_limit(settings: &Settings) -> Option<u64> {
-    settings.config.gc_auto_size.map(|size| size.0)
+    settings.values.gc_auto_size.map(|size| size.0)
 }
 
 /// Parses `30d`, `12h`, `90m`, `45s`, `2w`.

@@ -20,6 +20,36 @@ pub use walk::{HashedTree, hash_path};
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TreeHash(pub [u8; 32]);
 
+/// The name of a blob: BLAKE3 of a file's contents. Written as 64 lowercase hex digits (the
+/// blob's file name in a store, its key on a remote); a tree hash names a tree object, never a
+/// blob, and the two are kept apart by type.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlobHash(pub [u8; 32]);
+
+impl BlobHash {
+    /// The BLAKE3 of `bytes`.
+    pub fn of(bytes: &[u8]) -> BlobHash {
+        BlobHash(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// The 64 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        encoding::to_hex(&self.0)
+    }
+}
+
+impl fmt::Display for BlobHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for BlobHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "blob {}", self.to_hex())
+    }
+}
+
 /// The Nix NAR hash: SHA-256 of the tree's Nix archive, written as SRI `sha256-<base64>`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct NarHash(pub [u8; 32]);

@@ -17,7 +17,7 @@
 //! object; of a file or symlink root, the BLAKE3 of its root node object. The two magics
 //! keep the forms apart, so no directory can hash like a lone file.
 
-use super::TreeHash;
+use super::{BlobHash, TreeHash};
 
 const DIR_MAGIC: &[u8; 8] = b"cab-dir1";
 const NODE_MAGIC: &[u8; 8] = b"cab-node";
@@ -45,7 +45,7 @@ pub enum Node {
         /// Length of the contents in bytes.
         size: u64,
         /// BLAKE3 of the contents.
-        blob: [u8; 32],
+        blob: BlobHash,
     },
     /// A symbolic link and its target, which may be anything (absolute, dangling).
     Symlink {
@@ -75,7 +75,7 @@ impl Node {
             Node::File { executable, size, blob } => {
                 out.push(if *executable { b'x' } else { b'f' });
                 out.extend_from_slice(&size.to_le_bytes());
-                out.extend_from_slice(blob);
+                out.extend_from_slice(&blob.0);
             }
             Node::Symlink { target } => {
                 out.push(b'l');
@@ -197,7 +197,7 @@ impl<'a> Reader<'a> {
                 Node::File {
                     executable: tag == b'x',
                     size,
-                    blob: self.hash()?,
+                    blob: BlobHash(self.hash()?),
                 }
             }
             b'l' => {
@@ -262,7 +262,7 @@ mod tests {
         Node::File {
             executable,
             size: data.len() as u64,
-            blob: *blake3::hash(data).as_bytes(),
+            blob: BlobHash::of(data),
         }
     }
 

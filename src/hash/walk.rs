@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::dir::{Dir, EntryType};
 use super::tree::{self, Entry, Node};
-use super::{NarHash, TreeHash, nar};
+use super::{BlobHash, NarHash, TreeHash, nar};
 
 /// What a walk found: the root node, both hashes and some counts for progress and reports.
 #[derive(Clone, Debug)]
@@ -50,7 +50,7 @@ pub trait Visitor {
         Ok(())
     }
     /// The current file is done; `blob` is the BLAKE3 of its contents.
-    fn file_end(&mut self, _path: &Path, _blob: &[u8; 32]) -> Result<()> {
+    fn file_end(&mut self, _path: &Path, _blob: &BlobHash) -> Result<()> {
         Ok(())
     }
     /// A directory is done; `object` is its canonical encoding, named `hash`.
@@ -263,7 +263,7 @@ impl Walker<'_> {
             self.nar.commit(n);
             remaining -= n as u64;
         }
-        let blob = *blake.finalize().as_bytes();
+        let blob = BlobHash(*blake.finalize().as_bytes());
         self.visitor.file_end(path, &blob)?;
         nar::file_end(&mut self.scratch, size);
         self.files += 1;

@@ -29,9 +29,10 @@ use super::islands::{Failure, Flight, Islands, LastFailure, Ready, State};
 use super::prefetch::{self, Prefetcher};
 use super::table::Table;
 use super::timeout::RequestTimeout;
-use crate::hash::TreeHash;
 use crate::hash::tree::{Entry, Node, Object};
+use crate::hash::{BlobHash, TreeHash};
 use crate::island::{Config, Format, Island};
+use crate::sync::{MutexExt, RwLockExt};
 
 /// Inside realized trees: effectively forever.
 const TREE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -163,26 +164,23 @@ impl CabFs {
 
     /// How many inodes the table holds (for tests and statfs).
     pub fn inodes(&self) -> usize {
-        self.table.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.table.read_locked().len()
     }
 
     fn kind(&self, ino: u64) -> Option<Kind> {
-        self.table.read().unwrap_or_else(|e| e.into_inner()).get(ino).cloned()
+        self.table.read_locked().get(ino).cloned()
     }
 
     /// The inode for `name` in `parent`, counted as one more kernel reference.
     fn look_up(&self, parent: u64, name: &[u8], make: impl FnOnce() -> Kind) -> u64 {
-        self.table
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .look_up(parent, name, make)
+        self.table.write_locked().look_up(parent, name, make)
     }
 
     /// Tells the kernel about `ino`; if it did not take the entry, the reference is dropped.
     fn answer_entry(&self, reply: Reply, ino: u64, kind: &Kind) {
         let ttl = Self::ttl(kind);
         if !reply.entry(&self.attr(ino, kind), ttl, ttl) {
-            self.table.write().unwrap_or_else(|e| e.into_inner()).forget(ino, 1);
+            self.table.write_locked().forget(ino, 1);
         }
     }
 
@@ -195,7 +193,7 @@ impl CabFs {
 
     /// A directory of `island`'s tree: its entries, decoded once and kept.
     fn entries(&self, tree: &TreeHash, island: &Ready) -> Result<Arc<Vec<Entry>>, Errno> {
-        if let Some(entries) = self.dirs.lock().unwrap_or_else(|e| e.into_inner()).get(tree) {
+        if let Some(entries) = self.dirs.locked().get(tree) {
             return Ok(entries.clone());
         }
         // A tree served from the remote is answered from its listing in memory until the
@@ -211,10 +209,7 @@ impl CabFs {
                 return Err(libc::EIO);
             }
         };
-        self.dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .put(*tree, entries.clone());
+        self.dirs.locked().put(*tree, entries.clone());
         Ok(entries)
     }
 
@@ -273,7 +268,7 @@ impl CabFs {
                     .unwrap_or(0)
             }
             Kind::Browse(..) => {
-                let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+                let table = self.table.read_locked();
                 table.children(ino).len() as u64
             }
             _ => 0,
@@ -564,7 +559,7 @@ impl CabFs {
             }
             // Browsing levels list what the kernel has looked up and still holds.
             Kind::Browse(..) => {
-                let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+                let table = self.table.read_locked();
                 table
                     .children(ino)
                     .into_iter()
@@ -630,7 +625,7 @@ impl CabFs {
                     !dirents.add_plus(&self.attr(child, &kind), Self::ttl(&kind), next, &name)
                 }
             } else {
-                let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+                let table = self.table.read_locked();
                 // Plain readdir gives no reference: an inode number that is not in the table
                 // is shown as a stable stand-in.
                 let child = if dot {
@@ -714,7 +709,7 @@ impl CabFs {
     }
 
     /// The file node behind `ino` (a file in a tree, or an island whose root is a file).
-    fn file(&self, ino: u64) -> Result<[u8; 32], Errno> {
+    fn file(&self, ino: u64) -> Result<BlobHash, Errno> {
         match self.content(ino)? {
             Content::Now(Kind::Tree {
                 node: Node::File { blob, .. },
@@ -727,7 +722,7 @@ impl CabFs {
 
     /// The blob behind a file inode, opened once and kept for a while (reads without a handle).
     fn blob_file(&self, ino: u64) -> Result<Arc<File>, Errno> {
-        if let Some(file) = self.blobs.lock().unwrap_or_else(|e| e.into_inner()).get(&ino) {
+        if let Some(file) = self.blobs.locked().get(&ino) {
             return Ok(file.clone());
         }
         let blob = self.file(ino)?;
@@ -736,10 +731,7 @@ impl CabFs {
             tracing::error!("cannot open blob {}: {e}", path.display());
             libc::EIO
         })?);
-        self.blobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .put(ino, file.clone());
+        self.blobs.locked().put(ino, file.clone());
         Ok(file)
     }
 
@@ -761,7 +753,7 @@ impl CabFs {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         // One backing file per inode while any open of it lives: the kernel refuses a second,
         // different backing for an inode that is already open.
-        let mut backings = self.backings.lock().unwrap_or_else(|e| e.into_inner());
+        let mut backings = self.backings.locked();
         let id = match backings.get_mut(&ino) {
             Some((id, opens)) => {
                 *opens += 1;
@@ -791,7 +783,7 @@ impl CabFs {
             }
         };
         drop(backings);
-        self.open.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, ino);
+        self.open.locked().insert(fh, ino);
         reply.opened(fh, fopen::PASSTHROUGH, id);
     }
 
@@ -822,12 +814,7 @@ impl CabFs {
     /// The directory of a tree that `ino` is in: its inode, `ino`'s name in it, its tree, and
     /// the island it belongs to.
     fn parent_directory(&self, ino: u64) -> Option<(u64, Vec<u8>, TreeHash, Arc<Ready>)> {
-        let (parent, name) = self
-            .table
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .parent(ino)
-            .map(|(p, n)| (p, n.to_vec()))?;
+        let (parent, name) = self.table.read_locked().parent(ino).map(|(p, n)| (p, n.to_vec()))?;
         match self.content(parent) {
             Ok(Content::Now(Kind::Tree {
                 node: Node::Directory { tree },
@@ -850,11 +837,7 @@ impl CabFs {
         let Some((_, _, tree, _)) = self.parent_directory(ino) else {
             return;
         };
-        let seen = self
-            .fetched_dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .put(tree, ());
+        let seen = self.fetched_dirs.locked().put(tree, ());
         if seen.is_some() {
             return;
         }
@@ -892,7 +875,7 @@ impl CabFs {
         // those before it.
         let at = entries.partition_point(|e| e.name.as_slice() <= name.as_slice());
         let (before, after) = entries.split_at(at);
-        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let table = self.table.read_locked();
         let (mut files, mut bytes) = (Vec::new(), 0);
         for entry in after.iter().chain(before).filter(|e| e.name != name) {
             let Node::File { blob, size, .. } = entry.node else {
@@ -915,9 +898,9 @@ impl CabFs {
     }
 
     fn release(&self, fh: u64, reply: Reply) {
-        let ino = self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh);
+        let ino = self.open.locked().remove(&fh);
         if let Some(ino) = ino {
-            let mut backings = self.backings.lock().unwrap_or_else(|e| e.into_inner());
+            let mut backings = self.backings.locked();
             if let Some((id, opens)) = backings.get_mut(&ino) {
                 *opens -= 1;
                 if *opens == 0 {
@@ -1076,12 +1059,12 @@ impl Filesystem for CabFs {
     }
 
     fn forget(&self, nodes: &[(u64, u64)]) {
-        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+        let mut table = self.table.write_locked();
         for &(ino, n) in nodes {
             table.forget(ino, n);
         }
         drop(table);
-        let mut blobs = self.blobs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut blobs = self.blobs.locked();
         for &(ino, _) in nodes {
             blobs.pop(&ino);
         }

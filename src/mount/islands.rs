@@ -22,6 +22,7 @@ use crate::hash::tree::Node;
 use crate::island::Island;
 use crate::lock::{Lock, Manifest, Pin};
 use crate::realizer::{Cause, Realized, Realizer};
+use crate::sync::MutexExt;
 
 /// A realized island: what its tree is and how to describe it (xattrs).
 #[derive(Debug)]
@@ -161,7 +162,7 @@ struct FlightState {
 impl Flight {
     /// Runs `then` once the realization has ended (now, if it has).
     pub fn when_done(&self, then: impl FnOnce() + Send + 'static) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.locked();
         if state.done {
             drop(state);
             then();
@@ -172,7 +173,7 @@ impl Flight {
 
     /// Runs `then` once the commit is known or the realization has ended.
     pub fn when_rev_known(&self, then: impl FnOnce() + Send + 'static) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.locked();
         if state.done || state.rev.is_some() {
             drop(state);
             then();
@@ -183,17 +184,17 @@ impl Flight {
 
     /// Whether the realization has ended.
     fn is_done(&self) -> bool {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).done
+        self.state.locked().done
     }
 
     /// The commit, if the fetcher has said it.
     pub fn rev(&self) -> Option<String> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).rev.clone()
+        self.state.locked().rev.clone()
     }
 
     fn set_rev(&self, rev: &str) {
         let waiters = {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = self.state.locked();
             state.rev = Some(rev.to_owned());
             std::mem::take(&mut state.on_rev)
         };
@@ -204,12 +205,12 @@ impl Flight {
     /// not with a fresh look at the island (which, for a failure not remembered, would start
     /// the next realization and wait again).
     pub fn failure(&self) -> Option<Failure> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).failure.clone()
+        self.state.locked().failure.clone()
     }
 
     fn finish(&self, failure: Option<Failure>) {
         let waiters = {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = self.state.locked();
             state.done = true;
             state.failure = failure;
             let mut waiters = std::mem::take(&mut state.on_rev);
@@ -335,20 +336,20 @@ impl Islands {
 
     /// The named island `name` if it is realized (never starts anything).
     pub fn ready_named(&self, name: &str) -> Option<Arc<Ready>> {
-        let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        let ready = self.ready.locked();
         ready.get(&format!("name:{name}")).cloned()
     }
 
     /// `island` if it is realized (never starts anything).
     pub fn ready_island(&self, island: &Island) -> Option<Arc<Ready>> {
-        let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        let ready = self.ready.locked();
         ready.get(&island.to_string()).cloned()
     }
 
     /// The island a name stands for: its lock pin if current, else the manifest's literal.
     fn named(&self, name: &str) -> Option<(Island, bool)> {
         let island = self.manifest.as_ref()?.islands.get(name)?;
-        let lock = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let lock = self.lock.locked();
         Some(match lock.current(name, island) {
             Some(pin) => (pin.locked.clone(), true),
             None => (island.clone(), false),
@@ -387,11 +388,7 @@ impl Islands {
         match crate::pin::record(self.realizer.store(), &manifest.path, &pins) {
             Ok(()) => {
                 tracing::info!("{name}: pinned {}", ready.locked);
-                self.lock
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .pins
-                    .insert(name.to_owned(), pin);
+                self.lock.locked().pins.insert(name.to_owned(), pin);
             }
             Err(e) => tracing::error!("{name}: cannot record its pin: {e:#}"),
         }
@@ -403,7 +400,7 @@ impl Islands {
         island: Island,
         on_first: impl FnOnce(&Islands, &Ready) + Send + 'static,
     ) -> State {
-        if let Some(ready) = self.ready.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(ready) = self.ready.locked().get(&key) {
             return State::Ready(ready.clone());
         }
         if let Some(failure) = self.remembered_failure(&key) {
@@ -412,10 +409,7 @@ impl Islands {
         // A pinned island whose tree is stored needs no fetch: answered here, at once.
         match self.stored(&island) {
             Ok(Some(ready)) => {
-                self.ready
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(key, ready.clone());
+                self.ready.locked().insert(key, ready.clone());
                 return State::Ready(ready);
             }
             Ok(None) => {}
@@ -425,7 +419,7 @@ impl Islands {
             }
         }
         let flight = {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            let mut in_flight = self.in_flight.locked();
             // A flight that ended but is still listed (its bookkeeping failed) is not waited
             // on: a waiter resumed at once would find it again, forever.
             if let Some(flight) = in_flight.get(&key).filter(|f| !f.is_done()) {
@@ -470,13 +464,9 @@ impl Islands {
                 let islands = islands_done;
                 let failed = match outcome {
                     Ok(ready) => {
-                        islands.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                        islands.failures.locked().remove(&key);
                         on_first(&islands, &ready);
-                        islands
-                            .ready
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(key.clone(), ready);
+                        islands.ready.locked().insert(key.clone(), ready);
                         None
                     }
                     Err(failure) => {
@@ -484,7 +474,7 @@ impl Islands {
                         Some(failure)
                     }
                 };
-                islands.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                islands.in_flight.locked().remove(&key);
                 failed
             })
             .await;
@@ -513,7 +503,7 @@ impl Islands {
     }
 
     fn remembered_failure(&self, key: &str) -> Option<Failure> {
-        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let failures = self.failures.locked();
         let remembered = failures.get(key)?;
         (Instant::now() < remembered.until).then(|| remembered.last.failure.clone())
     }
@@ -529,13 +519,13 @@ impl Islands {
     }
 
     fn last_failure(&self, key: &str) -> Option<LastFailure> {
-        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let failures = self.failures.locked();
         failures.get(key).map(|r| r.last.clone())
     }
 
     fn remember_failure(&self, key: &str, failure: &Failure) {
         let now = Instant::now();
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failures = self.failures.locked();
         let last = failures
             .get(key)
             .filter(|last| now.duration_since(last.at) < REPEAT_WINDOW);
@@ -674,16 +664,13 @@ impl Islands {
     /// served) and remembered. `None` if it is not published.
     pub fn stored_tree(&self, tree: TreeHash) -> anyhow::Result<Option<Arc<Ready>>> {
         let key = format!("by-hash:{}", tree.to_hex());
-        if let Some(ready) = self.ready.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(ready) = self.ready.locked().get(&key) {
             return Ok(Some(ready.clone()));
         }
         let Some(ready) = stored_tree(&self.realizer, tree)? else {
             return Ok(None);
         };
-        self.ready
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, ready.clone());
+        self.ready.locked().insert(key, ready.clone());
         Ok(Some(ready))
     }
 }

@@ -20,9 +20,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::hash::tree::{Entry, Node, Object};
-use crate::hash::{NarHash, TreeHash, encoding};
+use crate::hash::{BlobHash, NarHash, TreeHash};
 use crate::store::remote::{Listing, Remote, pack};
 use crate::store::{Guard, Store};
+use crate::sync::{MutexExt, RwLockExt};
 
 /// Runs with the outcome of a blob's fetch: `Ok` once the blob is in the store.
 type Waiter = Box<dyn FnOnce(Result<(), ()>) + Send>;
@@ -36,7 +37,7 @@ struct Flight {
 
 /// What one flight downloads.
 enum Download {
-    Blob([u8; 32], u64),
+    Blob(BlobHash, u64),
     Pack(pack::Unit),
 }
 
@@ -54,7 +55,7 @@ pub struct Lazy {
     /// Directories read in so far (their first read each).
     directories_read: AtomicUsize,
     /// Blobs being fetched, and who waits for each.
-    fetching: Mutex<HashMap<[u8; 32], Flight>>,
+    fetching: Mutex<HashMap<BlobHash, Flight>>,
     /// Background fetches at once: enough to keep a remote busy, few enough that a reader's
     /// own fetches are not stuck behind a flood of them.
     background: Arc<Semaphore>,
@@ -144,7 +145,7 @@ impl Lazy {
             if result.is_ok()
                 && let Some(lazy) = writer.upgrade()
             {
-                *lazy.unwritten.write().unwrap_or_else(|e| e.into_inner()) = None;
+                *lazy.unwritten.write_locked() = None;
             }
             let _ = written_tx.send(Some(result.is_ok()));
         };
@@ -163,7 +164,7 @@ impl Lazy {
     /// The listing, while it is still being written to the store (afterwards the store has
     /// it).
     fn unwritten(&self) -> Option<Arc<Listing>> {
-        self.unwritten.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.unwritten.read_locked().clone()
     }
 
     /// The entries of directory `tree` of this tree, while its listing is still being written
@@ -190,7 +191,7 @@ impl Lazy {
     }
 
     /// Whether the blob is in the store already.
-    pub fn present(&self, blob: &[u8; 32], size: u64) -> bool {
+    pub fn present(&self, blob: &BlobHash, size: u64) -> bool {
         self.is_complete() || self.store.has_blob(blob, size)
     }
 
@@ -201,7 +202,7 @@ impl Lazy {
     pub fn when_present(
         self: &Arc<Self>,
         runtime: &tokio::runtime::Handle,
-        blob: [u8; 32],
+        blob: BlobHash,
         size: u64,
         then: impl FnOnce(Result<(), ()>) + Send + 'static,
     ) {
@@ -213,7 +214,7 @@ impl Lazy {
     fn join(
         self: &Arc<Self>,
         runtime: &tokio::runtime::Handle,
-        blob: [u8; 32],
+        blob: BlobHash,
         size: u64,
         background: bool,
         then: Waiter,
@@ -222,7 +223,7 @@ impl Lazy {
             return then(Ok(()));
         }
         let urgent = {
-            let mut fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+            let mut fetching = self.fetching.locked();
             if let Some(flight) = fetching.get_mut(&blob) {
                 flight.waiters.push(then);
                 if !background {
@@ -249,7 +250,7 @@ impl Lazy {
         self: &Arc<Self>,
         runtime: &tokio::runtime::Handle,
         download: Download,
-        blobs: Vec<[u8; 32]>,
+        blobs: Vec<BlobHash>,
         urgent: Arc<Notify>,
         background: bool,
     ) {
@@ -270,7 +271,7 @@ impl Lazy {
                     } else {
                         lazy.remote.fetch_blob(&lazy.store, blob, *size).await.map(|_| ())
                     };
-                    (result, format!("blob {}", encoding::to_hex(blob)))
+                    (result, format!("blob {blob}"))
                 }
                 Download::Pack(unit) => (
                     lazy.remote.fetch_pack(&lazy.store, unit).await.map(|_| ()),
@@ -285,7 +286,7 @@ impl Lazy {
                 );
             }
             let waiters: Vec<Waiter> = {
-                let mut fetching = lazy.fetching.lock().unwrap_or_else(|e| e.into_inner());
+                let mut fetching = lazy.fetching.locked();
                 blobs
                     .iter()
                     .filter_map(|blob| fetching.remove(blob))
@@ -307,7 +308,7 @@ impl Lazy {
         unit: pack::Unit,
         done: &tokio::sync::mpsc::UnboundedSender<Result<(), ()>>,
     ) {
-        let missing: Vec<[u8; 32]> = unit
+        let missing: Vec<BlobHash> = unit
             .blobs
             .iter()
             .filter(|(blob, size)| !self.present(blob, *size))
@@ -316,7 +317,7 @@ impl Lazy {
         let urgent = Arc::new(Notify::new());
         let mut mine = Vec::new();
         {
-            let mut fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+            let mut fetching = self.fetching.locked();
             for blob in missing {
                 let done = done.clone();
                 let waiter: Waiter = Box::new(move |outcome| {
@@ -344,7 +345,7 @@ impl Lazy {
     /// A reader's first read in a directory: fetches, in the background, the small files of
     /// the directory that are not here yet (the reader then finds them stored); once a reader
     /// has gone through [`BULK_DIRECTORIES`] directories, the rest of the tree too.
-    pub fn prefetch(self: &Arc<Self>, runtime: &tokio::runtime::Handle, files: Vec<([u8; 32], u64)>) {
+    pub fn prefetch(self: &Arc<Self>, runtime: &tokio::runtime::Handle, files: Vec<(BlobHash, u64)>) {
         let missing: Vec<_> = files
             .into_iter()
             .filter(|(blob, size)| *size <= PREFETCH_FILE_MAX && !self.present(blob, *size))
@@ -455,7 +456,7 @@ impl Lazy {
 fn blobs_in_walk_order<'a>(
     tree: &TreeHash,
     object: impl Fn(&TreeHash) -> Option<&'a Object>,
-) -> anyhow::Result<Vec<([u8; 32], u64)>> {
+) -> anyhow::Result<Vec<(BlobHash, u64)>> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     let mut next = vec![*tree];

@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::fuse::Channel;
-use crate::hash::TreeHash;
+use crate::hash::{BlobHash, TreeHash};
 use crate::store::Store;
+use crate::sync::MutexExt;
 
 /// Files larger than this are left to the kernel's own read-ahead.
 pub const FILE_MAX: u64 = 256 * 1024;
@@ -36,7 +37,7 @@ pub struct File {
     /// The inode the kernel knows the file by.
     pub ino: u64,
     /// The blob holding its contents.
-    pub blob: [u8; 32],
+    pub blob: BlobHash,
     /// Its size.
     pub size: u64,
 }
@@ -83,7 +84,7 @@ impl Prefetcher {
     /// Whether directory `dir` (listing `tree`) is read from for the first time: the caller
     /// then collects its files and calls [`Prefetcher::push`].
     pub fn first_read_in(&self, dir: u64, tree: TreeHash) -> bool {
-        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        let mut done = self.done.locked();
         done.put((dir, tree), ()).is_none()
     }
 
@@ -94,12 +95,12 @@ impl Prefetcher {
     pub fn push(&self, channel: &Channel, files: Vec<File>) {
         let (mut count, mut bytes) = (0, 0);
         for file in files {
-            let mut pushed = self.pushed.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pushed = self.pushed.locked();
             if pushed.put(file.ino, ()).is_some() {
                 continue;
             }
             drop(pushed);
-            let wait = self.budget.lock().unwrap_or_else(|e| e.into_inner()).take(file.size);
+            let wait = self.budget.locked().take(file.size);
             if !wait.is_zero() {
                 std::thread::sleep(wait);
             }

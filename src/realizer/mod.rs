@@ -41,6 +41,7 @@ use crate::derivation::{Builder, Derivation, Environment, Forges, Method};
 use crate::hash::{NarHash, TreeHash};
 use crate::store::remote::{Remote, nix};
 use crate::store::{IndexKey, Ingest, Staging, Store};
+use crate::sync::MutexExt;
 
 /// What a run may consume. Each has a default a user can raise.
 #[derive(Clone, Debug)]
@@ -181,7 +182,7 @@ struct RunningGuard(Arc<Running>);
 
 impl RunningGuard {
     fn new(running: &Arc<Running>) -> RunningGuard {
-        *running.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        *running.count.locked() += 1;
         running.wake.notify_all();
         RunningGuard(running.clone())
     }
@@ -189,7 +190,7 @@ impl RunningGuard {
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
-        *self.0.count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        *self.0.count.locked() -= 1;
     }
 }
 
@@ -281,7 +282,7 @@ impl Realizer {
             .spawn(move || {
                 loop {
                     {
-                        let mut count = ticker.count.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut count = ticker.count.locked();
                         while *count == 0 {
                             count = ticker.wake.wait(count).unwrap_or_else(|e| e.into_inner());
                         }
@@ -338,7 +339,7 @@ impl Realizer {
     /// Waits for the pushes started in the background (a command waits for them before it
     /// exits; a mount lets them run).
     pub async fn finish_pushes(&self) {
-        let pushes = std::mem::take(&mut *self.pushes.lock().unwrap_or_else(|e| e.into_inner()));
+        let pushes = std::mem::take(&mut *self.pushes.locked());
         for push in pushes {
             let _ = push.await;
         }
@@ -366,7 +367,7 @@ impl Realizer {
                 }
             }
         });
-        let mut pushes = self.pushes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pushes = self.pushes.locked();
         pushes.retain(|p| !p.is_finished());
         pushes.push(task);
     }
@@ -435,22 +436,19 @@ impl Realizer {
     /// Makes another module runnable by hash (for purpose-built test guests).
     pub fn add_module(&self, bytes: Vec<u8>) -> TreeHash {
         let hash = module_hash(&bytes);
-        self.extra_modules
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(hash, bytes);
+        self.extra_modules.locked().insert(hash, bytes);
         hash
     }
 
     /// Compiles a module once per process, and once per machine via a cache in the store.
     fn load(&self, hash: &TreeHash) -> Result<Arc<Loaded>> {
-        if let Some(loaded) = self.modules.lock().unwrap_or_else(|e| e.into_inner()).get(hash) {
+        if let Some(loaded) = self.modules.locked().get(hash) {
             return Ok(loaded.clone());
         }
         let bytes = if *hash == module_hash(FETCHER_WASM) {
             FETCHER_WASM.to_vec()
         } else {
-            let extra = self.extra_modules.lock().unwrap_or_else(|e| e.into_inner());
+            let extra = self.extra_modules.locked();
             extra
                 .get(hash)
                 .cloned()
@@ -467,10 +465,7 @@ impl Realizer {
             module,
             linker: Arc::new(linker),
         });
-        self.modules
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(*hash, loaded.clone());
+        self.modules.locked().insert(*hash, loaded.clone());
         Ok(loaded)
     }
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use super::{Staging, Store};
+use crate::hash::BlobHash;
 use crate::hash::tree::{Node, encode_root};
 use crate::hash::walk::{Visitor, walk};
 use crate::hash::{NarHash, TreeHash};
@@ -112,7 +113,7 @@ impl Visitor for StoreVisitor<'_> {
         Ok(())
     }
 
-    fn file_end(&mut self, path: &Path, blob: &[u8; 32]) -> Result<()> {
+    fn file_end(&mut self, path: &Path, blob: &BlobHash) -> Result<()> {
         if let Some(on_file) = self.on_file {
             on_file(self.size);
         }

@@ -41,8 +41,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result, bail};
 
 use crate::hash::tree::Object;
-use crate::hash::{NarHash, TreeHash, encoding};
+use crate::hash::{BlobHash, NarHash, TreeHash, encoding};
 
+use crate::sync::MutexExt;
 pub use gc::{Collected, Du, Guard, Policy, Root, RootKind, Usage};
 pub use ingest::{Added, Ingest, OnFile};
 pub use staging::Staging;
@@ -250,7 +251,7 @@ impl Store {
 
     /// This process's staging directory, shared by everything this handle writes.
     fn scratch(&self) -> Result<Arc<Staging>> {
-        let mut slot = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.scratch.locked();
         if let Some(staging) = &*slot {
             return Ok(staging.clone());
         }
@@ -260,8 +261,8 @@ impl Store {
     }
 
     /// Where the blob with these contents' BLAKE3 lives.
-    pub fn blob_path(&self, blob: &[u8; 32]) -> PathBuf {
-        sharded(&self.root.join("blobs"), &encoding::to_hex(blob))
+    pub fn blob_path(&self, blob: &BlobHash) -> PathBuf {
+        sharded(&self.root.join("blobs"), &blob.to_hex())
     }
 
     /// Where the tree object with this hash lives.
@@ -327,7 +328,7 @@ impl Store {
     }
 
     /// Whether the blob named `blob` is here with `size` bytes.
-    pub fn has_blob(&self, blob: &[u8; 32], size: u64) -> bool {
+    pub fn has_blob(&self, blob: &BlobHash, size: u64) -> bool {
         fs::symlink_metadata(self.blob_path(blob)).is_ok_and(|m| m.len() == size)
     }
 
@@ -335,12 +336,12 @@ impl Store {
     /// here is not written again, so the caller follows the gc protocol as an ingest does: it
     /// holds a [`Store::guard`] (required here), and either the blob belongs to a tree it has
     /// declared live already or it declares that tree live before dropping the guard.
-    pub fn add_blob(&self, blob: &[u8; 32], bytes: &[u8]) -> Result<()> {
+    pub fn add_blob(&self, blob: &BlobHash, bytes: &[u8]) -> Result<()> {
         self.add_blobs([(blob, bytes)])
     }
 
     /// Stores blobs as [`Store::add_blob`] does, counting them in the usage once.
-    pub fn add_blobs<'a>(&self, blobs: impl IntoIterator<Item = (&'a [u8; 32], &'a [u8])>) -> Result<()> {
+    pub fn add_blobs<'a>(&self, blobs: impl IntoIterator<Item = (&'a BlobHash, &'a [u8])>) -> Result<()> {
         self.require_guard("storing a blob")?;
         let mut written = 0;
         let mut result = Ok(());

@@ -106,7 +106,7 @@ pub fn cab() -> Command {
         .env_remove("RUST_LOG");
     // Nor from setting anything else: no configuration file, no setting from the environment,
     // no netrc (the tests that test these set their own).
-    for key in cab::config::Config::KEYS {
+    for key in cab::config::Layer::KEYS {
         cmd.env_remove(cab::config::env_name(key));
     }
     cmd.env_remove("CAB_CONFIG")

@@ -12,6 +12,12 @@ use std::time::{Duration, Instant};
 use super::abi::{self, Attr, Out};
 use super::channel::Channel;
 
+/// A lock's guard even if a panic poisoned it (the fuse layer stands alone, without cab's
+/// `sync` helpers).
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Parked requests by unique, and interrupts that arrived before their request was parked.
 #[derive(Default)]
 pub struct Interrupts {
@@ -35,7 +41,7 @@ impl Interrupts {
     /// The kernel interrupts request `unique`: a parked one is answered EINTR now.
     pub fn interrupt(&self, unique: u64) {
         let slot = {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = locked(&self.state);
             match state.parked.remove(&unique).and_then(|w| w.upgrade()) {
                 Some(slot) => slot,
                 None => {
@@ -53,7 +59,7 @@ impl Interrupts {
                 }
             }
         };
-        if let Some(reply) = slot.reply.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(reply) = locked(&slot.reply).take() {
             tracing::debug!("request {unique} interrupted by its caller; answered EINTR");
             reply.error(libc::EINTR);
         }
@@ -61,7 +67,7 @@ impl Interrupts {
 
     /// How many requests are parked now.
     pub fn parked(&self) -> usize {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).parked.len()
+        locked(&self.state).parked.len()
     }
 }
 
@@ -79,9 +85,9 @@ pub struct Parked(Arc<Slot>);
 impl Parked {
     /// The reply, if nobody has answered yet.
     pub fn take(&self) -> Option<Reply> {
-        let reply = self.0.reply.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let reply = locked(&self.0.reply).take();
         if reply.is_some() {
-            let mut state = self.0.interrupts.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = locked(&self.0.interrupts.state);
             state.parked.remove(&self.0.unique);
         }
         reply
@@ -89,7 +95,7 @@ impl Parked {
 
     /// Whether it has been answered already.
     pub fn answered(&self) -> bool {
-        self.0.reply.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+        locked(&self.0.reply).is_none()
     }
 }
 
@@ -205,12 +211,12 @@ impl Reply {
             reply: Mutex::new(Some(self)),
             interrupts: interrupts.clone(),
         });
-        let mut state = interrupts.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = locked(&interrupts.state);
         if let Some(at) = state.early.iter().position(|(u, _)| *u == unique) {
             state.early.remove(at);
             drop(state);
             tracing::debug!("request {unique} was interrupted before it could wait; answered EINTR");
-            if let Some(reply) = slot.reply.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            if let Some(reply) = locked(&slot.reply).take() {
                 reply.error(libc::EINTR);
             }
             return Parked(slot);

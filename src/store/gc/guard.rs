@@ -19,6 +19,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::sync::MutexExt;
 use anyhow::{Context, Result};
 
 /// The gc lock of one store handle (and its clones).
@@ -92,7 +93,7 @@ impl GcLock {
 
     /// Takes the lock shared, waiting while a collector deletes (its windows are short).
     pub(in crate::store) fn shared(self: &Arc<Self>) -> Result<Guard> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.locked();
         if state.holders == 0 {
             let ctx = || format!("cannot take the gc lock {}", self.path.display());
             if state.file.is_none() {
@@ -108,7 +109,7 @@ impl GcLock {
 
     /// Whether some guard of this handle is held now.
     pub(in crate::store) fn held(&self) -> bool {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).holders > 0
+        self.state.locked().holders > 0
     }
 
     /// Takes the lock exclusively (through a descriptor of its own), waiting for every guard
@@ -123,7 +124,7 @@ impl GcLock {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let mut state = self.lock.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.lock.state.locked();
         state.holders -= 1;
         if state.holders == 0
             && let Some(file) = &state.file

@@ -29,7 +29,7 @@ use anyhow::{Context, Result, bail};
 
 use self::reach::{Marked, Obj, Objects, Owners};
 use super::Store;
-use crate::hash::{TreeHash, encoding};
+use crate::hash::{BlobHash, TreeHash, encoding};
 
 pub use du::{Du, DuRow};
 pub(super) use guard::GcLock;
@@ -133,7 +133,14 @@ fn list_objects(store: &Store) -> Result<Vec<(Obj, PathBuf)>> {
             let Some(hash) = encoding::from_hex(&name) else {
                 continue;
             };
-            out.push((if blob { Obj::Blob(hash) } else { Obj::Tree(hash) }, path));
+            out.push((
+                if blob {
+                    Obj::Blob(BlobHash(hash))
+                } else {
+                    Obj::Tree(hash)
+                },
+                path,
+            ));
         }
     }
     Ok(out)

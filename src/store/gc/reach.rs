@@ -12,8 +12,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use super::super::Store;
-use crate::hash::TreeHash;
 use crate::hash::tree::{Node, Object};
+use crate::hash::{BlobHash, TreeHash};
 
 /// One object of the store. Tree objects and blobs live in different directories and their
 /// names can coincide (a file whose bytes are a directory object), so the kind is part of it.
@@ -22,7 +22,7 @@ pub(in crate::store) enum Obj {
     /// `trees/…`
     Tree([u8; 32]),
     /// `blobs/…`
-    Blob([u8; 32]),
+    Blob(BlobHash),
 }
 
 /// A tree object's children with their sizes (a child tree's size is known once it is read).

@@ -24,6 +24,7 @@ use anyhow::{Context, Result, bail};
 
 use super::super::{Store, staging};
 use crate::hash::TreeHash;
+use crate::sync::MutexExt;
 
 /// Why a tree is kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -308,7 +309,7 @@ impl Live {
     /// Declares `trees` live for the rest of this process's life (call under a guard), and
     /// records that they were used now.
     pub(in crate::store) fn declare(&self, trees: &[TreeHash]) -> Result<()> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.locked();
         let new: Vec<TreeHash> = trees.iter().filter(|t| !state.declared.contains(t)).copied().collect();
         if new.is_empty() {
             return Ok(());

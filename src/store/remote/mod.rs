@@ -37,7 +37,7 @@ use anyhow::{Context, Result, bail};
 pub use self::backend::{Backend, Body};
 use super::{IndexKey, Store};
 use crate::hash::tree::{Node, Object};
-use crate::hash::{NarHash, TreeHash, encoding};
+use crate::hash::{BlobHash, NarHash, TreeHash};
 
 /// Requests in flight at once to a remote.
 const CONCURRENCY: usize = 16;
@@ -140,8 +140,8 @@ impl Remote {
         &self.backend
     }
 
-    fn blob_key(blob: &[u8; 32]) -> String {
-        format!("blobs/{}", encoding::to_hex(blob))
+    fn blob_key(blob: &BlobHash) -> String {
+        format!("blobs/{}", blob.to_hex())
     }
 
     fn tree_key(tree: &TreeHash) -> String {
@@ -209,7 +209,7 @@ impl Remote {
         let objects = self.tree_objects(store, tree, &mut fetched).await?;
         let Listing { objects, .. } = store_listing(store, Listing { tree: *tree, objects }).await?;
         // Every blob the tree names that this store lacks.
-        let mut wanted: HashMap<[u8; 32], u64> = HashMap::new();
+        let mut wanted: HashMap<BlobHash, u64> = HashMap::new();
         for (object, _) in objects.values() {
             let nodes: Vec<&Node> = match object {
                 Object::Directory(entries) => entries.iter().map(|e| &e.node).collect(),
@@ -292,14 +292,14 @@ impl Remote {
     /// One blob, checked against its name and size, into `store`; returns its size. The blob
     /// belongs to a tree this process has declared live (whose listing is in `store`), so a
     /// collection keeps it from the moment it is written, or found there.
-    pub async fn fetch_blob(&self, store: &Store, blob: &[u8; 32], size: u64) -> Result<u64> {
+    pub async fn fetch_blob(&self, store: &Store, blob: &BlobHash, size: u64) -> Result<u64> {
         let key = Self::blob_key(blob);
         let bytes = self
             .backend
             .get(&key)
             .await?
             .with_context(|| format!("{self}: {key} is missing (the remote is incomplete)"))?;
-        if bytes.len() as u64 != size || blake3::hash(&bytes).as_bytes() != blob {
+        if bytes.len() as u64 != size || BlobHash::of(&bytes) != *blob {
             bail!("{self}: {key} is corrupt (its bytes do not hash to its name)");
         }
         let store = store.clone();
@@ -522,7 +522,7 @@ impl Remote {
     async fn push_objects(&self, store: &Store, tree: &TreeHash, pushed: &mut Pushed) -> Result<()> {
         // Top down: which tree objects are missing, level by level.
         let mut missing_levels: Vec<Vec<(TreeHash, Vec<u8>)>> = Vec::new();
-        let mut blobs: HashSet<[u8; 32]> = HashSet::new();
+        let mut blobs: HashSet<BlobHash> = HashSet::new();
         let mut level = vec![*tree];
         while !level.is_empty() {
             let present = self.exist_all(level.iter().map(Self::tree_key).collect()).await?;
@@ -556,7 +556,7 @@ impl Remote {
             level = next;
         }
         // Blobs first, then tree objects from the deepest level up.
-        let blobs: Vec<[u8; 32]> = blobs.into_iter().collect();
+        let blobs: Vec<BlobHash> = blobs.into_iter().collect();
         let present = self.exist_all(blobs.iter().map(Self::blob_key).collect()).await?;
         let uploads: Vec<(String, std::path::PathBuf)> = blobs
             .iter()
@@ -645,7 +645,7 @@ impl Remote {
 /// One download of a whole-tree fetch.
 enum Job {
     Pack(pack::Unit),
-    Blob([u8; 32], u64),
+    Blob(BlobHash, u64),
 }
 
 enum Upload {

@@ -22,8 +22,8 @@ use std::collections::{HashMap, HashSet};
 
 use anyhow::{Result, bail};
 
-use crate::hash::TreeHash;
 use crate::hash::tree::{Node, Object};
+use crate::hash::{BlobHash, TreeHash};
 
 /// Files up to this size go into packs; larger ones are fetched alone.
 pub const SMALL: u64 = 256 * 1024;
@@ -37,7 +37,7 @@ pub struct Unit {
     /// The key under the remote (`packs/…`).
     pub key: String,
     /// The blobs, each once, with their sizes.
-    pub blobs: Vec<([u8; 32], u64)>,
+    pub blobs: Vec<(BlobHash, u64)>,
 }
 
 /// The units of the tree `root`, whose objects `object` finds (every directory of it).
@@ -137,7 +137,7 @@ pub fn stored_listing(store: &crate::store::Store, tree: &TreeHash) -> Result<Ha
 fn walk_small<'a>(
     tree: &TreeHash,
     entries: &dyn Fn(&TreeHash) -> Result<&'a [crate::hash::tree::Entry]>,
-) -> Result<Vec<([u8; 32], u64)>> {
+) -> Result<Vec<(BlobHash, u64)>> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     let mut next = vec![*tree];
@@ -165,7 +165,7 @@ pub fn encode<'a>(blobs: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
 }
 
 /// The blobs of a pack of `unit`, each checked against its name; an error says what is wrong.
-pub fn decode<'a>(unit: &Unit, bytes: &'a [u8]) -> Result<Vec<([u8; 32], &'a [u8])>> {
+pub fn decode<'a>(unit: &Unit, bytes: &'a [u8]) -> Result<Vec<(BlobHash, &'a [u8])>> {
     let Some(mut rest) = bytes.strip_prefix(MAGIC) else {
         bail!("not a cab pack");
     };
@@ -176,11 +176,8 @@ pub fn decode<'a>(unit: &Unit, bytes: &'a [u8]) -> Result<Vec<([u8; 32], &'a [u8
             bail!("cut short");
         }
         let (bytes, tail) = rest.split_at(size);
-        if blake3::hash(bytes).as_bytes() != blob {
-            bail!(
-                "its bytes for blob {} do not hash to its name",
-                crate::hash::encoding::to_hex(blob)
-            );
+        if BlobHash::of(bytes) != *blob {
+            bail!("its bytes for blob {} do not hash to its name", blob.to_hex());
         }
         out.push((*blob, bytes));
         rest = tail;
@@ -202,7 +199,7 @@ mod tests {
             node: Node::File {
                 executable: false,
                 size: bytes.len() as u64,
-                blob: *blake3::hash(bytes).as_bytes(),
+                blob: BlobHash::of(bytes),
             },
         }
     }
