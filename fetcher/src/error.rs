@@ -1,6 +1,8 @@
 //! One error type for the whole fetcher. The guest has a single way to report a failure — a
 //! line on standard error and an exit code — so an error is just that message and that code:
-//! 2 for a bad invocation (the host's bug), 1 for everything the network or the host refused.
+//! 2 for a bad invocation (the host's bug), 3 for a ref the repository does not have (the host
+//! then answers "no such island" rather than "failed", without reading the message), 1 for
+//! everything else the network or the host refused.
 
 use core::fmt;
 
@@ -21,6 +23,15 @@ impl Error {
     pub fn new(message: impl Into<String>) -> Error {
         Error {
             code: 1,
+            message: message.into(),
+        }
+    }
+
+    /// What the island names does not exist: a ref the repository lacks, or no default
+    /// branch (exit code 3).
+    pub fn missing(message: impl Into<String>) -> Error {
+        Error {
+            code: 3,
             message: message.into(),
         }
     }

@@ -130,13 +130,13 @@ fn ls_refs_answered<N: Net>(
 
 fn not_found(want: &Want, repo: &str, suggestions: &[String]) -> Error {
     if *want == Want::Head {
-        return Error::new(format!("{repo} has no default branch (HEAD); is the repository empty?"));
+        return Error::missing(format!("{repo} has no default branch (HEAD); is the repository empty?"));
     }
     let what = want.describe();
     if suggestions.is_empty() {
-        Error::new(format!("{what} in {repo}, which has no branches or tags"))
+        Error::missing(format!("{what} in {repo}, which has no branches or tags"))
     } else {
-        Error::new(format!(
+        Error::missing(format!(
             "{what} in {repo}; the closest it has: {}",
             suggestions.join(", ")
         ))

@@ -90,14 +90,9 @@ pub struct Realized {
     pub stopped_early: bool,
 }
 
-/// Whether a failed run says the ref it was asked for does not exist (the fetcher's words
-/// for it: fetcher/src/refs.rs `Want::describe`, fetcher/src/fetch.rs `not_found`).
-fn names_a_missing_ref(error: &anyhow::Error) -> bool {
-    let text = format!("{error:#}");
-    ["no branch or tag `", "no ref `", "has no default branch"]
-        .iter()
-        .any(|needle| text.contains(needle))
-}
+/// The fetcher's exit code for "what the island names does not exist" (a ref the repository
+/// lacks, no default branch): fetcher/src/error.rs.
+const EXIT_MISSING: i32 = 3;
 
 /// What the last realization of a derivation gave, as its holder notes it in the
 /// derivation's lock: `<unix nanoseconds> <tree> <whole> <rev or ->`.
@@ -864,7 +859,7 @@ impl Realizer {
                 &state.stderr_tail,
             );
             // Before any commit was known: the repository or the ref may not exist at all.
-            if rev.is_none() && (state.http.not_found || names_a_missing_ref(&error)) {
+            if rev.is_none() && (state.http.not_found || code == EXIT_MISSING) {
                 return Err(anyhow::Error::new(NotFound(format!("{error:#}"))));
             }
             return Err(error);

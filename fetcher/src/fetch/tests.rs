@@ -272,7 +272,7 @@ fn v2_missing_ref_suggests_close_names() {
     ];
     let (r, events, sink) = run_github(&["ref=mian"], routes);
     let e = r.unwrap_err();
-    assert_eq!(e.code(), 1);
+    assert_eq!(e.code(), 3, "a missing ref is its own exit code");
     assert!(
         e.message().starts_with(
             "no branch or tag `mian` in http://127.0.0.1:9/o/r.git; the closest it has: refs/heads/main, "

@@ -286,7 +286,7 @@ fn missing_ref_lists_the_nearest() {
     let mut net = GitNet::new(&repo);
     let r = run(&mut net, &["ref=mian"]);
     let e = r.result.unwrap_err();
-    assert_eq!(e.code(), 1);
+    assert_eq!(e.code(), 3, "a missing ref is its own exit code");
     assert!(
         e.message().starts_with(&format!(
             "no branch or tag `mian` in {URL}; the closest it has: refs/heads/main, refs/heads/maint"
