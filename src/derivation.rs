@@ -314,6 +314,19 @@ impl Derivation {
         self.rev.is_some() || self.hash.is_some()
     }
 
+    /// Whether the fetcher must be asked for the commit before the tree can be answered: the
+    /// method makes trees from commits and none is pinned (pinned by hash alone, a stored tree
+    /// would leave the lock without its commit).
+    pub fn needs_commit(&self) -> bool {
+        self.method.has_rev() && self.rev.is_none()
+    }
+
+    /// The tree this derivation gives, where it is known before anything runs: its pinned
+    /// hash, unless the commit must be asked for first.
+    pub fn known_tree(&self) -> Option<TreeHash> {
+        self.hash.filter(|_| !self.needs_commit())
+    }
+
     /// The canonical JSON value (without the id).
     fn encode(&self) -> Value {
         let builder = match &self.builder {

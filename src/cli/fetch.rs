@@ -108,7 +108,6 @@ pub fn fetch(args: FetchArgs, settings: &Settings) -> Result<ExitCode> {
             results.push(joined.context("a fetch task panicked")?);
         }
         results.sort_by_key(|r| r.0);
-        realizer.finish_pushes().await;
         Ok::<_, anyhow::Error>(results)
     })?;
     let mut failed = 0;

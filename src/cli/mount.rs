@@ -198,11 +198,11 @@ pub fn mount(args: MountArgs, settings: &Settings) -> Result<ExitCode> {
     let count = manifest.as_ref().map(|m| m.islands.len()).unwrap_or(0);
     let islands = Arc::new(
         Islands::new(realizer.clone(), runtime.handle().clone(), manifest, lock)
-            .with_prefetch(settings.values.prefetch.unwrap_or(false))
+            .completing_lazy_trees(settings.values.prefetch.unwrap_or(false))
             .with_auto_gc(super::store::auto_gc_limit(settings)),
     );
     let options = options(settings);
-    islands.start_prefetching();
+    islands.start_completing();
     let shown = args.mountpoint.display().to_string();
     crate::mount::serve(islands, &args.mountpoint, &options, &runtime, || {
         eprintln!("mounted {count} islands at {shown} (Ctrl-C or `cab unmount {shown}` to stop)");
@@ -231,11 +231,7 @@ pub fn unmount(args: UnmountArgs) -> Result<ExitCode> {
 pub fn update(args: UpdateArgs, settings: &Settings) -> Result<ExitCode> {
     let manifest = find_manifest(args.manifest, true)?.context("no manifest")?;
     let realizer = super::realizer(settings)?;
-    let changes = runtime()?.block_on(async {
-        let changes = crate::pin::update(&realizer, &manifest, &args.names).await;
-        realizer.finish_pushes().await;
-        changes
-    })?;
+    let changes = runtime()?.block_on(crate::pin::update(&realizer, &manifest, &args.names))?;
     if args.json {
         print_changes_json(&changes);
     } else {

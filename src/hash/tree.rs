@@ -215,6 +215,14 @@ impl<'a> Reader<'a> {
 }
 
 impl Object {
+    /// Every node the object holds: a directory's entries' nodes, or the lone root node.
+    pub fn nodes(&self) -> Box<dyn Iterator<Item = &Node> + '_> {
+        match self {
+            Object::Directory(entries) => Box::new(entries.iter().map(|e| &e.node)),
+            Object::Root(node) => Box::new(std::iter::once(node)),
+        }
+    }
+
     /// Decodes and validates an object (sorted, unique, valid names; nothing trailing).
     pub fn decode(bytes: &[u8]) -> Result<Object, BadObject> {
         let mut r = Reader(bytes);

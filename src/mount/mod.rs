@@ -3,11 +3,12 @@
 //! [`table`] its inodes, [`islands`] realization off the request path, and [`timeout`] the
 //! kernel's request timeout.
 
+mod failures;
 mod fs;
 pub mod fuse;
 mod islands;
-mod lazy;
-mod prefetch;
+mod read_ahead;
+mod realization;
 mod table;
 mod timeout;
 

@@ -23,6 +23,7 @@
 //! tree with missing parts. A staging directory whose lock nobody holds belonged to a process
 //! that died; the next process to open the store removes it.
 
+pub mod contents;
 mod export;
 pub mod gc;
 mod ingest;
@@ -44,6 +45,7 @@ use crate::hash::tree::Object;
 use crate::hash::{BlobHash, NarHash, TreeHash, encoding};
 
 use crate::sync::MutexExt;
+pub use contents::{Arrival, Contents, Stored};
 pub use gc::{Collected, Du, Guard, Policy, Root, RootKind, Usage};
 pub use ingest::{Added, Ingest, OnFile};
 pub use staging::Staging;

@@ -60,14 +60,10 @@ impl<'s> Objects<'s> {
             Ok(bytes) => {
                 let object = Object::decode(&bytes)
                     .with_context(|| format!("tree object {} is corrupt: run `cab store verify`", path.display()))?;
-                let nodes = match object {
-                    Object::Directory(entries) => entries.into_iter().map(|e| e.node).collect(),
-                    Object::Root(node) => vec![node],
-                };
-                let children = nodes
-                    .into_iter()
+                let children = object
+                    .nodes()
                     .filter_map(|node| match node {
-                        Node::File { size, blob, .. } => Some((Obj::Blob(blob), size)),
+                        Node::File { size, blob, .. } => Some((Obj::Blob(*blob), *size)),
                         Node::Directory { tree } => Some((Obj::Tree(tree.0), 0)),
                         Node::Symlink { .. } => None,
                     })

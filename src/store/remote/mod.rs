@@ -24,6 +24,7 @@
 
 pub mod backend;
 mod bundle;
+pub mod lazy;
 pub mod nix;
 pub mod pack;
 mod s3;
@@ -227,7 +228,7 @@ impl Remote {
         let mut packs = Vec::new();
         for unit in pack::units(tree, |hash| objects.get(hash).map(|(object, _)| object))? {
             let missing = unit.blobs.iter().filter(|(b, _)| wanted.contains_key(b)).count();
-            if missing >= 2 && missing * 2 >= unit.blobs.len() {
+            if unit.worth_fetching(missing) {
                 for (blob, _) in &unit.blobs {
                     wanted.remove(blob);
                 }

@@ -40,6 +40,15 @@ pub struct Unit {
     pub blobs: Vec<(BlobHash, u64)>,
 }
 
+impl Unit {
+    /// Whether a fetch that lacks `missing` of its blobs takes the pack rather than the blobs
+    /// one by one: when most of it is missing (the pack costs one request, but brings the
+    /// blobs already here again).
+    pub fn worth_fetching(&self, missing: usize) -> bool {
+        missing >= 2 && missing * 2 >= self.blobs.len()
+    }
+}
+
 /// The units of the tree `root`, whose objects `object` finds (every directory of it).
 pub fn units<'a>(root: &TreeHash, object: impl Fn(&TreeHash) -> Option<&'a Object>) -> Result<Vec<Unit>> {
     let entries = |tree: &TreeHash| -> Result<&'a [crate::hash::tree::Entry]> {

@@ -43,7 +43,7 @@ pub struct File {
 }
 
 /// What read-ahead has done, and what it may still do.
-pub struct Prefetcher {
+pub struct ReadAhead {
     store: Store,
     /// Directories read from already, by (directory inode, tree).
     done: Mutex<lru::LruCache<(u64, TreeHash), ()>>,
@@ -55,11 +55,11 @@ pub struct Prefetcher {
     started: Instant,
 }
 
-impl Prefetcher {
+impl ReadAhead {
     /// Read-ahead from `store`.
-    pub fn new(store: Store) -> Prefetcher {
+    pub fn new(store: Store) -> ReadAhead {
         let remembered = NonZeroUsize::new(REMEMBERED).expect("non-zero");
-        Prefetcher {
+        ReadAhead {
             store,
             done: Mutex::new(lru::LruCache::new(remembered)),
             pushed: Mutex::new(lru::LruCache::new(remembered)),
@@ -82,7 +82,7 @@ impl Prefetcher {
     }
 
     /// Whether directory `dir` (listing `tree`) is read from for the first time: the caller
-    /// then collects its files and calls [`Prefetcher::push`].
+    /// then collects its files and calls [`ReadAhead::push`].
     pub fn first_read_in(&self, dir: u64, tree: TreeHash) -> bool {
         let mut done = self.done.locked();
         done.put((dir, tree), ()).is_none()

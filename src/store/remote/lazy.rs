@@ -1,11 +1,11 @@
-//! Trees served before their files are here. A pinned island the remote store holds is served
-//! as soon as its listing is (every tree object, from the remote's bundle in one request):
-//! names, kinds, sizes and modes are all in the tree objects. A file's contents are fetched
-//! when it is first read — once, however many readers wait — checked against their BLAKE3,
-//! written to the store, and from then on served like any stored blob. The tree is published
-//! in the store only once every blob is there and its narHash checks out (`--prefetch`
-//! completes it in the background); until then it lives in the mount's table only, and its
-//! nodes say `user.cab.complete = "no"`.
+//! Trees served before their files are here ([`LazyTree`], the remote's [`Contents`]). A
+//! pinned tree the remote store holds is ready as soon as its listing is (every tree object,
+//! from the remote's bundle in one request): names, kinds, sizes and modes are all in the tree
+//! objects. A file's contents are fetched when it is first read — once, however many readers
+//! wait — checked against their BLAKE3, written to the store, and from then on read like any
+//! stored blob. The tree is published in the store only once every blob is there and its
+//! narHash checks out (a completion in the background does that: asked for, or started by a
+//! reader going through many directories); until then only whoever serves it knows it.
 //!
 //! The listing is served from memory the moment it arrives: writing its objects to the store
 //! (thousands of small files) happens behind the first answer, never before it. The tree is
@@ -19,30 +19,29 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, Semaphore};
 
+use super::{Listing, Remote, pack};
 use crate::hash::tree::{Entry, Node, Object};
 use crate::hash::{BlobHash, NarHash, TreeHash};
-use crate::store::remote::{Listing, Remote, pack};
+use crate::store::contents::{Arrival, Contents};
 use crate::store::{Guard, Store};
 use crate::sync::{MutexExt, RwLockExt};
 
-/// Runs with the outcome of a blob's fetch: `Ok` once the blob is in the store.
-type Waiter = Box<dyn FnOnce(Result<(), ()>) + Send>;
-
 /// One blob being fetched: who waits for it, and how a reader hurries it along when it was
 /// queued in the background.
-struct Flight {
-    waiters: Vec<Waiter>,
+struct BlobFetch {
+    waiters: Vec<Arrival>,
     urgent: Arc<Notify>,
 }
 
-/// What one flight downloads.
+/// What one fetch downloads.
 enum Download {
     Blob(BlobHash, u64),
     Pack(pack::Unit),
 }
 
 /// A tree whose files arrive when read.
-pub struct Lazy {
+pub struct LazyTree {
+    runtime: tokio::runtime::Handle,
     remote: Remote,
     store: Store,
     tree: TreeHash,
@@ -55,7 +54,7 @@ pub struct Lazy {
     /// Directories read in so far (their first read each).
     directories_read: AtomicUsize,
     /// Blobs being fetched, and who waits for each.
-    fetching: Mutex<HashMap<BlobHash, Flight>>,
+    fetching: Mutex<HashMap<BlobHash, BlobFetch>>,
     /// Background fetches at once: enough to keep a remote busy, few enough that a reader's
     /// own fetches are not stuck behind a flood of them.
     background: Arc<Semaphore>,
@@ -69,9 +68,9 @@ pub struct Lazy {
 }
 
 /// Directories' small files fetched ahead in one go: at most this many files a directory…
-const PREFETCH_FILES: usize = 256;
+const FETCH_AHEAD_FILES: usize = 256;
 /// …of at most this size each.
-const PREFETCH_FILE_MAX: u64 = 256 * 1024;
+const FETCH_AHEAD_FILE_MAX: u64 = 256 * 1024;
 /// A reader that has gone through this many directories is reading the tree, not a few files
 /// of it: the rest of the tree is fetched in the background, in the order a walk reads it, as
 /// fast as the remote gives it, instead of one directory's round trip at a time.
@@ -79,9 +78,9 @@ const BULK_DIRECTORIES: usize = 32;
 /// Background fetches at once.
 const BACKGROUND_FETCHES: usize = 16;
 
-impl std::fmt::Debug for Lazy {
+impl std::fmt::Debug for LazyTree {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lazy")
+        f.debug_struct("LazyTree")
             .field("tree", &self.tree)
             .field("remote", &self.remote.to_string())
             .field("complete", &self.is_complete())
@@ -89,7 +88,7 @@ impl std::fmt::Debug for Lazy {
     }
 }
 
-impl Lazy {
+impl LazyTree {
     /// The tree `listing` lists, with its narHash as the lock or the remote records it, its
     /// files from `remote`. `guard` is the store's guard under which the tree was declared
     /// live; the listing is written to `store` in the background, under it, while it is
@@ -101,7 +100,7 @@ impl Lazy {
         guard: Guard,
         nar: NarHash,
         label: &str,
-    ) -> anyhow::Result<Arc<Lazy>> {
+    ) -> anyhow::Result<Arc<LazyTree>> {
         let tree = listing.tree();
         let root = match listing.object(&tree) {
             Some(Object::Root(node)) => node.clone(),
@@ -110,7 +109,10 @@ impl Lazy {
         };
         let listing = Arc::new(listing);
         let (written_tx, written) = tokio::sync::watch::channel(None);
-        let lazy = Arc::new(Lazy {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| anyhow::anyhow!("a tree served lazily needs the async runtime"))?;
+        let lazy = Arc::new(LazyTree {
+            runtime: runtime.clone(),
             remote,
             store: store.clone(),
             tree,
@@ -149,10 +151,7 @@ impl Lazy {
             }
             let _ = written_tx.send(Some(result.is_ok()));
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(write)),
-            Err(_) => write(),
-        }
+        drop(runtime.spawn_blocking(write));
         Ok(lazy)
     }
 
@@ -185,40 +184,14 @@ impl Lazy {
         }
     }
 
-    /// Whether every file is here and the tree published.
-    pub fn is_complete(&self) -> bool {
-        self.complete.load(Ordering::Relaxed)
-    }
-
     /// Whether the blob is in the store already.
-    pub fn present(&self, blob: &BlobHash, size: u64) -> bool {
+    fn present(&self, blob: &BlobHash, size: u64) -> bool {
         self.is_complete() || self.store.has_blob(blob, size)
-    }
-
-    /// Runs `then` once `blob` is in the store (or its fetch failed): at once if it is there,
-    /// else after the one fetch every waiter shares — hurried along if it was queued in the
-    /// background. A failure is logged once per attempt and not remembered: the next read
-    /// tries again.
-    pub fn when_present(
-        self: &Arc<Self>,
-        runtime: &tokio::runtime::Handle,
-        blob: BlobHash,
-        size: u64,
-        then: impl FnOnce(Result<(), ()>) + Send + 'static,
-    ) {
-        self.join(runtime, blob, size, false, Box::new(then));
     }
 
     /// Joins (or starts) the fetch of `blob`: a reader's now, a background one when a slot of
     /// [`BACKGROUND_FETCHES`] is free.
-    fn join(
-        self: &Arc<Self>,
-        runtime: &tokio::runtime::Handle,
-        blob: BlobHash,
-        size: u64,
-        background: bool,
-        then: Waiter,
-    ) {
+    fn join(self: &Arc<Self>, blob: BlobHash, size: u64, background: bool, then: Arrival) {
         if self.present(&blob, size) {
             return then(Ok(()));
         }
@@ -234,28 +207,21 @@ impl Lazy {
             let urgent = Arc::new(Notify::new());
             fetching.insert(
                 blob,
-                Flight {
+                BlobFetch {
                     waiters: vec![then],
                     urgent: urgent.clone(),
                 },
             );
             urgent
         };
-        self.fly(runtime, Download::Blob(blob, size), vec![blob], urgent, background);
+        self.fly(Download::Blob(blob, size), vec![blob], urgent, background);
     }
 
     /// Runs one download for the flights of `blobs` and lands them: a background one once a
     /// slot is free, or at once if a reader comes to want one of them meanwhile.
-    fn fly(
-        self: &Arc<Self>,
-        runtime: &tokio::runtime::Handle,
-        download: Download,
-        blobs: Vec<BlobHash>,
-        urgent: Arc<Notify>,
-        background: bool,
-    ) {
+    fn fly(self: &Arc<Self>, download: Download, blobs: Vec<BlobHash>, urgent: Arc<Notify>, background: bool) {
         let lazy = self.clone();
-        runtime.spawn(async move {
+        self.runtime.spawn(async move {
             let _slot = if background {
                 tokio::select! {
                     slot = lazy.background.clone().acquire_owned() => slot.ok(),
@@ -285,7 +251,7 @@ impl Lazy {
                     lazy.remote
                 );
             }
-            let waiters: Vec<Waiter> = {
+            let waiters: Vec<Arrival> = {
                 let mut fetching = lazy.fetching.locked();
                 blobs
                     .iter()
@@ -302,12 +268,7 @@ impl Lazy {
     /// Queues the pack of `unit` in the background: each of its blobs not here and not in
     /// flight becomes a flight of the pack's one download (hurried along when a reader wants
     /// any of them); every blob's outcome goes to `done`.
-    fn join_pack(
-        self: &Arc<Self>,
-        runtime: &tokio::runtime::Handle,
-        unit: pack::Unit,
-        done: &tokio::sync::mpsc::UnboundedSender<Result<(), ()>>,
-    ) {
+    fn join_pack(self: &Arc<Self>, unit: pack::Unit, done: &tokio::sync::mpsc::UnboundedSender<Result<(), ()>>) {
         let missing: Vec<BlobHash> = unit
             .blobs
             .iter()
@@ -320,7 +281,7 @@ impl Lazy {
             let mut fetching = self.fetching.locked();
             for blob in missing {
                 let done = done.clone();
-                let waiter: Waiter = Box::new(move |outcome| {
+                let waiter: Arrival = Box::new(move |outcome| {
                     let _ = done.send(outcome);
                 });
                 if let Some(flight) = fetching.get_mut(&blob) {
@@ -329,7 +290,7 @@ impl Lazy {
                 }
                 fetching.insert(
                     blob,
-                    Flight {
+                    BlobFetch {
                         waiters: vec![waiter],
                         urgent: urgent.clone(),
                     },
@@ -338,41 +299,40 @@ impl Lazy {
             }
         }
         if !mine.is_empty() {
-            self.fly(runtime, Download::Pack(unit), mine, urgent, true);
+            self.fly(Download::Pack(unit), mine, urgent, true);
         }
     }
 
     /// A reader's first read in a directory: fetches, in the background, the small files of
     /// the directory that are not here yet (the reader then finds them stored); once a reader
     /// has gone through [`BULK_DIRECTORIES`] directories, the rest of the tree too.
-    pub fn prefetch(self: &Arc<Self>, runtime: &tokio::runtime::Handle, files: Vec<(BlobHash, u64)>) {
+    fn fetch_ahead(self: &Arc<Self>, files: Vec<(BlobHash, u64)>) {
         let missing: Vec<_> = files
             .into_iter()
-            .filter(|(blob, size)| *size <= PREFETCH_FILE_MAX && !self.present(blob, *size))
-            .take(PREFETCH_FILES)
+            .filter(|(blob, size)| *size <= FETCH_AHEAD_FILE_MAX && !self.present(blob, *size))
+            .take(FETCH_AHEAD_FILES)
             .collect();
         for (blob, size) in missing {
-            self.when_present(runtime, blob, size, |_| {});
+            self.join(blob, size, false, Box::new(|_| {}));
         }
         if self.directories_read.fetch_add(1, Ordering::Relaxed) + 1 == BULK_DIRECTORIES {
             tracing::info!(
                 "{}: read in {BULK_DIRECTORIES} directories; fetching the rest in the background",
                 self.label
             );
-            self.complete_in_background(runtime);
+            self.complete_in_background();
         }
     }
 
     /// Fetches every file not here yet, checks the narHash, and publishes the tree (once at a
     /// time; a failed completion may be started again).
-    pub fn complete_in_background(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+    pub fn complete_in_background(self: &Arc<Self>) {
         if self.is_complete() || self.completing.swap(true, Ordering::AcqRel) {
             return;
         }
         let lazy = self.clone();
-        let handle = runtime.clone();
-        runtime.spawn(async move {
-            let outcome = lazy.complete(&handle).await;
+        self.runtime.spawn(async move {
+            let outcome = lazy.complete().await;
             lazy.completing.store(false, Ordering::Release);
             match outcome {
                 Ok(()) => tracing::info!("{}: every file of {} is here; published", lazy.label, lazy.tree),
@@ -381,7 +341,7 @@ impl Lazy {
         });
     }
 
-    async fn complete(self: &Arc<Self>, runtime: &tokio::runtime::Handle) -> anyhow::Result<()> {
+    async fn complete(self: &Arc<Self>) -> anyhow::Result<()> {
         let store = self.store.clone();
         let tree = self.tree;
         // From the listing in memory while it is being written (the fetches need not wait
@@ -407,15 +367,14 @@ impl Lazy {
         let mut packed = HashSet::new();
         for unit in units {
             let missing = unit.blobs.iter().filter(|(b, size)| !self.present(b, *size)).count();
-            if missing >= 2 && missing * 2 >= unit.blobs.len() {
+            if unit.worth_fetching(missing) {
                 packed.extend(unit.blobs.iter().map(|(blob, _)| *blob));
-                self.join_pack(runtime, unit, &done);
+                self.join_pack(unit, &done);
             }
         }
         for (blob, size) in blobs.into_iter().filter(|(blob, _)| !packed.contains(blob)) {
             let done = done.clone();
             self.join(
-                runtime,
                 blob,
                 size,
                 true,
@@ -451,6 +410,33 @@ impl Lazy {
     }
 }
 
+impl Contents for LazyTree {
+    fn directory(&self, tree: &TreeHash) -> Option<Arc<Vec<Entry>>> {
+        self.unwritten_directory(tree)
+    }
+
+    fn has(&self, blob: &BlobHash, size: u64) -> bool {
+        self.present(blob, size)
+    }
+
+    /// At once if the blob is there, else after the one fetch every waiter shares — hurried
+    /// along if it was queued in the background. A failure is logged once per attempt and not
+    /// remembered: the next read tries again.
+    fn when_here(self: Arc<Self>, blob: BlobHash, size: u64, then: Arrival) {
+        self.join(blob, size, false, then);
+    }
+
+    fn reading_in(self: Arc<Self>, files: Vec<(BlobHash, u64)>) {
+        if !self.is_complete() {
+            self.fetch_ahead(files);
+        }
+    }
+
+    fn is_complete(&self) -> bool {
+        self.complete.load(Ordering::Relaxed)
+    }
+}
+
 /// Every blob a stored listing names, with its size, in the order a top-down walk reads
 /// them: a directory's files, then each of its subdirectories in name order.
 fn blobs_in_walk_order<'a>(
@@ -464,13 +450,11 @@ fn blobs_in_walk_order<'a>(
         if !seen.insert(hash) {
             continue;
         }
-        let nodes: Vec<&Node> = match object(&hash) {
-            Some(Object::Directory(entries)) => entries.iter().map(|e| &e.node).collect(),
-            Some(Object::Root(node)) => vec![node],
-            None => anyhow::bail!("the listing lacks directory {hash}"),
+        let Some(object) = object(&hash) else {
+            anyhow::bail!("the listing lacks directory {hash}");
         };
         let mut subdirectories = Vec::new();
-        for node in nodes {
+        for node in object.nodes() {
             match node {
                 Node::File { blob, size, .. } => out.push((*blob, *size)),
                 Node::Directory { tree } => subdirectories.push(*tree),
