@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 
 use crate::derivation::{Environment, to_derivation};
 use crate::lock::Lock;
+use crate::store::gc::IndirectRoots;
 use crate::store::{Collected, IndexKey, Policy, Root, RootKind, Store};
 
 /// The absolute path a lock is registered under (its directory resolved, so that the same lock
@@ -34,72 +35,78 @@ pub fn register_lock(store: &Store, path: &Path, lock: &Lock) {
     }
 }
 
-/// The trees the registered locks pin. A lock that is gone (deleted, or moved: its old path
-/// is empty) roots nothing, and with `clean` its registration is dropped. A lock that cannot
-/// be read or parsed (mid-edit, a merge conflict) roots the pins cab last saw in it.
-pub fn lock_roots(store: &Store, clean: bool) -> Result<Vec<Root>> {
-    let mut roots = Vec::new();
-    for registered in store.indirect_roots()? {
-        let path = registered.path;
-        let lock = match std::fs::read_to_string(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if clean {
-                    tracing::info!("{} is gone: its pins no longer keep anything", path.display());
-                    store.unregister_indirect(&path)?;
-                }
-                continue;
-            }
-            Ok(text) => match Lock::parse(&text) {
-                Ok(lock) => {
-                    if clean && text != registered.remembered {
-                        store.register_indirect(&path, &text)?;
+/// The registered locks as roots: what the store cannot read itself (see
+/// [`IndirectRoots`]), read by the module that knows the lock's format.
+pub struct LockRoots;
+
+impl IndirectRoots for LockRoots {
+    /// The trees the registered locks pin. A lock that is gone (deleted, or moved: its old
+    /// path is empty) roots nothing, and with `clean` its registration is dropped. A lock that
+    /// cannot be read or parsed (mid-edit, a merge conflict) roots the pins cab last saw in it.
+    fn roots(&self, store: &Store, clean: bool) -> Result<Vec<Root>> {
+        let mut roots = Vec::new();
+        for registered in store.indirect_roots()? {
+            let path = registered.path;
+            let lock = match std::fs::read_to_string(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if clean {
+                        tracing::info!("{} is gone: its pins no longer keep anything", path.display());
+                        store.unregister_indirect(&path)?;
                     }
-                    lock
+                    continue;
                 }
+                Ok(text) => match Lock::parse(&text) {
+                    Ok(lock) => {
+                        if clean && text != registered.remembered {
+                            store.register_indirect(&path, &text)?;
+                        }
+                        lock
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "the lock {} is invalid ({e:#}); keeping the pins cab last saw in it",
+                            path.display()
+                        );
+                        Lock::parse(&registered.remembered).unwrap_or_default()
+                    }
+                },
                 Err(e) => {
                     tracing::warn!(
-                        "the lock {} is invalid ({e:#}); keeping the pins cab last saw in it",
+                        "cannot read the lock {} ({e}); keeping the pins cab last saw in it",
                         path.display()
                     );
                     Lock::parse(&registered.remembered).unwrap_or_default()
                 }
-            },
-            Err(e) => {
-                tracing::warn!(
-                    "cannot read the lock {} ({e}); keeping the pins cab last saw in it",
-                    path.display()
-                );
-                Lock::parse(&registered.remembered).unwrap_or_default()
-            }
-        };
-        for (name, pin) in lock.pins {
-            let Some(tree) = pin.locked.config.hash else { continue };
-            roots.push(Root {
-                kind: RootKind::Lock {
-                    lock: path.clone(),
-                    island: name.clone(),
-                    whole: false,
-                },
-                tree,
-            });
-            // An island with a subpath pins the subtree; the whole tree its commit gave is kept
-            // too, so that `cab update` of it, unchanged, stays one round trip (the fetcher
-            // reports the commit and the store answers with the whole tree).
-            if let Some(whole) = whole_tree(store, &pin.locked)?
-                && whole != tree
-            {
+            };
+            for (name, pin) in lock.pins {
+                let Some(tree) = pin.locked.config.hash else { continue };
                 roots.push(Root {
                     kind: RootKind::Lock {
                         lock: path.clone(),
-                        island: name,
-                        whole: true,
+                        island: name.clone(),
+                        whole: false,
                     },
-                    tree: whole,
+                    tree,
                 });
+                // An island with a subpath pins the subtree; the whole tree its commit gave is kept
+                // too, so that `cab update` of it, unchanged, stays one round trip (the fetcher
+                // reports the commit and the store answers with the whole tree).
+                if let Some(whole) = whole_tree(store, &pin.locked)?
+                    && whole != tree
+                {
+                    roots.push(Root {
+                        kind: RootKind::Lock {
+                            lock: path.clone(),
+                            island: name,
+                            whole: true,
+                        },
+                        tree: whole,
+                    });
+                }
             }
         }
+        Ok(roots)
     }
-    Ok(roots)
 }
 
 /// The whole tree a locked island with a subpath was cut from, where the store recorded which
@@ -122,7 +129,7 @@ fn whole_tree(store: &Store, locked: &crate::island::Island) -> Result<Option<cr
 
 /// Every root of `store` (nothing is cleaned up).
 pub fn roots(store: &Store) -> Result<Vec<Root>> {
-    store.gather_roots(false, &lock_roots)
+    store.gather_roots(false, &LockRoots)
 }
 
 /// Collects garbage with the registered locks as roots, also dropping compiled modules that
@@ -134,7 +141,7 @@ pub fn collect(store: &Store, mut policy: Policy) -> Result<Collected> {
             Err(e) => tracing::warn!("compiled modules are left alone: {e:#}"),
         }
     }
-    store.collect(&policy, &lock_roots)
+    store.collect(&policy, &LockRoots)
 }
 
 /// Collects if the store has grown past `limit` bytes (`--gc-auto-size`), down to 80% of

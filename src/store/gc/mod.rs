@@ -11,23 +11,22 @@
 //! is lost. Deletion order keeps the store consistent at every instant, so that a `kill -9`
 //! anywhere leaves a store `cab store verify` finds clean: index entries, then the records of
 //! the trees they name (both directories synced), then the objects that only those trees (or
-//! nothing) reached.
+//! nothing) reached. `collect.rs` is that sequence, phase by phase.
 
+mod collect;
 mod du;
 mod guard;
 mod reach;
 mod roots;
 mod usage;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
-use std::io;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
-use self::reach::{Marked, Obj, Objects, Owners};
+use self::reach::Obj;
 use super::Store;
 use crate::hash::{BlobHash, TreeHash, encoding};
 
@@ -38,9 +37,16 @@ pub(super) use roots::Live;
 pub use roots::{Indirect, LiveProcess, Root, RootKind, check_root_name};
 pub use usage::Usage;
 
-/// How long one exclusive window may spend deleting objects; writers wait at most about this
-/// long (plus the window's re-marking) for their turn.
-const WINDOW: Duration = Duration::from_millis(50);
+/// The roots the store cannot read itself: trees named by files outside it, in a format only
+/// the caller knows (cab's `gc::LockRoots` reads the registered islands.lock files). The store
+/// asks for them each time it gathers its roots, so a collection sees registrations made while
+/// it runs.
+pub trait IndirectRoots {
+    /// The trees the registered indirect roots name. With `clean`, registrations that no longer
+    /// lead anywhere may be dropped (a collection that deletes asks so; a dry run or a listing
+    /// does not).
+    fn roots(&self, store: &Store, clean: bool) -> Result<Vec<Root>>;
+}
 
 /// What to keep beyond the roots, and whether to delete at all.
 #[derive(Clone, Debug, Default)]
@@ -117,13 +123,6 @@ impl std::fmt::Display for Busy {
 
 impl std::error::Error for Busy {}
 
-/// One object file and its size.
-struct Candidate {
-    obj: Obj,
-    path: PathBuf,
-    size: u64,
-}
-
 /// Every object file in `blobs/` or `trees/`, by name; names that are not 64 hex digits
 /// (nothing cab writes) are left alone.
 fn list_objects(store: &Store) -> Result<Vec<(Obj, PathBuf)>> {
@@ -144,23 +143,6 @@ fn list_objects(store: &Store) -> Result<Vec<(Obj, PathBuf)>> {
         }
     }
     Ok(out)
-}
-
-fn age(at: Option<SystemTime>) -> Option<Duration> {
-    at.and_then(|t| SystemTime::now().duration_since(t).ok())
-}
-
-/// The tree an index entry names (its second line); `None` if it cannot be read.
-fn index_target(path: &std::path::Path) -> Option<TreeHash> {
-    let text = fs::read_to_string(path).ok()?;
-    text.lines().nth(1)?.parse().ok()
-}
-
-/// Syncs a directory, so that the removals in it are durable before the next step.
-fn sync_dir(dir: &std::path::Path) -> Result<()> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("cannot sync {}", dir.display()))
 }
 
 impl Store {
@@ -216,7 +198,7 @@ impl Store {
     /// the registered locks pin, read by the caller, who knows their format), then the
     /// hand-made ones. In this order, a process that registers a lock and then exits is seen
     /// either alive or with its registration in place. With `clean`, stale entries go.
-    pub fn gather_roots(&self, clean: bool, indirect: &dyn Fn(&Store, bool) -> Result<Vec<Root>>) -> Result<Vec<Root>> {
+    pub fn gather_roots(&self, clean: bool, indirect: &dyn IndirectRoots) -> Result<Vec<Root>> {
         let mut roots = Vec::new();
         for process in self.live_roots(clean)? {
             for tree in process.trees {
@@ -229,7 +211,7 @@ impl Store {
                 });
             }
         }
-        roots.extend(indirect(self, clean)?);
+        roots.extend(indirect.roots(self, clean)?);
         for (name, tree) in self.manual_roots()? {
             roots.push(Root {
                 kind: RootKind::Manual { name },
@@ -237,280 +219,5 @@ impl Store {
             });
         }
         Ok(roots)
-    }
-
-    /// Collects garbage while other processes keep using the store (see the module's doc).
-    /// `indirect` names the trees the registered locks pin. Only one collection runs at a
-    /// time per store: another one running is an error ([`Busy`]). The calling thread must
-    /// not hold a guard (the collection would wait for it forever); other threads may.
-    pub fn collect(&self, policy: &Policy, indirect: &dyn Fn(&Store, bool) -> Result<Vec<Root>>) -> Result<Collected> {
-        let Some(_running) = self.try_lock("gc-run")? else {
-            return Err(Busy(self.root.clone()).into());
-        };
-        let usage_before = self.usage()?.map(|u| u.bytes).unwrap_or(0);
-        let clean = !policy.dry_run;
-        let mut result = Collected {
-            dry_run: policy.dry_run,
-            ..Collected::default()
-        };
-
-        // Marking, with no lock: the roots, then what the policy keeps.
-        let published: BTreeSet<TreeHash> = self.roots()?.into_iter().collect();
-        let mut objects = Objects::new(self, false);
-        let mut marked = Marked::default();
-        let roots = self.gather_roots(clean, indirect)?;
-        for root in &roots {
-            marked.mark(&mut objects, &root.tree)?;
-        }
-        let mut unrooted: Vec<(TreeHash, Option<SystemTime>)> = published
-            .iter()
-            .filter(|t| !marked.contains(&Obj::Tree(t.0)))
-            .map(|t| (*t, self.last_used(t)))
-            .collect();
-        result.rooted_trees = published.len() - unrooted.len();
-        // Most recently used first: evicting the least recently used means keeping a prefix.
-        unrooted.sort_by_key(|t| std::cmp::Reverse(t.1));
-        let mut evicting = false;
-        for (tree, used) in &unrooted {
-            if marked.contains(&Obj::Tree(tree.0)) {
-                continue; // inside a tree kept already
-            }
-            if policy.older_than.is_some_and(|d| age(*used).is_some_and(|a| a < d)) {
-                marked.mark(&mut objects, tree)?;
-                continue;
-            }
-            if let Some(limit) = policy.keep_size
-                && !evicting
-            {
-                let (more, new) = marked.would_add(&mut objects, tree)?;
-                if marked.bytes + more <= limit {
-                    marked.add(new);
-                    continue;
-                }
-                evicting = true;
-            }
-        }
-        let mut dropping: Vec<(TreeHash, Option<SystemTime>)> = unrooted
-            .into_iter()
-            .filter(|(t, _)| !marked.contains(&Obj::Tree(t.0)))
-            .collect();
-
-        // What would be freed: objects no kept tree reaches, and per dropped tree, what it
-        // alone holds.
-        let mut candidates = Vec::new();
-        let mut counted = 0u64;
-        for (obj, path) in list_objects(self)? {
-            if let Some(size) = marked.size(&obj) {
-                counted += size;
-                continue;
-            }
-            match fs::symlink_metadata(&path) {
-                Ok(meta) => {
-                    counted += meta.len();
-                    candidates.push(Candidate {
-                        obj,
-                        path,
-                        size: meta.len(),
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
-            }
-        }
-        // Read now, with no lock; the first window re-reads only those it drops.
-        let index = self.read_index()?;
-        let mut owners = Owners::default();
-        for (unit, (tree, _)) in dropping.iter().enumerate() {
-            owners.add(&mut objects, unit, tree, Some(&marked))?;
-        }
-        let alone = owners.alone();
-        let alone: HashMap<TreeHash, u64> = dropping
-            .iter()
-            .enumerate()
-            .map(|(unit, (tree, _))| (*tree, alone.get(&unit).copied().unwrap_or(0)))
-            .collect();
-        let described = |dropping: &[(TreeHash, Option<SystemTime>)]| -> Vec<Dropped> {
-            dropping
-                .iter()
-                .map(|(tree, used)| Dropped {
-                    tree: *tree,
-                    last_used: *used,
-                    alone: alone.get(tree).copied().unwrap_or(0),
-                })
-                .collect()
-        };
-        if policy.dry_run {
-            result.trees = described(&dropping);
-            result.kept_trees = published.len() - dropping.len();
-            result.objects = candidates.len() as u64;
-            result.bytes = candidates.iter().map(|c| c.size).sum();
-            result.kept_bytes = marked.bytes;
-            self.tidy(policy, &mut result)?;
-            result.missing_objects = objects.missing;
-            return Ok(result);
-        }
-
-        // Deleting, in exclusive windows.
-        let mut known = published;
-        let mut first = true;
-        let mut next = 0;
-        loop {
-            let exclusive = self.gc_lock.exclusive()?;
-            let opened = Instant::now();
-            // What was rooted, declared live or published since the marking is kept.
-            for root in self.gather_roots(true, indirect)? {
-                marked.mark(&mut objects, &root.tree)?;
-            }
-            for tree in self.roots()? {
-                if known.insert(tree) {
-                    marked.mark(&mut objects, &tree)?;
-                }
-            }
-            if first {
-                first = false;
-                dropping.retain(|(t, _)| !marked.contains(&Obj::Tree(t.0)));
-                let gone: HashSet<TreeHash> = dropping.iter().map(|(t, _)| *t).collect();
-                result.index_entries = self.drop_index_entries(&index, &known, &gone)?;
-                for tree in &gone {
-                    let record = self.root_record_path(tree);
-                    match fs::remove_file(&record) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", record.display())),
-                    }
-                    known.remove(tree);
-                }
-                sync_dir(&self.root.join("roots"))?;
-                result.trees = described(&dropping);
-            }
-            while next < candidates.len() && opened.elapsed() < WINDOW {
-                let candidate = &candidates[next];
-                next += 1;
-                if marked.contains(&candidate.obj) {
-                    continue;
-                }
-                match fs::remove_file(&candidate.path) {
-                    Ok(()) => {
-                        result.objects += 1;
-                        result.bytes += candidate.size;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("cannot remove {}", candidate.path.display()));
-                    }
-                }
-            }
-            drop(exclusive);
-            result.windows += 1;
-            result.longest_window = result.longest_window.max(opened.elapsed());
-            if next >= candidates.len() {
-                break;
-            }
-            // Writers waiting for the lock get their turn before the next window.
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        result.kept_trees = known.len();
-        result.kept_bytes = marked.bytes;
-        self.tidy(policy, &mut result)?;
-        result.missing_objects = objects.missing;
-        let left = counted.saturating_sub(result.bytes);
-        self.set_usage(usage_before, left, true)?;
-        tracing::info!(
-            trees = result.trees.len(),
-            objects = result.objects,
-            bytes = result.bytes,
-            windows = result.windows,
-            longest_window_ms = result.longest_window.as_millis() as u64,
-            "collected garbage"
-        );
-        Ok(result)
-    }
-
-    /// Every index entry and the tree it names (`None`: unreadable).
-    fn read_index(&self) -> Result<Vec<(PathBuf, Option<TreeHash>)>> {
-        let dir = self.root.join("index");
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
-            let path = entry.with_context(|| format!("cannot list {}", dir.display()))?.path();
-            let target = index_target(&path);
-            out.push((path, target));
-        }
-        Ok(out)
-    }
-
-    /// Removes the index entries that name a tree in `gone` or no published tree at all
-    /// (each read again: it may have been rewritten since), then syncs `index/`, so that they
-    /// are gone before the records they name. Entries made since `index` was read name trees
-    /// published since, which are kept.
-    fn drop_index_entries(
-        &self,
-        index: &[(PathBuf, Option<TreeHash>)],
-        published: &BTreeSet<TreeHash>,
-        gone: &HashSet<TreeHash>,
-    ) -> Result<u64> {
-        let keep = |target: Option<TreeHash>| target.is_some_and(|t| published.contains(&t) && !gone.contains(&t));
-        let mut dropped = 0;
-        for (path, target) in index {
-            if keep(*target) || keep(index_target(path)) {
-                continue;
-            }
-            match fs::remove_file(path) {
-                Ok(()) => dropped += 1,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
-            }
-        }
-        sync_dir(&self.root.join("index"))?;
-        Ok(dropped)
-    }
-
-    /// Compiled modules of other wasmtime versions, temporary files of compilations that
-    /// died, and derivation locks nobody holds.
-    fn tidy(&self, policy: &Policy, result: &mut Collected) -> Result<()> {
-        let cache = self.root.join("cache");
-        if let Ok(entries) = fs::read_dir(&cache) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let Ok(meta) = entry.metadata() else { continue };
-                let stale = if let Some(stem) = name.strip_suffix(".cwasm") {
-                    policy
-                        .module_tag
-                        .as_ref()
-                        .is_some_and(|tag| !stem.ends_with(&format!("-{tag}")))
-                } else {
-                    // `.<module>.<pid>`, being written: only an old one was left by a process
-                    // that died.
-                    name.starts_with('.')
-                        && meta
-                            .modified()
-                            .ok()
-                            .and_then(|m| m.elapsed().ok())
-                            .is_some_and(|a| a > Duration::from_secs(3600))
-                };
-                if stale && (policy.dry_run || fs::remove_file(entry.path()).is_ok()) {
-                    result.modules += 1;
-                    result.module_bytes += meta.len();
-                }
-            }
-        }
-        let locks = self.root.join("locks");
-        if let Ok(entries) = fs::read_dir(&locks) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !name.starts_with("drv-") {
-                    continue;
-                }
-                // Removed while held by us: a process that opened it meanwhile finds, once it
-                // has the lock, that the name no longer leads to its file, and opens it again
-                // (see `Store::try_lock`).
-                if let Some(lock) = self.try_lock(&name)? {
-                    if policy.dry_run || fs::remove_file(entry.path()).is_ok() {
-                        result.lock_files += 1;
-                    }
-                    drop(lock);
-                }
-            }
-        }
-        Ok(())
     }
 }

@@ -1,13 +1,14 @@
 //! Where a remote's objects live: one small trait over keyed byte objects, and its three
 //! implementations — S3 (any S3-compatible service: Garage, AWS, R2, MinIO, Ceph), a plain
 //! directory, and read-only HTTP (a CDN, or a bucket's website endpoint). Everything above
-//! this trait (what the keys mean, what is verified) is the same whichever answers.
+//! this trait (what the keys mean, what is verified) is the same whichever answers. The two
+//! HTTP backends (S3 and read-only HTTP) read an answer's status here, one way.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 
 /// A boxed future, so that the trait stays usable as `dyn Backend`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -158,40 +159,77 @@ impl Backend for Http {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
         Box::pin(async move {
             let url = self.url(key)?;
-            let response = self
-                .client
-                .get(url.clone())
-                .send()
-                .await
-                .with_context(|| format!("GET {url}"))?;
-            match response.status().as_u16() {
-                200 => Ok(Some(
-                    response.bytes().await.with_context(|| format!("GET {url}"))?.to_vec(),
-                )),
-                404 | 403 | 410 => Ok(None),
-                status => bail!("GET {url}: HTTP {status}"),
-            }
+            let what = format!("GET {url}");
+            get_object(self.client.get(url), &what, HTTP_ABSENT, async |r| {
+                http_failure(&what, &r)
+            })
+            .await
         })
     }
 
     fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             let url = self.url(key)?;
-            let response = self
-                .client
-                .head(url.clone())
-                .send()
-                .await
-                .with_context(|| format!("HEAD {url}"))?;
-            match response.status().as_u16() {
-                200 => Ok(true),
-                404 | 403 | 410 => Ok(false),
-                status => bail!("HEAD {url}: HTTP {status}"),
-            }
+            let what = format!("HEAD {url}");
+            head_object(self.client.head(url), &what, HTTP_ABSENT, async |r| {
+                http_failure(&what, &r)
+            })
+            .await
         })
     }
 
     fn put<'a>(&'a self, key: &'a str, _body: Body) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move { bail!("{}: an HTTP remote is read-only (cannot store {key})", self.shown) })
+    }
+}
+
+/// What a plain HTTP server may say when it has no such object: 404, or 403 (a bucket's
+/// website endpoint without public listing), or 410.
+const HTTP_ABSENT: &[u16] = &[404, 403, 410];
+
+/// A read-only HTTP remote's failure: the request and the status.
+fn http_failure(what: &str, response: &reqwest::Response) -> anyhow::Error {
+    anyhow!("{what}: HTTP {}", response.status().as_u16())
+}
+
+/// Sends a GET of one object (`what` names it in messages): its bytes when the answer is
+/// 200, `None` when the status is one of `absent`, else the error `failed` makes of the
+/// response. Every HTTP backend reads statuses this way; only what counts as absent and how a
+/// failure is told differ.
+pub(super) async fn get_object(
+    request: reqwest::RequestBuilder,
+    what: &str,
+    absent: &[u16],
+    failed: impl AsyncFnOnce(reqwest::Response) -> anyhow::Error,
+) -> Result<Option<Vec<u8>>> {
+    let Some(response) = send(request, what, absent, failed).await? else {
+        return Ok(None);
+    };
+    Ok(Some(response.bytes().await.with_context(|| what.to_owned())?.to_vec()))
+}
+
+/// Sends a HEAD of one object: whether it is there, with statuses read as [`get_object`]
+/// reads them.
+pub(super) async fn head_object(
+    request: reqwest::RequestBuilder,
+    what: &str,
+    absent: &[u16],
+    failed: impl AsyncFnOnce(reqwest::Response) -> anyhow::Error,
+) -> Result<bool> {
+    Ok(send(request, what, absent, failed).await?.is_some())
+}
+
+/// The response when it is 200, `None` when its status is one of `absent`.
+async fn send(
+    request: reqwest::RequestBuilder,
+    what: &str,
+    absent: &[u16],
+    failed: impl AsyncFnOnce(reqwest::Response) -> anyhow::Error,
+) -> Result<Option<reqwest::Response>> {
+    let response = request.send().await.with_context(|| what.to_owned())?;
+    match response.status().as_u16() {
+        200 => Ok(Some(response)),
+        status if absent.contains(&status) => Ok(None),
+        _ => Err(failed(response).await),
     }
 }

@@ -235,28 +235,24 @@ impl Remote {
                 packs.push(unit);
             }
         }
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut pending = packs
+        let jobs = packs
             .into_iter()
             .map(Job::Pack)
             .chain(wanted.into_iter().map(|(blob, size)| Job::Blob(blob, size)));
-        loop {
-            while tasks.len() < CONCURRENCY
-                && let Some(job) = pending.next()
-            {
-                let (remote, store) = (self.clone(), store.clone());
-                tasks.spawn(async move {
-                    match job {
-                        Job::Pack(unit) => remote.fetch_pack(&store, &unit).await,
-                        Job::Blob(blob, size) => remote.fetch_blob(&store, &blob, size).await.map(|b| (1, b)),
-                    }
-                });
+        let download = |job: Job| {
+            let (remote, store) = (self.clone(), store.clone());
+            async move {
+                match job {
+                    Job::Pack(unit) => remote.fetch_pack(&store, &unit).await,
+                    Job::Blob(blob, size) => remote.fetch_blob(&store, &blob, size).await.map(|b| (1, b)),
+                }
             }
-            let Some(done) = tasks.join_next().await else { break };
-            let (objects, bytes) = done.context("a download task panicked")??;
+        };
+        bounded(jobs, download, "a download task panicked", |(objects, bytes)| {
             fetched.objects += objects;
             fetched.bytes += bytes;
-        }
+        })
+        .await?;
         let got = tokio::task::spawn_blocking({
             let (store, tree) = (store.clone(), *tree);
             move || store.nar_hash_of(&tree)
@@ -395,7 +391,7 @@ impl Remote {
                 })
                 .await
                 .context("a packing task panicked")??;
-                uploads.push((unit.key.clone(), Upload::Bytes(bytes)));
+                uploads.push((unit.key.clone(), Body::Bytes(bytes)));
             }
             self.put_all(uploads, pushed).await?;
         }
@@ -566,17 +562,14 @@ impl Remote {
             .map(|(blob, _)| (Self::blob_key(blob), store.blob_path(blob)))
             .collect();
         self.put_all(
-            uploads
-                .into_iter()
-                .map(|(key, path)| (key, Upload::File(path)))
-                .collect(),
+            uploads.into_iter().map(|(key, path)| (key, Body::File(path))).collect(),
             pushed,
         )
         .await?;
         for missing in missing_levels.into_iter().rev() {
             let uploads = missing
                 .into_iter()
-                .map(|(hash, bytes)| (Self::tree_key(&hash), Upload::Bytes(bytes)))
+                .map(|(hash, bytes)| (Self::tree_key(&hash), Body::Bytes(bytes)))
                 .collect();
             self.put_all(uploads, pushed).await?;
         }
@@ -586,72 +579,80 @@ impl Remote {
     /// Whether each key exists, asked concurrently.
     async fn exist_all(&self, keys: Vec<String>) -> Result<Vec<bool>> {
         let mut out = vec![false; keys.len()];
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut pending = keys.into_iter().enumerate();
-        loop {
-            while tasks.len() < CONCURRENCY
-                && let Some((i, key)) = pending.next()
-            {
-                let backend = self.backend.clone();
-                tasks.spawn(async move { (i, backend.exists(&key).await) });
-            }
-            let Some(done) = tasks.join_next().await else { break };
-            let (i, there) = done.context("a request task panicked")?;
-            out[i] = there?;
-        }
+        let ask = |(i, key): (usize, String)| {
+            let backend = self.backend.clone();
+            async move { Ok((i, backend.exists(&key).await?)) }
+        };
+        let answered = |(i, there): (usize, bool)| out[i] = there;
+        bounded(keys.into_iter().enumerate(), ask, "a request task panicked", answered).await?;
         Ok(out)
     }
 
-    async fn put_all(&self, uploads: Vec<(String, Upload)>, pushed: &mut Pushed) -> Result<()> {
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut pending = uploads.into_iter();
-        loop {
-            while tasks.len() < CONCURRENCY
-                && let Some((key, upload)) = pending.next()
-            {
-                let backend = self.backend.clone();
-                tasks.spawn(async move {
-                    let body = match upload {
-                        Upload::Bytes(bytes) => Body::Bytes(bytes),
-                        Upload::File(path) => {
-                            // Small blobs go from memory: one read, no second open.
-                            let len = tokio::fs::metadata(&path)
-                                .await
-                                .with_context(|| format!("cannot read {}", path.display()))?
-                                .len();
-                            if len <= 1 << 20 {
-                                Body::Bytes(
-                                    tokio::fs::read(&path)
-                                        .await
-                                        .with_context(|| format!("cannot read {}", path.display()))?,
-                                )
-                            } else {
-                                Body::File(path)
-                            }
-                        }
-                    };
-                    let len = body.len()?;
-                    backend.put(&key, body).await?;
-                    anyhow::Ok(len)
-                });
+    /// Uploads every `(key, body)`, concurrently, counting them into `pushed`.
+    async fn put_all(&self, uploads: Vec<(String, Body)>, pushed: &mut Pushed) -> Result<()> {
+        let upload = |(key, body): (String, Body)| {
+            let backend = self.backend.clone();
+            async move {
+                let body = small_in_memory(body).await?;
+                let len = body.len()?;
+                backend.put(&key, body).await?;
+                anyhow::Ok(len)
             }
-            let Some(done) = tasks.join_next().await else { break };
-            pushed.bytes += done.context("an upload task panicked")??;
+        };
+        bounded(uploads, upload, "an upload task panicked", |len| {
+            pushed.bytes += len;
             pushed.objects += 1;
-        }
-        Ok(())
+        })
+        .await
     }
+}
+
+/// A file of at most 1 MiB as bytes: one read, no second open by the upload.
+async fn small_in_memory(body: Body) -> Result<Body> {
+    let Body::File(path) = body else {
+        return Ok(body);
+    };
+    let len = tokio::fs::metadata(&path)
+        .await
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    if len > 1 << 20 {
+        return Ok(Body::File(path));
+    }
+    let bytes = tokio::fs::read(&path)
+        .await
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Body::Bytes(bytes))
+}
+
+/// Runs `work` on every item, at most [`CONCURRENCY`] at once, and hands each result to
+/// `done` as it comes. The first failure (or a task's panic, told as `panicked`) ends it, and
+/// the tasks still running are aborted with the `JoinSet`.
+async fn bounded<I, W, F, T>(items: I, mut work: W, panicked: &'static str, mut done: impl FnMut(T)) -> Result<()>
+where
+    I: IntoIterator,
+    W: FnMut(I::Item) -> F,
+    F: Future<Output = Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut pending = items.into_iter();
+    loop {
+        while tasks.len() < CONCURRENCY
+            && let Some(item) = pending.next()
+        {
+            tasks.spawn(work(item));
+        }
+        let Some(joined) = tasks.join_next().await else { break };
+        done(joined.context(panicked)??);
+    }
+    Ok(())
 }
 
 /// One download of a whole-tree fetch.
 enum Job {
     Pack(pack::Unit),
     Blob(BlobHash, u64),
-}
-
-enum Upload {
-    Bytes(Vec<u8>),
-    File(std::path::PathBuf),
 }
 
 /// The listing of a tree — every tree object of it, checked against its name — fetched from a

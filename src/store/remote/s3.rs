@@ -10,7 +10,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
-use super::backend::{Backend, Body, BoxFuture};
+use super::backend::{Backend, Body, BoxFuture, get_object, head_object};
+
+/// What S3 says when it has no such object (a missing key, with the rights to list the
+/// bucket; without them it says 403, which is a failure to report).
+const S3_ABSENT: &[u16] = &[404];
 
 /// How long a signed request stays valid.
 const SIGNED_FOR: Duration = Duration::from_secs(3600);
@@ -202,6 +206,19 @@ impl S3 {
         format!("{}{key}", self.prefix)
     }
 
+    /// A signed GET (or HEAD) of `key`, and how messages name it.
+    fn read(&self, method: reqwest::Method, key: &str) -> (reqwest::RequestBuilder, String) {
+        let full = self.key(key);
+        let request = if method == reqwest::Method::HEAD {
+            let url = self.bucket.head_object(Some(&self.credentials), &full).sign(SIGNED_FOR);
+            self.client.head(url)
+        } else {
+            let url = self.bucket.get_object(Some(&self.credentials), &full).sign(SIGNED_FOR);
+            self.client.get(url)
+        };
+        (request, format!("{method} {key}"))
+    }
+
     /// What the service said, for an error message.
     async fn failure(&self, what: &str, response: reqwest::Response) -> anyhow::Error {
         let status = response.status();
@@ -232,43 +249,17 @@ impl Backend for S3 {
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
         Box::pin(async move {
-            let full = self.key(key);
-            let url = self.bucket.get_object(Some(&self.credentials), &full).sign(SIGNED_FOR);
-            let response = self
-                .client
-                .get(url)
-                .send()
-                .await
-                .with_context(|| format!("{}: GET {key}", self.shown))?;
-            match response.status().as_u16() {
-                200 => Ok(Some(
-                    response
-                        .bytes()
-                        .await
-                        .with_context(|| format!("{}: GET {key}", self.shown))?
-                        .to_vec(),
-                )),
-                404 => Ok(None),
-                _ => Err(self.failure(&format!("GET {key}"), response).await),
-            }
+            let (request, what) = self.read(reqwest::Method::GET, key);
+            let shown = format!("{}: {what}", self.shown);
+            get_object(request, &shown, S3_ABSENT, async |r| self.failure(&what, r).await).await
         })
     }
 
     fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            let full = self.key(key);
-            let url = self.bucket.head_object(Some(&self.credentials), &full).sign(SIGNED_FOR);
-            let response = self
-                .client
-                .head(url)
-                .send()
-                .await
-                .with_context(|| format!("{}: HEAD {key}", self.shown))?;
-            match response.status().as_u16() {
-                200 => Ok(true),
-                404 => Ok(false),
-                _ => Err(self.failure(&format!("HEAD {key}"), response).await),
-            }
+            let (request, what) = self.read(reqwest::Method::HEAD, key);
+            let shown = format!("{}: {what}", self.shown);
+            head_object(request, &shown, S3_ABSENT, async |r| self.failure(&what, r).await).await
         })
     }
 
