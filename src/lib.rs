@@ -3,9 +3,9 @@
 //! throughout (island, derivation, realizer, store).
 
 pub mod cli;
+pub mod collection;
 pub mod config;
 pub mod derivation;
-pub mod gc;
 pub mod hash;
 pub mod interop;
 pub mod island;
@@ -15,3 +15,4 @@ pub mod pin;
 pub mod realizer;
 pub mod store;
 pub mod sync;
+pub mod text;

@@ -62,7 +62,7 @@ pub fn record(store: &Store, manifest_path: &Path, pins: &BTreeMap<String, Pin>)
         lock.pins.insert(name.clone(), pin.clone());
     }
     guard.write(&lock)?;
-    crate::gc::register_lock(store, &path, &lock);
+    crate::collection::register_lock(store, &path, &lock);
     Ok(())
 }
 
@@ -78,7 +78,7 @@ pub async fn update(realizer: &Arc<Realizer>, manifest: &Manifest, names: &[Stri
     let old_path = lock_path(&manifest.path);
     let old = crate::lock::Lock::read(&old_path)?;
     if old_path.exists() {
-        crate::gc::register_lock(realizer.store(), &old_path, &old);
+        crate::collection::register_lock(realizer.store(), &old_path, &old);
     }
     let chosen: Vec<(&String, &Island)> = manifest
         .islands
@@ -131,7 +131,7 @@ pub async fn update(realizer: &Arc<Realizer>, manifest: &Manifest, names: &[Stri
     guard.write(&lock).context("cannot write the new pins")?;
     // Registered while this process still holds the new trees live: a collection sees them
     // kept by one or the other.
-    crate::gc::register_lock(realizer.store(), &path, &lock);
+    crate::collection::register_lock(realizer.store(), &path, &lock);
     Ok(changes)
 }
 

@@ -189,7 +189,7 @@ pub fn mount(args: MountArgs, settings: &Settings) -> Result<ExitCode> {
             let path = lock_path(&m.path);
             let lock = Lock::read(&path)?;
             if path.exists() {
-                crate::gc::register_lock(&store, &path, &lock);
+                crate::collection::register_lock(&store, &path, &lock);
             }
             lock
         }

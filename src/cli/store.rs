@@ -125,7 +125,7 @@ impl AutoGcArgs {
 /// Collects if the store has outgrown the `gc-auto-size` setting (a no-op without one).
 pub fn auto_gc(settings: &Settings, store: &Store) {
     if let Some(limit) = auto_gc_limit(settings) {
-        crate::gc::auto(store, limit);
+        crate::collection::auto(store, limit);
     }
 }
 
@@ -340,7 +340,7 @@ fn gc(store: &Store, args: GcArgs) -> Result<()> {
         older_than: args.older_than,
         module_tag: None,
     };
-    let done = crate::gc::collect(store, policy)?;
+    let done = crate::collection::collect(store, policy)?;
     if args.json {
         let trees: Vec<_> = done
             .trees
@@ -433,7 +433,7 @@ fn kind_json(kind: &RootKind) -> serde_json::Value {
 }
 
 fn du(store: &Store, json: bool) -> Result<()> {
-    let report = store.du(crate::gc::roots(store)?)?;
+    let report = store.du(crate::collection::roots(store)?)?;
     if json {
         let rooted: Vec<_> = report
             .rooted
@@ -526,7 +526,7 @@ fn root(store: &Store, command: RootCommand) -> Result<()> {
             }
         }
         RootCommand::Ls { json } => {
-            for root in crate::gc::roots(store)? {
+            for root in crate::collection::roots(store)? {
                 if json {
                     let mut value = kind_json(&root.kind);
                     value["hash"] = root.tree.to_string().into();
@@ -543,7 +543,7 @@ fn root(store: &Store, command: RootCommand) -> Result<()> {
                 eprintln!("removed root {name} (it kept {tree})");
                 return Ok(());
             }
-            let path = crate::gc::absolute_lock_path(Path::new(&name))?;
+            let path = crate::collection::absolute_lock_path(Path::new(&name))?;
             if store.unregister_indirect(&path)? {
                 eprintln!("{} no longer keeps anything (until cab uses it again)", path.display());
                 return Ok(());

@@ -131,19 +131,6 @@ impl fmt::Display for Island {
 /// one literal can cost in memory and in every log line that names it.
 pub const MAX_LITERAL_LEN: usize = 8192;
 
-/// `text` for a log line: whole when short, else its start and its length.
-pub fn shorten(text: &str) -> std::borrow::Cow<'_, str> {
-    const SHOWN: usize = 160;
-    if text.len() <= SHOWN {
-        return text.into();
-    }
-    let mut end = SHOWN;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &text[..end], text.len()).into()
-}
-
 impl FromStr for Island {
     type Err = ParseError;
 

@@ -173,8 +173,8 @@ fn huge_literals_are_refused_and_rendered_small() {
     let just_fits = format!("<tarball:https://h/{}>", "a".repeat(MAX_LITERAL_LEN - 20));
     assert_eq!(just_fits.len(), MAX_LITERAL_LEN);
     assert!(just_fits.parse::<Island>().is_ok());
-    assert_eq!(shorten("short"), "short");
-    assert!(shorten(&owner).len() < 200);
+    assert_eq!(crate::text::shorten("short"), "short");
+    assert!(crate::text::shorten(&owner).len() < 200);
 }
 
 #[test]

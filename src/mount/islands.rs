@@ -262,7 +262,7 @@ impl Islands {
             in_flight.insert(key.clone(), realization.clone());
             realization
         };
-        tracing::info!("{}: fetching", crate::island::shorten(&label));
+        tracing::info!("{}: fetching", crate::text::shorten(&label));
         let islands = self.clone();
         let task_realization = realization.clone();
         self.runtime.spawn(async move {
@@ -297,7 +297,7 @@ impl Islands {
             Err(Failure {
                 message: format!(
                     "{}: the realization panicked (a bug in cab): {e}",
-                    crate::island::shorten(label)
+                    crate::text::shorten(label)
                 ),
                 cause: Cause::Unreachable,
             })
@@ -339,7 +339,7 @@ impl Islands {
         });
         realization.finish(failed);
         if let Some(limit) = self.auto_gc {
-            crate::gc::auto_in_background(self.realizer.store(), limit);
+            crate::collection::auto_in_background(self.realizer.store(), limit);
         }
     }
 

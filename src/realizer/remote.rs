@@ -124,7 +124,7 @@ impl Realizer {
         let (Some(remote), Some(cache)) = (self.remote.clone(), self.push.clone()) else {
             return;
         };
-        let (store, label) = (self.store.clone(), crate::island::shorten(label).into_owned());
+        let (store, label) = (self.store.clone(), crate::text::shorten(label).into_owned());
         let task = tokio::spawn(async move {
             for tree in trees {
                 match remote.push(&store, &tree, Some(&cache)).await {

@@ -128,7 +128,7 @@ impl Realizer {
             drv.method.as_str(),
             barrier.clone(),
             self.remote.clone(),
-            crate::island::shorten(label).into_owned(),
+            crate::text::shorten(label).into_owned(),
         );
         let progress = Progress::new(label, self.progress_bars);
         let output = Output::new(&work.join("out"), self.limits.unpacked, self.limits.entries)?;

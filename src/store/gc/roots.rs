@@ -294,7 +294,7 @@ struct LiveState {
 fn command_line() -> String {
     let mut line: String = std::env::args().collect::<Vec<_>>().join(" ");
     line.retain(|c| !c.is_control());
-    crate::island::shorten(&line).into_owned()
+    crate::text::shorten(&line).into_owned()
 }
 
 impl Live {

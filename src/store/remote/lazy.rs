@@ -117,7 +117,7 @@ impl LazyTree {
             store: store.clone(),
             tree,
             nar,
-            label: crate::island::shorten(label).into_owned(),
+            label: crate::text::shorten(label).into_owned(),
             complete: AtomicBool::new(false),
             completing: AtomicBool::new(false),
             directories_read: AtomicUsize::new(0),

@@ -113,8 +113,12 @@ impl Remote {
             // `NAME.localhost` is loopback (RFC 6761), as curl and browsers resolve it: a
             // bucket's website endpoint on this machine is named that way, and the system's
             // resolver may not know it.
-            if let Some(host) = crate::derivation::url_host(url).filter(|h| h.ends_with(".localhost")) {
-                builder = builder.resolve(host, std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+            let host = reqwest::Url::parse(url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .and_then(|u| u.host_str().map(str::to_owned));
+            if let Some(host) = host.filter(|h| h.ends_with(".localhost")) {
+                builder = builder.resolve(&host, std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
             }
             builder.build().context("cannot set up HTTP for the remote")
         };
@@ -212,11 +216,7 @@ impl Remote {
         // Every blob the tree names that this store lacks.
         let mut wanted: HashMap<BlobHash, u64> = HashMap::new();
         for (object, _) in objects.values() {
-            let nodes: Vec<&Node> = match object {
-                Object::Directory(entries) => entries.iter().map(|e| &e.node).collect(),
-                Object::Root(node) => vec![node],
-            };
-            for node in nodes {
+            for node in object.nodes() {
                 if let Node::File { blob, size, .. } = node
                     && !store.has_blob(blob, *size)
                 {
@@ -532,16 +532,12 @@ impl Remote {
                 let path = store.object_path(&hash);
                 let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
                 let object = Object::decode(&bytes).with_context(|| format!("tree object {hash} is corrupt"))?;
-                let nodes: Vec<Node> = match object {
-                    Object::Directory(entries) => entries.into_iter().map(|e| e.node).collect(),
-                    Object::Root(node) => vec![node],
-                };
-                for node in nodes {
+                for node in object.nodes() {
                     match node {
                         Node::File { blob, .. } => {
-                            blobs.insert(blob);
+                            blobs.insert(*blob);
                         }
-                        Node::Directory { tree } => next.push(tree),
+                        Node::Directory { tree } => next.push(*tree),
                         Node::Symlink { .. } => {}
                     }
                 }
