@@ -621,6 +621,15 @@ fn an_unprivileged_user_mounts_through_fusermount3() {
     let mut cat = as_nobody(Path::new("/bin/cat"));
     cat.arg(mnt.join("t/hello.txt"));
     assert_eq!(ok_text(&mut cat), "from a user's mount\n");
+    // A user cannot mount images: every tree stays on FUSE, and the log says why.
+    assert!(
+        mount.wait_log(
+            "trees are served through FUSE: mounting an image needs root",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        mount.log()
+    );
     let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
     let line = mounts.lines().find(|l| l.contains(&*mnt.to_string_lossy())).unwrap();
     assert!(line.contains("user_id=65534"), "mounted for nobody: {line}");

@@ -135,6 +135,7 @@ fn real_repository(mode: Mode) {
     );
 
     let island = world.at("widgets");
+    mount.settle(mode, &island);
     // ls -R and find agree with the reference extraction.
     let ls_ref = ok_text(tool("ls").arg("-R").current_dir(&reference));
     let ls_mnt = ok_text(tool("ls").arg("-R").current_dir(&island));
@@ -328,6 +329,11 @@ fn real_repository_plain() {
     real_repository(Mode::Plain);
 }
 
+#[test]
+fn real_repository_kernel() {
+    real_repository(Mode::Kernel);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Python imports a package from the mount
 // ---------------------------------------------------------------------------------------------
@@ -339,6 +345,7 @@ fn python_import(mode: Mode) {
     world.push("acme/pylib", &src, "python packages");
     world.manifest("pylib = '<github:acme/pylib>'\n");
     let mount = world.mount(mode.args());
+    mount.settle(mode, &world.at("pylib"));
     let lib = world.at("pylib/lib");
     let out = python(
         "import sys\n\
@@ -366,6 +373,11 @@ fn python_import_passthrough() {
 #[test]
 fn python_import_plain() {
     python_import(Mode::Plain);
+}
+
+#[test]
+fn python_import_kernel() {
+    python_import(Mode::Kernel);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -403,6 +415,11 @@ fn cargo_build_passthrough() {
 #[test]
 fn cargo_build_plain() {
     cargo_build(Mode::Plain);
+}
+
+#[test]
+fn cargo_build_kernel() {
+    cargo_build(Mode::Kernel);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -481,6 +498,11 @@ fn writes_fail_with_erofs_passthrough() {
 #[test]
 fn writes_fail_with_erofs_plain() {
     writes_fail(Mode::Plain);
+}
+
+#[test]
+fn writes_fail_with_erofs_kernel() {
+    writes_fail(Mode::Kernel);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -566,6 +588,11 @@ fn many_readers_one_fetch_plain() {
     many_readers_one_fetch(Mode::Plain);
 }
 
+#[test]
+fn many_readers_one_fetch_kernel() {
+    many_readers_one_fetch(Mode::Kernel);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5b. A file held open while others open it (every build tool does this)
 // ---------------------------------------------------------------------------------------------
@@ -609,6 +636,11 @@ fn concurrent_opens_passthrough() {
 #[test]
 fn concurrent_opens_plain() {
     concurrent_opens(Mode::Plain);
+}
+
+#[test]
+fn concurrent_opens_kernel() {
+    concurrent_opens(Mode::Kernel);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -875,7 +907,7 @@ fn mount_defaults_from_the_config_file() {
     world.push("acme/conf", &src, "x");
     world.manifest("conf = '<github:acme/conf>'\n");
     let config = world.tmp.join("config.toml");
-    fs::write(&config, "passthrough = true\nthreads = 2\n").unwrap();
+    fs::write(&config, "passthrough = true\nthreads = 2\nkernel-serve = false\n").unwrap();
     for (flags, mode) in [(&[][..], Mode::Passthrough), (&["--no-passthrough"][..], Mode::Plain)] {
         let mut cmd = world.cab();
         cmd.env("CAB_CONFIG", &config).arg("mount").arg(&world.mnt).args(flags);
@@ -1152,7 +1184,7 @@ fn mount_refuses_a_live_mount_point() {
     let out = run_timeout(&mut second, Duration::from_secs(30));
     assert!(exited_nonzero(out.status), "{}", report(&what, &out));
     assert!(
-        text(&out.stderr).contains("already a mount point"),
+        text(&out.stderr).contains("is mounted by cab already"),
         "{}",
         report(&what, &out)
     );
@@ -1241,7 +1273,7 @@ fn read_ahead_pushes_for_readers_not_for_walks() {
     world.manifest("widgets = '<github:acme/widgets>'\n");
     let pushed = |log: &str| log.lines().filter(|l| l.contains("read-ahead: pushed")).count();
 
-    let mount = world.mount(&["-vv"]);
+    let mount = world.mount(&["-vv", "--no-kernel-serve"]);
     let found = ok_text(tool("find").arg(world.at("widgets")));
     assert_eq!(found.lines().count(), 25, "{found}");
     thread::sleep(Duration::from_millis(300));
@@ -1265,7 +1297,7 @@ fn read_ahead_pushes_for_readers_not_for_walks() {
     }
     mount.stop();
 
-    let mount = world.mount(&["-vv", "--no-read-ahead"]);
+    let mount = world.mount(&["-vv", "--no-read-ahead", "--no-kernel-serve"]);
     assert_eq!(read_text(&world.at("widgets/other/x.txt")), "other\n");
     let _ = ok_text(
         tool("cat")

@@ -31,8 +31,11 @@ pub const READ_ONLY: &str = "Read-only file system";
 // The read path: the daemon's own (default) or FUSE passthrough (--passthrough)
 // ---------------------------------------------------------------------------------------------
 
+/// How a mount serves a tree: the kernel from the tree's image (the default, once the tree is
+/// whole in the store), or FUSE with either read path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
+    Kernel,
     Passthrough,
     Plain,
 }
@@ -43,8 +46,9 @@ pub const PLAIN_LINE: &str = "serving file reads without passthrough";
 impl Mode {
     pub fn args(self) -> &'static [&'static str] {
         match self {
-            Mode::Passthrough => &["--passthrough"],
-            Mode::Plain => &[],
+            Mode::Kernel => &[],
+            Mode::Passthrough => &["--no-kernel-serve", "--passthrough"],
+            Mode::Plain => &["--no-kernel-serve"],
         }
     }
 }
@@ -385,9 +389,35 @@ impl Mount {
         self.stderr.wait_for(needle, timeout)
     }
 
+    /// In `Kernel` mode, looks `island` up and waits until the kernel serves it from its
+    /// image, so that everything after reads it from there; nothing in the FUSE modes.
+    pub fn settle(&self, mode: Mode, island: &Path) {
+        if mode != Mode::Kernel {
+            return;
+        }
+        // A listing, not a stat: a stat may be answered from what an earlier listing of the
+        // root told the kernel, and not start the island's realization.
+        let listed = fs::read_dir(island).map(|entries| entries.count());
+        assert!(listed.is_ok(), "{}\n{}", island.display(), self.log());
+        let absolute = fs::canonicalize(island.parent().unwrap())
+            .unwrap()
+            .join(island.file_name().unwrap());
+        let line = format!("{} is served by the kernel", absolute.display());
+        assert!(
+            self.wait_log(&line, Duration::from_secs(60)),
+            "expected `{line}` (root, Linux 6.12+)\n{}",
+            self.log()
+        );
+    }
+
     /// Asserts the log names `mode`'s read path (logged at the first open of a file).
     pub fn assert_read_path(&self, mode: Mode) {
         match mode {
+            Mode::Kernel => assert!(
+                self.wait_log("is served by the kernel", Duration::from_secs(60)),
+                "expected the kernel to serve the tree (root, Linux 6.12+)\n{}",
+                self.log()
+            ),
             Mode::Passthrough => assert!(
                 self.wait_log(PASSTHROUGH_LINE, Duration::from_secs(10)),
                 "expected `{PASSTHROUGH_LINE}` in the log (we run as root on a 6.9+ kernel)\n{}",

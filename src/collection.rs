@@ -141,7 +141,17 @@ pub fn collect(store: &Store, mut policy: Policy) -> Result<Collected> {
             Err(e) => tracing::warn!("compiled modules are left alone: {e:#}"),
         }
     }
-    store.collect(&policy, &LockRoots)
+    let collected = store.collect(&policy, &LockRoots)?;
+    // Images of trees the collection deleted go with them (the cache's bound is kept where
+    // images are written).
+    if !policy.dry_run {
+        match store.trim_images(u64::MAX, &std::collections::HashSet::new()) {
+            Ok(0) => {}
+            Ok(freed) => tracing::info!("deleted {freed} bytes of images of trees that are gone"),
+            Err(e) => tracing::warn!("cannot tidy the image cache: {e:#}"),
+        }
+    }
+    Ok(collected)
 }
 
 /// Collects if the store has grown past `limit` bytes (`--gc-auto-size`), down to 80% of

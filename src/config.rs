@@ -201,6 +201,10 @@ settings! {
     request_timeout: u16 = "request-timeout";
     /// Complete trees served from the remote store in the background.
     prefetch: bool = "prefetch";
+    /// Have the kernel serve whole trees from images.
+    kernel_serve: bool = "kernel-serve";
+    /// The most bytes the image cache may hold.
+    image_cache_size: Size = "image-cache-size";
     /// A remote store to read from (and push to).
     remote: String = "remote";
     /// Push what is realized to the remote store.

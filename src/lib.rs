@@ -6,6 +6,7 @@ pub mod cli;
 pub mod collection;
 pub mod config;
 pub mod derivation;
+pub mod erofs;
 pub mod hash;
 pub mod interop;
 pub mod island;

@@ -194,7 +194,11 @@ pub struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new(label: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("cab-fetcher-test-{}-{label}", std::process::id()));
+        // Tests run in parallel and may use the same label (two tests reading the same commit
+        // of identical repositories): a counter keeps their directories apart.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("cab-fetcher-test-{}-{n}-{label}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use super::fetch::{LimitArgs, runtime};
-use crate::config::{Layer, Settings};
+use crate::config::{Layer, Settings, Size, parse_size};
 use crate::lock::{Lock, Manifest, lock_path};
 use crate::mount::{Islands, Options, ReadPath};
+use crate::store::mounts::MountRecord;
 
 #[derive(clap::Args, Debug)]
 pub struct MountArgs {
@@ -50,6 +51,16 @@ pub struct MountArgs {
     /// than the timeout allows are answered EAGAIN before it runs out.
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u16).range(1..))]
     request_timeout: Option<u16>,
+    /// Have the kernel serve every tree that is whole in the store from an EROFS image (the
+    /// default, as root on Linux 6.12+): FUSE then only serves what is still arriving.
+    #[arg(long, overrides_with = "no_kernel_serve")]
+    kernel_serve: bool,
+    /// Serve every tree through FUSE.
+    #[arg(long, overrides_with = "kernel_serve")]
+    no_kernel_serve: bool,
+    /// The most the image cache may hold (K/M/G/T suffixes) [default: 16G].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    image_cache_size: Option<u64>,
     /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf).
     #[arg(long, overrides_with = "no_allow_other")]
     allow_other: bool,
@@ -79,6 +90,8 @@ impl MountArgs {
             prefetch: switch(self.prefetch, self.no_prefetch),
             allow_other: switch(self.allow_other, self.no_allow_other),
             request_timeout: self.request_timeout,
+            kernel_serve: switch(self.kernel_serve, self.no_kernel_serve),
+            image_cache_size: self.image_cache_size.map(Size),
             threads: self.threads.map(usize::from),
             gc_auto_size: self.gc.size(),
             ..self.limits.config()
@@ -100,6 +113,10 @@ fn options(settings: &Settings) -> Options {
         allow_other: c.allow_other.unwrap_or(d.allow_other),
         threads: c.threads.unwrap_or(d.threads),
         request_timeout: c.request_timeout.or(d.request_timeout),
+        handover: crate::mount::HandoverOptions {
+            enabled: c.kernel_serve.unwrap_or(d.handover.enabled),
+            cache_size: c.image_cache_size.map(|s| s.0).unwrap_or(d.handover.cache_size),
+        },
     }
 }
 
@@ -172,7 +189,63 @@ fn print_changes(changes: &[crate::pin::Change]) {
     }
 }
 
+/// The cab mount running at `mountpoint`, if one is.
+fn running_at(store: &crate::store::Store, mountpoint: &Path) -> Result<Option<MountRecord>> {
+    let wanted = crate::mount::absolute_mountpoint(mountpoint);
+    Ok(store.mounts()?.into_iter().find(|m| m.mountpoint == wanted))
+}
+
+/// Tells the running mounts that serve `manifest` that its lock changed (SIGHUP): each
+/// moves to the new pins. Returns the pids told.
+fn tell_mounts(store: &crate::store::Store, manifest: &Path) -> Vec<u32> {
+    let mounts = match store.mounts() {
+        Ok(mounts) => mounts,
+        Err(e) => {
+            tracing::warn!("cannot list the running mounts: {e:#}");
+            return Vec::new();
+        }
+    };
+    let mut told = Vec::new();
+    for mount in mounts.into_iter().filter(|m| m.manifest.as_deref() == Some(manifest)) {
+        // SAFETY: a plain syscall; the pid is a live cab daemon's (its record is locked).
+        if unsafe { libc::kill(mount.pid as libc::pid_t, libc::SIGHUP) } == 0 {
+            eprintln!(
+                "told the mount at {} (pid {}) to move to the new pins",
+                mount.mountpoint.display(),
+                mount.pid
+            );
+            told.push(mount.pid);
+        }
+    }
+    told
+}
+
+/// `cab mount --update MNT` where a cab mount runs: the pins move, and the mount with them.
+fn update_running(args: &MountArgs, running: &MountRecord, settings: &Settings) -> Result<ExitCode> {
+    let given = args.manifest.clone().or_else(|| running.manifest.clone());
+    let manifest = find_manifest(given, true)?.context("no manifest")?;
+    let realizer = super::realizer(settings)?;
+    let changes = runtime()?.block_on(crate::pin::update(&realizer, &manifest, &[]))?;
+    print_changes(&changes);
+    tell_mounts(realizer.store(), &manifest.path);
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn mount(args: MountArgs, settings: &Settings) -> Result<ExitCode> {
+    let store = super::open_store(settings)?;
+    if let Some(running) = running_at(&store, &args.mountpoint)? {
+        if !args.update {
+            anyhow::bail!(
+                "{} is mounted by cab already (pid {}): `cab mount --update {}` moves it to new pins, \
+                 `cab unmount {}` ends it",
+                args.mountpoint.display(),
+                running.pid,
+                args.mountpoint.display(),
+                args.mountpoint.display()
+            );
+        }
+        return update_running(&args, &running, settings);
+    }
     let manifest = find_manifest(args.manifest, false)?;
     let realizer = super::realizer(settings)?;
     let store = realizer.store().clone();
@@ -196,12 +269,18 @@ pub fn mount(args: MountArgs, settings: &Settings) -> Result<ExitCode> {
         None => Lock::default(),
     };
     let count = manifest.as_ref().map(|m| m.islands.len()).unwrap_or(0);
+    let manifest_path = manifest.as_ref().map(|m| m.path.clone());
     let islands = Arc::new(
         Islands::new(realizer.clone(), runtime.handle().clone(), manifest, lock)
             .completing_lazy_trees(settings.values.prefetch.unwrap_or(false))
             .with_auto_gc(super::store::auto_gc_limit(settings)),
     );
     let options = options(settings);
+    // Recorded in the store, so that `cab update` and `cab mount --update` can reach it.
+    let _registered = store.register_mount(
+        &crate::mount::absolute_mountpoint(&args.mountpoint),
+        manifest_path.as_deref(),
+    )?;
     islands.start_completing();
     let shown = args.mountpoint.display().to_string();
     crate::mount::serve(islands, &args.mountpoint, &options, &runtime, || {
@@ -232,6 +311,7 @@ pub fn update(args: UpdateArgs, settings: &Settings) -> Result<ExitCode> {
     let manifest = find_manifest(args.manifest, true)?.context("no manifest")?;
     let realizer = super::realizer(settings)?;
     let changes = runtime()?.block_on(crate::pin::update(&realizer, &manifest, &args.names))?;
+    tell_mounts(realizer.store(), &manifest.path);
     if args.json {
         print_changes_json(&changes);
     } else {

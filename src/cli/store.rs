@@ -280,8 +280,8 @@ fn verify(store: &Store) -> Result<ExitCode> {
         println!("corrupt {} {}: {} ({})", c.kind, c.name, c.problem, c.path.display());
     }
     let summary = format!(
-        "checked {} blobs, {} tree objects, {} published trees, {} index entries",
-        report.blobs, report.objects, report.roots, report.index
+        "checked {} blobs, {} tree objects, {} published trees, {} index entries, {} image files",
+        report.blobs, report.objects, report.roots, report.index, report.images
     );
     if report.corrupt.is_empty() {
         println!("{summary}: all good");

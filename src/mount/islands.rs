@@ -6,14 +6,16 @@
 //! remembered by its cause ([`super::failures`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::failures::{Failure, Failures, LastFailure};
+use super::handover::Handover;
 use super::realization::Realization;
 use crate::derivation::{Derivation, to_derivation};
 use crate::hash::TreeHash;
 use crate::hash::tree::Node;
-use crate::island::Island;
+use crate::island::{Format, Island};
 use crate::lock::{Lock, Manifest, Pin};
 use crate::realizer::{Cause, Realized, Realizer};
 use crate::store::Contents;
@@ -35,6 +37,13 @@ pub struct Served {
 }
 
 impl Served {
+    /// `user.cab.island`: the locked literal, except for a `by-hash/` tree, which is no
+    /// island.
+    pub fn island_xattr(&self) -> Option<String> {
+        (self.locked.format != crate::island::Format::Fs || self.locked.fs_path().is_some())
+            .then(|| self.locked.to_string())
+    }
+
     fn new(island: &Island, realized: Realized) -> Arc<Served> {
         Arc::new(Served {
             tree: realized.tree,
@@ -52,6 +61,30 @@ enum Key {
     Named(String),
     Browsed(Island),
     ByHash(TreeHash),
+}
+
+impl Key {
+    /// Where the island is below the mount point.
+    fn place(&self) -> Option<PathBuf> {
+        match self {
+            Key::Named(name) => Some(PathBuf::from(name)),
+            Key::ByHash(tree) => Some(PathBuf::from(format!("by-hash/{tree}"))),
+            Key::Browsed(island) => {
+                let reference = island.config.r#ref.as_deref()?;
+                let forge = match island.format {
+                    Format::Github => "github",
+                    Format::Gitlab => "gitlab",
+                    Format::Sourcehut => "sourcehut",
+                    _ => return None,
+                };
+                let mut path = PathBuf::from(forge).join(&island.location);
+                if island.format == Format::Gitlab {
+                    path.push("-");
+                }
+                Some(path.join(reference))
+            }
+        }
+    }
 }
 
 /// What an island is, as far as is known now.
@@ -77,6 +110,8 @@ pub struct Islands {
     auto_gc: Option<u64>,
     /// Bring every file of a tree served lazily in the background (`cab mount --prefetch`).
     complete: bool,
+    /// Who hands whole trees over to the kernel, once the mount is up (if anyone may).
+    handover: OnceLock<Arc<Handover>>,
 }
 
 impl Islands {
@@ -97,7 +132,35 @@ impl Islands {
             failures: Failures::default(),
             auto_gc: None,
             complete: false,
+            handover: OnceLock::new(),
         }
+    }
+
+    /// From now on, every island that is ready and whole is offered to `handover`, and so is
+    /// every one ready already.
+    pub fn hand_over_to(&self, handover: Arc<Handover>) {
+        let _ = self.handover.set(handover);
+        let served: Vec<(Key, Arc<Served>)> = self
+            .served
+            .locked()
+            .iter()
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        for (key, served) in served {
+            self.offer(&key, &served);
+        }
+    }
+
+    /// Offers a ready island to the kernel (see [`Handover::offer`]).
+    fn offer(&self, key: &Key, served: &Served) {
+        if let (Some(handover), Some(place)) = (self.handover.get(), key.place()) {
+            handover.offer(place, served);
+        }
+    }
+
+    /// The handover, if trees are handed to the kernel.
+    pub fn handover(&self) -> Option<&Arc<Handover>> {
+        self.handover.get()
     }
 
     /// Brings every file of each tree served lazily in the background (the `prefetch`
@@ -194,6 +257,44 @@ impl Islands {
         self.get(Key::Browsed(island.clone()), island.clone(), |_, _| {})
     }
 
+    /// Reads the lock again (it changed: `cab update`, `cab mount --update` of this mount):
+    /// every named island whose pin moved is made ready again, the new tree in the old one's
+    /// place. Returns those islands, each with the tree it served (if it was ready), for the
+    /// filesystem to move its readers on.
+    pub fn reload(self: &Arc<Self>) -> Vec<(String, Option<Arc<Served>>)> {
+        let Some(manifest) = &self.manifest else {
+            return Vec::new();
+        };
+        let path = crate::lock::lock_path(&manifest.path);
+        let new = match Lock::read(&path) {
+            Ok(lock) => lock,
+            Err(e) => {
+                tracing::error!("cannot read the lock again: {e:#}; the mount serves what it served");
+                return Vec::new();
+            }
+        };
+        let old = std::mem::replace(&mut *self.lock.locked(), new.clone());
+        let mut moved = Vec::new();
+        for (name, island) in &manifest.islands {
+            let before = old.current(name, island).map(|p| &p.locked);
+            let after = new.current(name, island).map(|p| &p.locked);
+            if before == after {
+                continue;
+            }
+            let key = Key::Named(name.clone());
+            let served = self.served.locked().remove(&key);
+            self.failures.forget(&key);
+            if let Some(after) = after {
+                tracing::info!("{name}: moved to {after}");
+            }
+            moved.push((name.clone(), served));
+        }
+        for (name, _) in &moved {
+            let _ = self.get_named(name);
+        }
+        moved
+    }
+
     /// Self-fixing: the first realization of an unpinned named island writes its pin.
     fn pin(&self, name: &str, served: &Served) {
         let Some(manifest) = &self.manifest else { return };
@@ -241,7 +342,8 @@ impl Islands {
         match self.realizer.stored(&drv, &label) {
             Ok(Some(realized)) => {
                 let served = Served::new(&island, realized);
-                self.served.locked().insert(key, served.clone());
+                self.served.locked().insert(key.clone(), served.clone());
+                self.offer(&key, &served);
                 return State::Ready(served);
             }
             Ok(None) => {}
@@ -319,7 +421,8 @@ impl Islands {
                 Ok(served) => {
                     islands.failures.forget(&key);
                     on_first(&islands, &served);
-                    islands.served.locked().insert(key.clone(), served);
+                    islands.served.locked().insert(key.clone(), served.clone());
+                    islands.offer(&key, &served);
                     None
                 }
                 Err(failure) => {
@@ -371,7 +474,8 @@ impl Islands {
             locked,
             contents: realized.contents,
         });
-        self.served.locked().insert(key, served.clone());
+        self.served.locked().insert(key.clone(), served.clone());
+        self.offer(&key, &served);
         Ok(Some(served))
     }
 }

@@ -6,20 +6,26 @@
 mod failures;
 mod fs;
 pub mod fuse;
+mod handover;
 mod islands;
+mod kernel;
 mod read_ahead;
 mod realization;
 mod table;
 mod timeout;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 
 pub use self::fs::{CabFs, ReadPath};
+pub use self::handover::HandoverOptions;
 pub use self::islands::Islands;
 pub use self::timeout::RequestTimeout;
+
+/// The image cache's bound unless `image-cache-size` says otherwise.
+pub const DEFAULT_IMAGE_CACHE: u64 = 16 << 30;
 
 /// How to mount.
 #[derive(Clone, Debug)]
@@ -35,6 +41,8 @@ pub struct Options {
     pub threads: usize,
     /// The request timeout cab declares (None: the kernel's default, if one is set).
     pub request_timeout: Option<u16>,
+    /// Whether (and within what cache) whole trees are handed to the kernel.
+    pub handover: HandoverOptions,
 }
 
 impl Default for Options {
@@ -45,6 +53,10 @@ impl Default for Options {
             allow_other: false,
             threads: 4,
             request_timeout: None,
+            handover: HandoverOptions {
+                enabled: true,
+                cache_size: DEFAULT_IMAGE_CACHE,
+            },
         }
     }
 }
@@ -63,8 +75,30 @@ fn is_mount_point(path: &Path) -> bool {
     }
 }
 
-/// Unmounts `mountpoint`; `lazy` detaches a mount whose daemon is gone.
+/// `mountpoint` as an absolute path with its parent's symlinks resolved, without looking at
+/// the mount point itself (which may be a FUSE mount, live or stale).
+pub fn absolute_mountpoint(mountpoint: &Path) -> PathBuf {
+    let absolute = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_owned());
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(parent), Some(name)) => std::fs::canonicalize(parent)
+            .map(|p| p.join(name))
+            .unwrap_or(absolute.clone()),
+        _ => absolute,
+    }
+}
+
+/// Unmounts `mountpoint`, and the images the kernel serves below it first; `lazy` detaches a
+/// mount whose daemon is gone.
 pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
+    let absolute = absolute_mountpoint(mountpoint);
+    // The daemon may attach an image between the two steps: a few tries.
+    for _ in 0..4 {
+        kernel::detach_below(&absolute);
+        match fuse::unmount(mountpoint, lazy) {
+            Err(_) if !kernel::mounts_below(&absolute).is_empty() => continue,
+            done => return done,
+        }
+    }
     fuse::unmount(mountpoint, lazy)
 }
 
@@ -134,7 +168,9 @@ pub fn serve(
             mountpoint.display()
         );
     }
-    let fs = Arc::new(CabFs::new(islands, options));
+    // Images are mounted on absolute paths, and found below it in mountinfo.
+    let mountpoint = &absolute_mountpoint(mountpoint);
+    let fs = Arc::new(CabFs::new(islands.clone(), options));
     let mount_options = fuse::MountOptions {
         name: "cab".into(),
         allow_other: options.allow_other,
@@ -153,8 +189,33 @@ pub fn serve(
         }
     };
     raise_read_ahead(mountpoint);
+    fs.connected(session.channel().clone());
+    let handover = handover::Handover::start(mountpoint, islands.realizer().store(), &options.handover);
+    if let Some(handover) = &handover {
+        islands.hand_over_to(handover.clone());
+    }
+    // SIGHUP: the lock changed (`cab update`, `cab mount --update MNT`); move to its pins.
+    {
+        let (islands, fs) = (islands.clone(), fs.clone());
+        runtime.spawn(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                tracing::error!("cannot listen for SIGHUP: a changed lock needs a new mount");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let (islands, fs) = (islands.clone(), fs.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    for (name, old) in islands.reload() {
+                        fs.island_moved(&name, old);
+                    }
+                })
+                .await;
+            }
+        });
+    }
     let shown = mountpoint.display().to_string();
     let path = mountpoint.to_owned();
+    let signal_handover = handover.clone();
     runtime.spawn(async move {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(term) => term,
@@ -169,6 +230,10 @@ pub fn serve(
         }
         tracing::info!("unmounting {shown}");
         let result = tokio::task::spawn_blocking(move || {
+            // The images the kernel serves below it first: the FUSE mount cannot go before.
+            if let Some(handover) = signal_handover {
+                handover.detach_all();
+            }
             if let Err(e) = unmount(&path, false) {
                 // Busy (a file or directory in it is open): detach it now, and end the
                 // connection so that the daemon can exit; whoever still holds files gets
@@ -194,9 +259,13 @@ pub fn serve(
         }
     });
     ready();
-    session
-        .run(fs, options.threads)
-        .with_context(|| format!("the mount at {} failed", mountpoint.display()))?;
+    let served = session.run(fs, options.threads);
+    // However the mount ended (unmounted from elsewhere, aborted), nothing is attached below
+    // it any more.
+    if let Some(handover) = &handover {
+        handover.detach_all();
+    }
+    served.with_context(|| format!("the mount at {} failed", mountpoint.display()))?;
     // The connection is over. Unmounted: the point is gone from the mount table. Still
     // listed: the kernel aborted the connection under a live mount (its request timeout, or
     // someone wrote to its `abort`), which leaves it stale; clear it and say so.

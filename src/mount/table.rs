@@ -102,6 +102,16 @@ impl<K: Clone> Table<K> {
         }
     }
 
+    /// `name` in `parent` names a new inode from the next lookup on; the inode it named now
+    /// becomes `kind` for whoever still holds it, until the kernel forgets it.
+    pub fn detach(&mut self, parent: u64, name: &[u8], kind: K) -> Option<u64> {
+        let ino = self.by_name.remove(&(parent, name.into()))?;
+        if let Some(entry) = self.inodes.get_mut(&ino) {
+            entry.kind = kind;
+        }
+        Some(ino)
+    }
+
     /// The children of `parent` the table holds, sorted by name.
     pub fn children(&self, parent: u64) -> Vec<(u64, Box<[u8]>, K)> {
         let mut out: Vec<_> = self

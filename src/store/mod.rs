@@ -14,6 +14,8 @@
 //!   cache/                   compiled fetcher modules (an optimisation; never published)
 //!   gcroots/                 what keeps trees from the collector (see [`gc`])
 //!   usage                    an estimate of the bytes of objects, for automatic collection
+//!   images/                  EROFS images of stored trees, for the kernel to serve ([`images`])
+//!   mounts/<pid>             the running mounts, flock-held by their daemons ([`mounts`])
 //! ```
 //!
 //! Every file enters by an atomic rename of a finished temporary file, so a reader sees an
@@ -26,7 +28,9 @@
 pub mod contents;
 mod export;
 pub mod gc;
+pub mod images;
 mod ingest;
+pub mod mounts;
 mod nar;
 pub mod remote;
 mod staging;

@@ -38,6 +38,41 @@ pub(super) fn try_lock(file: &File) -> io::Result<bool> {
     }
 }
 
+/// The text of every file in `dir` that a live process holds locked (its record), with its
+/// path; a file nobody holds belonged to a process that is gone, however it ended, and is
+/// removed when `clean`. Files `skip` says yes to are passed over.
+pub(super) fn held_records(dir: &Path, clean: bool, skip: impl Fn(&Path) -> bool) -> Result<Vec<(PathBuf, String)>> {
+    use std::io::Read;
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry.with_context(|| format!("cannot list {}", dir.display()))?.path();
+        if skip(&path) {
+            continue;
+        }
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+        };
+        if try_lock(&file).with_context(|| format!("cannot lock {}", path.display()))? {
+            if clean {
+                let _ = fs::remove_file(&path);
+            }
+            continue;
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        out.push((path, text));
+    }
+    Ok(out)
+}
+
 /// A name no other file of this store will have: pid, time and a counter.
 pub(super) fn unique_id() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);

@@ -35,6 +35,8 @@ pub struct VerifyReport {
     pub roots: u64,
     /// Index entries checked.
     pub index: u64,
+    /// Files of the image cache checked (a damaged one is deleted, to be written again).
+    pub images: u64,
     /// Everything found wrong.
     pub corrupt: Vec<Corruption>,
 }
@@ -145,6 +147,9 @@ impl Store {
                 None => corrupt.push(bad("index", &name, &path, "unreadable entry".into())),
             }
         }
+        let (images, damaged) = self.verify_images()?;
+        report.images = images;
+        corrupt.extend(damaged);
         report.corrupt = corrupt;
         Ok(report)
     }

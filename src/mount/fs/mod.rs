@@ -131,6 +131,8 @@ pub struct CabFs {
     fetched_dirs: Mutex<lru::LruCache<TreeHash, ()>>,
     uid: u32,
     gid: u32,
+    /// The connection, for notifications outside any request (set once mounted).
+    notify: OnceLock<Arc<super::fuse::Channel>>,
     /// Test hook (`CAB_FAILPOINT=mount-panic`): a lookup of [`PANIC_NAME`] panics, as a bug
     /// in a handler would.
     panic_hook: bool,
@@ -173,6 +175,38 @@ impl CabFs {
             uid,
             gid,
             panic_hook: std::env::var_os("CAB_FAILPOINT").is_some_and(|v| v == "mount-panic"),
+            notify: OnceLock::new(),
+        }
+    }
+
+    /// The connection notifications go out on.
+    pub fn connected(&self, channel: Arc<super::fuse::Channel>) {
+        let _ = self.notify.set(channel);
+    }
+
+    /// The named island `name` moved to another tree ([`Islands::reload`]). An image mounted
+    /// there is replaced by the handover; through FUSE, the name gets a new inode (the kernel
+    /// is told to forget its entry), while the old inode stays on the old tree for whoever
+    /// holds it — a shell inside, an open file.
+    pub fn island_moved(&self, name: &str, old: Option<Arc<Served>>) {
+        if self
+            .islands
+            .handover()
+            .is_some_and(|h| h.is_mounted(std::path::Path::new(name)))
+        {
+            return;
+        }
+        let Some(old) = old else { return };
+        let kind = Inode::Tree {
+            node: old.root.clone(),
+            island: old,
+        };
+        let detached = self.table.write_locked().detach(ROOT, name.as_bytes(), kind);
+        if detached.is_some()
+            && let Some(channel) = self.notify.get()
+            && let Err(e) = channel.notify_inval_entry(ROOT, name.as_bytes())
+        {
+            tracing::debug!("cannot tell the kernel that {name} moved: {e}");
         }
     }
 

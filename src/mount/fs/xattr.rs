@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use super::{CabFs, Content, Inode};
-use crate::island::Format;
 use crate::mount::failures::LastFailure;
 use crate::mount::fuse::Reply;
 
@@ -19,8 +18,8 @@ impl CabFs {
         if let Some(rev) = &island.rev {
             out.push(("user.cab.rev", rev.clone().into_bytes()));
         }
-        if island.locked.format != Format::Fs || island.locked.fs_path().is_some() {
-            out.push(("user.cab.island", island.locked.to_string().into_bytes()));
+        if let Some(literal) = island.island_xattr() {
+            out.push(("user.cab.island", literal.into_bytes()));
         }
         // A tree served while its files still arrive is not in the store yet.
         let complete = island.contents.is_complete();

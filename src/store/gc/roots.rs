@@ -15,7 +15,7 @@
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -237,26 +237,8 @@ impl Store {
     pub fn live_roots(&self, clean: bool) -> Result<Vec<LiveProcess>> {
         let dir = self.gcroots("live");
         let mut out = Vec::new();
-        for entry in list_dir(&dir)? {
-            let path = entry.path();
-            if path.extension().is_some_and(|e| e == "pending") {
-                continue;
-            }
-            let mut file = match File::open(&path) {
-                Ok(file) => file,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
-            };
-            if staging::try_lock(&file).with_context(|| format!("cannot lock {}", path.display()))? {
-                // Its owner is gone, however it ended.
-                if clean {
-                    let _ = fs::remove_file(&path);
-                }
-                continue;
-            }
-            let mut text = String::new();
-            file.read_to_string(&mut text)
-                .with_context(|| format!("cannot read {}", path.display()))?;
+        let pending = |path: &Path| path.extension().is_some_and(|e| e == "pending");
+        for (_, text) in staging::held_records(&dir, clean, pending)? {
             let mut lines = text.lines();
             let (pid, command) = lines
                 .next()
