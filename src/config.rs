@@ -16,6 +16,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 
 use crate::derivation::{Forges, url_host};
+use crate::realizer::delegate::Realizers;
 use crate::realizer::{Credentials, Limits, Secret};
 
 /// A size in bytes: `268435456` or `"256M"` in the file, `256M` in the environment and on the
@@ -101,6 +102,17 @@ macro_rules! from_env_by_parse {
     )*};
 }
 from_env_by_parse!(u16, u64, usize);
+
+impl FromEnv for Vec<String> {
+    /// Words separated by commas or whitespace.
+    fn from_env(text: &str) -> Result<Self, String> {
+        Ok(text
+            .split([',', ' ', '\n', '\t'])
+            .filter(|w| !w.is_empty())
+            .map(str::to_owned)
+            .collect())
+    }
+}
 
 impl FromEnv for BTreeMap<String, String> {
     /// `host=token` pairs, separated by commas or whitespace.
@@ -211,6 +223,10 @@ settings! {
     push: bool = "push";
     /// The key that signs what is pushed, as Nix signs store paths.
     nix_secret_key: PathBuf = "nix-secret-key";
+    /// Where derivations are realized: `local` and `ssh://` realizers, tried in order.
+    realizers: Vec<String> = "realizers";
+    /// Features this machine offers as a realizer, besides `wasm`, `network` and its system.
+    features: Vec<String> = "features";
     /// Collect garbage when the store holds more than this.
     gc_auto_size: Size = "gc-auto-size";
 }
@@ -302,6 +318,11 @@ impl Settings {
         }
     }
 
+    /// Where derivations are realized: the `realizers` list, `local` last unless listed.
+    pub fn realizers(&self) -> Result<Realizers> {
+        Realizers::parse(self.values.realizers.as_deref().unwrap_or_default())
+    }
+
     /// The forges' default instances.
     pub fn forges(&self) -> Forges {
         let d = Forges::default();
@@ -376,6 +397,8 @@ impl Settings {
         if self.values.request_timeout == Some(0) {
             bail!("request-timeout ({}) must be at least 1", env_name("request-timeout"));
         }
+        self.realizers()
+            .with_context(|| format!("realizers ({})", env_name("realizers")))?;
         Ok(())
     }
 }

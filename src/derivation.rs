@@ -163,6 +163,21 @@ impl Method {
         )
     }
 
+    /// Every method.
+    const ALL: [Method; 6] = [
+        Method::GithubArchive,
+        Method::GitlabArchive,
+        Method::SourcehutArchive,
+        Method::Tarball,
+        Method::GitPack,
+        Method::Fs,
+    ];
+
+    /// The method named `name` (as [`Method::as_str`] writes it).
+    pub fn parse(name: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.as_str() == name)
+    }
+
     /// The name used in index keys and in the derivation's encoding.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -238,7 +253,9 @@ pub fn to_derivation(island: &Island, env: &Environment) -> Result<Derivation> {
         method,
         args,
         hosts,
-        features: vec!["wasm".into()],
+        features: std::iter::once("wasm".to_owned())
+            .chain(config.requires.iter().cloned())
+            .collect(),
         subpath: subpath.clone(),
         rev: config.rev.clone(),
         hash: config.hash,
@@ -354,6 +371,73 @@ impl Derivation {
         })
     }
 
+    /// The derivation a canonical encoding (as [`Derivation::to_json`] writes it, with or
+    /// without its id) describes: what travels to a realizer elsewhere. Refused unless it is
+    /// exactly canonical, so that it has the same identity on both sides.
+    pub fn from_json(value: &Value) -> Result<Derivation> {
+        let field = |name: &str| value.get(name).ok_or_else(|| anyhow::anyhow!("no `{name}`"));
+        let strings = |name: &str| -> Result<Vec<String>> {
+            field(name)?
+                .as_array()
+                .ok_or_else(|| anyhow::anyhow!("`{name}` is not a list"))?
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| anyhow::anyhow!("`{name}` holds a non-string"))
+                })
+                .collect()
+        };
+        let builder = field("builder")?;
+        let builder = match (builder.get("wasm"), builder.get("local")) {
+            (Some(module), None) => Builder::Wasm {
+                module: module
+                    .as_str()
+                    .and_then(|m| m.parse().ok())
+                    .ok_or_else(|| anyhow::anyhow!("a bad module hash in `builder`"))?,
+            },
+            (None, Some(path)) => Builder::Local {
+                path: path
+                    .as_str()
+                    .ok_or_else(|| anyhow::anyhow!("a bad path in `builder`"))?
+                    .into(),
+            },
+            _ => bail!("`builder` names neither a wasm module nor a local path"),
+        };
+        let method = field("method")?.as_str().and_then(Method::parse);
+        let method = method.ok_or_else(|| anyhow::anyhow!("an unknown `method`"))?;
+        let expected = field("expected")?;
+        let text = |name: &str| expected.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+        let drv = Derivation {
+            builder,
+            method,
+            args: strings("args")?,
+            hosts: strings("hosts")?,
+            features: strings("features")?,
+            subpath: strings("subpath")?,
+            rev: text("rev"),
+            hash: text("hash")
+                .map(|h| h.parse())
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("a bad expected `hash`"))?,
+            nar_hash: text("narHash")
+                .map(|h| h.parse())
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("a bad expected `narHash`"))?,
+        };
+        let mut canonical = drv.encode();
+        if let Some(id) = value.get("id") {
+            canonical["id"] = json!(drv.id().to_string());
+            if *id != canonical["id"] {
+                bail!("its `id` is not the BLAKE3 of its encoding");
+            }
+        }
+        if canonical != *value {
+            bail!("it is not in canonical form (unknown or missing fields)");
+        }
+        Ok(drv)
+    }
+
     /// The derivation's identity: BLAKE3 of its canonical encoding.
     pub fn id(&self) -> TreeHash {
         // serde_json's map is ordered by key, and `to_string` adds no whitespace: canonical.
@@ -383,6 +467,29 @@ mod tests {
             forges: Forges::default(),
             fetcher: TreeHash([7; 32]),
         }
+    }
+
+    #[test]
+    fn derivations_travel_as_their_canonical_json() {
+        for literal in [
+            "<github:cull-os/cab:{ ref = \"main\" }>",
+            "<git:https://h/x.git:{ rev = \"0123456789abcdef0123456789abcdef01234567\" }:/a/b>",
+            "<tarball:https://h/x.tar.gz>",
+            "<fs::/usr/include>",
+        ] {
+            let drv = to_derivation(&literal.parse().unwrap(), &env()).unwrap();
+            assert_eq!(Derivation::from_json(&drv.to_json()).unwrap(), drv, "{literal}");
+            assert_eq!(Derivation::from_json(&drv.encode()).unwrap(), drv, "{literal}");
+        }
+        let drv = to_derivation(&"<tarball:https://h/x.tar.gz>".parse().unwrap(), &env()).unwrap();
+        let mut extra = drv.to_json();
+        extra["surprise"] = json!(1);
+        assert!(Derivation::from_json(&extra).is_err());
+        let mut wrong = drv.to_json();
+        wrong["args"] = json!(["tarball", "url=https://elsewhere/y.tar.gz"]);
+        assert!(Derivation::from_json(&wrong).unwrap_err().to_string().contains("id"));
+        assert!(Derivation::from_json(&json!("garbage")).is_err());
+        assert!(Derivation::from_json(&json!({"builder": {"wasm": 7}})).is_err());
     }
 
     #[test]

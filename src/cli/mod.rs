@@ -5,6 +5,7 @@ mod fetch;
 mod hash;
 mod interop;
 mod mount;
+mod realize;
 mod shell;
 mod store;
 
@@ -56,6 +57,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     nix_secret_key: Option<PathBuf>,
 
+    /// Realize derivations here (`local`) or on another machine over ssh
+    /// (ssh://[USER@]HOST[:PORT][?program=PATH&jobs=N]); repeat for a list, tried in order,
+    /// `local` last unless listed (CAB_REALIZERS).
+    #[arg(long = "realizer", global = true, value_name = "URI")]
+    realizers: Vec<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -85,6 +92,8 @@ enum Command {
     /// Write the pinned islands out for another tool.
     #[command(subcommand)]
     Export(interop::ExportCommand),
+    /// Serve as a realizer for other machines: what `--realizer ssh://…` runs over ssh.
+    Realize(realize::RealizeArgs),
     /// Print the shell completion script for bash, zsh or fish.
     Completions(shell::CompletionsArgs),
     /// Print the manual page, cab(1) (or write one per command with --dir).
@@ -105,6 +114,7 @@ impl Command {
                 ..args.limits.config()
             },
             Command::Import(args) => args.limits.config(),
+            Command::Realize(args) => args.limits.config(),
             _ => Layer::default(),
         }
     }
@@ -135,6 +145,7 @@ pub fn main() -> ExitCode {
         remote: cli.remote.clone(),
         push: cli.push.then_some(true),
         nix_secret_key: cli.nix_secret_key.clone(),
+        realizers: (!cli.realizers.is_empty()).then(|| cli.realizers.clone()),
         ..command.flags()
     };
     let settings = match Settings::load(cli.config.clone(), flags).and_then(|s| s.check().map(|()| s)) {
@@ -154,6 +165,7 @@ pub fn main() -> ExitCode {
         Command::Derivation(args) => fetch::derivation(args, &settings),
         Command::Import(args) => interop::import(args, &settings),
         Command::Export(command) => interop::export(command, &settings),
+        Command::Realize(args) => realize::realize(args, &settings),
         Command::Completions(_) | Command::Man(_) => unreachable!("answered above"),
     };
     finish(result)
@@ -198,9 +210,16 @@ fn nix_cache(settings: &Settings) -> Result<CacheWriter> {
     Ok(CacheWriter::new(key))
 }
 
-/// A realizer over the settings' store, with their forges, limits and credentials, and the
-/// remote (pushing to it too with `push`) when one is set.
+/// A realizer over the settings' store, with their forges, limits and credentials, the
+/// remote (pushing to it too with `push`) when one is set, and the realizers to hand
+/// derivations to.
 fn realizer(settings: &Settings) -> Result<Arc<Realizer>> {
+    let realizer = local_realizer(settings, settings.values.push.unwrap_or(false))?;
+    Ok(Arc::new(realizer.with_realizers(settings.realizers()?)))
+}
+
+/// A realizer that realizes everything on this machine, pushing to the remote with `push`.
+fn local_realizer(settings: &Settings, push: bool) -> Result<Realizer> {
     let limits = settings.limits();
     // A remote that sends nothing gives way to the forge within the stall timeout (at most
     // half a minute: it is a shortcut, not the source).
@@ -209,17 +228,14 @@ fn realizer(settings: &Settings) -> Result<Arc<Realizer>> {
         ..Default::default()
     };
     let remote = remote(settings, timeouts)?;
-    let mut realizer =
-        Realizer::new(open_store(settings)?, settings.forges(), limits)?.with_credentials(settings.credentials()?);
+    let mut realizer = Realizer::new(open_store(settings)?, settings.forges(), limits)?
+        .with_credentials(settings.credentials()?)
+        .with_features(settings.values.features.as_deref().unwrap_or_default());
     if let Some(remote) = remote {
-        let push = if settings.values.push.unwrap_or(false) {
-            Some(nix_cache(settings)?)
-        } else {
-            None
-        };
+        let push = if push { Some(nix_cache(settings)?) } else { None };
         realizer = realizer.with_remote(remote, push);
     }
-    Ok(Arc::new(realizer))
+    Ok(realizer)
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
@@ -233,9 +249,13 @@ fn init_logging(verbose: u8, quiet: bool) {
     };
     // `RUST_LOG` still wins, for targeted debugging.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("cab={level}")));
+    // Colours only for a person at a terminal: logs that go to a file, a journal or (from
+    // `cab realize --stdio`) back over ssh into another machine's log stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(false)
         .init();
 }

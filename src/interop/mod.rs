@@ -166,6 +166,7 @@ impl Pin {
                 host: self.host,
                 r#ref: self.reference,
                 rev: self.rev,
+                requires: Vec::new(),
                 hash: None,
                 nar_hash: self.nar,
             },

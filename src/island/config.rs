@@ -14,16 +14,17 @@ pub(super) enum Key {
     Host,
     Ref,
     Rev,
+    Requires,
     Hash,
     NarHash,
 }
 
 /// The keys, as error messages list them.
-pub(super) const KEY_LIST: &str = "`host`, `ref`, `rev`, `hash` or `narHash`";
+pub(super) const KEY_LIST: &str = "`host`, `ref`, `rev`, `requires`, `hash` or `narHash`";
 
 impl Key {
     /// Every key, in canonical order.
-    pub(super) const ALL: [Key; 5] = [Key::Host, Key::Ref, Key::Rev, Key::Hash, Key::NarHash];
+    pub(super) const ALL: [Key; 6] = [Key::Host, Key::Ref, Key::Rev, Key::Requires, Key::Hash, Key::NarHash];
 
     /// The key's name in literals.
     pub(super) fn as_str(self) -> &'static str {
@@ -31,6 +32,7 @@ impl Key {
             Key::Host => "host",
             Key::Ref => "ref",
             Key::Rev => "rev",
+            Key::Requires => "requires",
             Key::Hash => "hash",
             Key::NarHash => "narHash",
         }
@@ -56,6 +58,10 @@ pub struct Config {
     pub r#ref: Option<String>,
     /// A full commit id, 40 lowercase hex digits; only `github` and `git` take it.
     pub rev: Option<String>,
+    /// Realizer features the island's derivation requires besides `wasm` (a realizer that
+    /// reaches a private network, say): it is realized only where all are offered. Sorted,
+    /// without repeats; written as one string of names separated by spaces.
+    pub requires: Vec<String>,
     /// The Cab tree hash the fetched tree must have.
     pub hash: Option<TreeHash>,
     /// The Nix NAR hash the fetched tree must have.
@@ -74,6 +80,7 @@ impl Config {
             Key::Host => self.host.is_some(),
             Key::Ref => self.r#ref.is_some(),
             Key::Rev => self.rev.is_some(),
+            Key::Requires => !self.requires.is_empty(),
             Key::Hash => self.hash.is_some(),
             Key::NarHash => self.nar_hash.is_some(),
         }
@@ -94,6 +101,7 @@ impl Config {
                 check_rev(&value)?;
                 self.rev = Some(value);
             }
+            Key::Requires => self.requires = parse_features(&value)?,
             Key::Hash => {
                 let hash = value.parse().map_err(|e| format!("invalid `hash`: {e}"))?;
                 self.hash = Some(hash);
@@ -115,6 +123,7 @@ impl Config {
                     Key::Host => self.host.clone(),
                     Key::Ref => self.r#ref.clone(),
                     Key::Rev => self.rev.clone(),
+                    Key::Requires => (!self.requires.is_empty()).then(|| self.requires.join(" ")),
                     Key::Hash => self.hash.map(|h| h.to_string()),
                     Key::NarHash => self.nar_hash.map(|h| h.to_string()),
                 };
@@ -141,6 +150,29 @@ impl fmt::Display for Config {
         }
         f.write_str(" }")
     }
+}
+
+/// Realizer feature names separated by spaces or commas (letters, digits, `.`, `_`, `-`),
+/// at least one; sorted, without repeats.
+fn parse_features(text: &str) -> Result<Vec<String>, String> {
+    let mut features = Vec::new();
+    for name in text.split([' ', ',']).filter(|n| !n.is_empty()) {
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(format!(
+                "`requires`: `{name}` is not a feature name (letters, digits, `.`, `_` and `-`)"
+            ));
+        }
+        features.push(name.to_owned());
+    }
+    if features.is_empty() {
+        return Err("`requires` names no feature: give feature names separated by spaces".into());
+    }
+    features.sort();
+    features.dedup();
+    Ok(features)
 }
 
 /// Writes `s` double-quoted, escaping `"` and `\` (the only escapes the syntax has).

@@ -73,6 +73,12 @@ impl Format {
                 "{self} islands have no `host`: only `github`, `gitlab` and `sourcehut` name a forge by host"
             ));
         }
+        if key == Key::Requires {
+            if self == Format::Fs {
+                return Err("fs islands have no `requires`: a local path is read where it is".into());
+            }
+            return Ok(());
+        }
         if self.has_revisions() || matches!(key, Key::Hash | Key::NarHash) {
             return Ok(());
         }

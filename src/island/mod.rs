@@ -66,13 +66,14 @@ impl Island {
         }
     }
 
-    /// The same island without its pins (`rev`, `hash`, `narHash`), keeping `host`, `ref` and
-    /// the subpath: what `--update` resolves afresh.
+    /// The same island without its pins (`rev`, `hash`, `narHash`), keeping `host`, `ref`,
+    /// `requires` and the subpath: what `--update` resolves afresh.
     pub fn unpinned(&self) -> Island {
         Island {
             config: Config {
                 host: self.config.host.clone(),
                 r#ref: self.config.r#ref.clone(),
+                requires: self.config.requires.clone(),
                 ..Config::default()
             },
             ..self.clone()
@@ -92,6 +93,7 @@ impl Island {
                 } else {
                     None
                 },
+                requires: self.config.requires.clone(),
                 hash: Some(hash),
                 nar_hash: Some(nar_hash),
             },

@@ -4,6 +4,8 @@
 //! the store's index (and the remote's), and passes the finding to the run, which stops the
 //! guest on a hit; only then does it count the line as processed, so the host's HTTP door
 //! (waiting on the [`FifoBarrier`]) cannot send the guest's next request before a hit is seen.
+//! A realizer working for another machine asks that machine too ([`Requester`]): then the
+//! early stop crosses the wire, and still before the guest's next request.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -14,6 +16,7 @@ use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
+use super::delegate::Requester;
 use super::host::FifoBarrier;
 use crate::derivation::Derivation;
 use crate::hash::{NarHash, TreeHash};
@@ -26,10 +29,20 @@ pub(super) enum FifoEvent {
     Value {
         format: String,
         value: String,
-        hit: Option<TreeHash>,
+        hit: Option<Hit>,
     },
     /// A malformed line: the run fails.
     Malformed(String),
+}
+
+/// Where the tree a reported line names is held.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Hit {
+    /// In this store (published, declared live).
+    Here(TreeHash),
+    /// By the machine this realization runs for, not here: the run stops, and that machine
+    /// uses its own tree.
+    Elsewhere(TreeHash),
 }
 
 /// The FIFO at `path`, made and opened at both ends: the reading end for [`read`], the writing
@@ -53,13 +66,15 @@ pub(super) fn open(path: &Path) -> Result<(tokio::net::unix::pipe::Receiver, std
 
 /// Reads the FIFO until the guest closes it: each line checked and looked up in `store`'s
 /// index under `how` (the derivation's method) — and, for a commit this store lacks, in
-/// `remote`'s — then sent on, and only then counted on `barrier`.
+/// `remote`'s; failing those, the `requester`'s — then sent on, and only then counted on
+/// `barrier`.
 pub(super) fn read(
     receiver: tokio::net::unix::pipe::Receiver,
     store: Store,
     how: &'static str,
     barrier: Arc<FifoBarrier>,
     remote: Option<Remote>,
+    requester: Option<Arc<dyn Requester>>,
     label: String,
 ) -> mpsc::UnboundedReceiver<FifoEvent> {
     let (events_tx, events) = mpsc::unbounded_channel();
@@ -67,7 +82,24 @@ pub(super) fn read(
         let mut lines = BufReader::new(receiver).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             let mut event = classify(&store, how, &line);
-            // Not stored here: perhaps a neighbour stored it on the remote.
+            // Not stored here: perhaps the machine this run is for holds it (one round trip,
+            // where the remote would cost a download).
+            if let (
+                Some(requester),
+                FifoEvent::Value {
+                    format,
+                    value,
+                    hit: hit @ None,
+                },
+            ) = (&requester, &mut event)
+                && !format.starts_with("unknown:")
+            {
+                match requester.holds(format, value).await {
+                    Ok(held) => *hit = held.map(Hit::Elsewhere),
+                    Err(e) => tracing::warn!("{label}: cannot ask the requester about {format} {value}: {e:#}"),
+                }
+            }
+            // Nor there: perhaps a neighbour stored it on the remote.
             if let (
                 Some(remote),
                 FifoEvent::Value {
@@ -78,45 +110,68 @@ pub(super) fn read(
             ) = (&remote, &mut event)
                 && format.starts_with("git-")
             {
-                *hit = super::remote::tree_by_index(remote, &store, &IndexKey::new(how, format, value), &label).await;
+                let key = IndexKey::new(how, format, value);
+                *hit = super::remote::tree_by_index(remote, &store, &key, &label)
+                    .await
+                    .map(Hit::Here);
             }
-            // Pass the finding on first, then release the guest's waiting request: the run's
-            // select is biased to see a hit before the guest runs on.
-            let sent = events_tx.send(event);
-            barrier.processed_one();
-            if sent.is_err() {
+            // A hit ends the run: the guest's waiting request is never released, so it cannot
+            // reach the server however late the run gets to drop the guest (on a busy machine
+            // the HTTP door could otherwise win that race and start a download). Anything else
+            // is passed on first and then releases the request.
+            let stops = matches!(event, FifoEvent::Value { hit: Some(_), .. });
+            if events_tx.send(event).is_err() {
                 break;
             }
+            if stops {
+                // Drain what the guest still writes (so that it gets no broken pipe), unread.
+                while let Ok(Some(_)) = lines.next_line().await {}
+                break;
+            }
+            barrier.processed_one();
         }
     });
     events
 }
 
-/// Takes one FIFO event: checks it against the derivation, remembers it, and returns the
-/// stored tree it names, if any.
+/// Takes one FIFO event: checks it against the derivation, remembers it, and returns where
+/// the tree it names is held, if anywhere.
 pub(super) fn note(
     event: FifoEvent,
     drv: &Derivation,
     label: &str,
     reported: &mut Vec<(String, String)>,
     rev: &mut Option<String>,
-) -> Result<Option<TreeHash>> {
+) -> Result<Option<Hit>> {
     match event {
         FifoEvent::Malformed(line) => bail!("{label}: the fetcher wrote a malformed line to the hash FIFO: {line:?}"),
         FifoEvent::Value { format, value, hit } => {
-            tracing::debug!("{label}: fetcher reports {format} {value}");
-            if format == "git-rev" {
-                if let Some(want) = &drv.rev
-                    && *want != value
-                {
-                    bail!("{label}: the fetcher reports commit {value}, but the island pins {want}");
-                }
-                *rev = Some(value.clone());
-            }
+            note_value(drv, label, &format, &value, rev)?;
             reported.push((format, value));
             Ok(hit)
         }
     }
+}
+
+/// Checks one reported value against the derivation (a commit must be the one pinned) and
+/// keeps the commit.
+pub(super) fn note_value(
+    drv: &Derivation,
+    label: &str,
+    format: &str,
+    value: &str,
+    rev: &mut Option<String>,
+) -> Result<()> {
+    tracing::debug!("{label}: fetcher reports {format} {value}");
+    if format == "git-rev" {
+        if let Some(want) = &drv.rev
+            && want != value
+        {
+            bail!("{label}: the fetcher reports commit {value}, but the island pins {want}");
+        }
+        *rev = Some(value.to_owned());
+    }
+    Ok(())
 }
 
 /// Checks one FIFO line and looks its value up in the index.
@@ -124,25 +179,47 @@ fn classify(store: &Store, how: &str, line: &str) -> FifoEvent {
     let Some((format, value)) = line.split_once(' ') else {
         return FifoEvent::Malformed(line.to_owned());
     };
+    match held(store, how, format, value) {
+        Ok(hit) => FifoEvent::Value {
+            format: format.to_owned(),
+            value: value.to_owned(),
+            hit: hit.map(Hit::Here),
+        },
+        Err(Unheld::Malformed) => FifoEvent::Malformed(line.to_owned()),
+        // Forward compatible: a format we do not know is logged and otherwise ignored.
+        Err(Unheld::Unknown) => {
+            tracing::info!("hash FIFO: ignoring a line in an unknown format: {line:?}");
+            FifoEvent::Value {
+                format: format!("unknown:{format}"),
+                value: value.to_owned(),
+                hit: None,
+            }
+        }
+    }
+}
+
+/// Why a reported value names no tree at all.
+pub(super) enum Unheld {
+    /// A format this cab does not know.
+    Unknown,
+    /// A value that is not of its format.
+    Malformed,
+}
+
+/// The published tree that a reported `format value` names in `store`'s index (under `how`,
+/// the derivation's method, for a git value), declared live at once: the run may stop and use
+/// it. A failing lookup is warned about and counts as none.
+pub(super) fn held(store: &Store, how: &str, format: &str, value: &str) -> Result<Option<TreeHash>, Unheld> {
     let hex40 = |v: &str| v.len() == 40 && v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     let (well_formed, how) = match format {
         "git-rev" | "git-tree" => (hex40(value), how),
         "blake3" => (value.parse::<TreeHash>().is_ok(), IndexKey::ANY),
         "nar-sha256" => (value.parse::<NarHash>().is_ok(), IndexKey::ANY),
-        _ => {
-            // Forward compatible: a format we do not know is logged and otherwise ignored.
-            tracing::info!("hash FIFO: ignoring a line in an unknown format: {line:?}");
-            return FifoEvent::Value {
-                format: format!("unknown:{format}"),
-                value: value.to_owned(),
-                hit: None,
-            };
-        }
+        _ => return Err(Unheld::Unknown),
     };
     if !well_formed {
-        return FifoEvent::Malformed(line.to_owned());
+        return Err(Unheld::Malformed);
     }
-    // A tree the index names is declared live at once: the run may stop and use it.
     let lookup = || -> Result<Option<TreeHash>> {
         let _guard = store.guard()?;
         let hit = store.lookup(&IndexKey::new(how, format, value))?;
@@ -151,16 +228,8 @@ fn classify(store: &Store, how: &str, line: &str) -> FifoEvent {
         }
         Ok(hit)
     };
-    let hit = match lookup() {
-        Ok(hit) => hit,
-        Err(e) => {
-            tracing::warn!("index lookup failed: {e:#}");
-            None
-        }
-    };
-    FifoEvent::Value {
-        format: format.to_owned(),
-        value: value.to_owned(),
-        hit,
-    }
+    Ok(lookup().unwrap_or_else(|e| {
+        tracing::warn!("index lookup failed: {e:#}");
+        None
+    }))
 }

@@ -17,6 +17,7 @@
 //! anything published ([`finish`]).
 
 pub mod credentials;
+pub mod delegate;
 mod engine;
 mod epoch;
 mod failure;
@@ -99,6 +100,9 @@ pub enum Source {
     Lazily,
     /// Fetched from its source (or copied from a local path) and published here now.
     Fetched,
+    /// Realized by a realizer on another machine, and taken from the remote store: whole, or
+    /// its listing with its files as they are read.
+    Elsewhere,
 }
 
 /// A derivation realized: the tree ready to be read, and how it came to be.
@@ -153,12 +157,20 @@ pub struct Realizer {
     /// Pushes started in the background (by trees realized to be served), awaited by
     /// [`Realizer::finish_pushes`].
     pushes: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Where derivations may be realized besides here.
+    realizers: Option<delegate::Realizers>,
+    /// The machine this realizer works for, when it is another (`cab realize --stdio`).
+    requester: Option<Arc<dyn delegate::Requester>>,
+    /// The features this machine offers.
+    features: Vec<String>,
 }
 
-/// The features this realizer offers: `wasm`, and the host system as just another feature.
-pub fn features() -> Vec<String> {
+/// The features every realizer offers: `wasm` (it runs the fetcher), `network` (it reaches
+/// the forges), and its system as just another feature.
+fn builtin_features() -> Vec<String> {
     vec![
         "wasm".into(),
+        "network".into(),
         format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
     ]
 }
@@ -191,7 +203,39 @@ impl Realizer {
             remote: None,
             push: None,
             pushes: Mutex::default(),
+            realizers: None,
+            requester: None,
+            features: builtin_features(),
         })
+    }
+
+    /// Offers `extra` features besides the builtin ones (what this machine can do that others
+    /// cannot, such as reach a private network).
+    pub fn with_features(mut self, extra: &[String]) -> Self {
+        for feature in extra {
+            if !self.features.contains(feature) {
+                self.features.push(feature.clone());
+            }
+        }
+        self
+    }
+
+    /// The features this machine offers.
+    pub fn features(&self) -> &[String] {
+        &self.features
+    }
+
+    /// Realizes derivations on the first of `realizers` that fits ([`delegate`]).
+    pub fn with_realizers(mut self, realizers: delegate::Realizers) -> Self {
+        self.realizers = Some(realizers);
+        self
+    }
+
+    /// Works for another machine: asks `requester` about every line the fetcher reports that
+    /// names no tree here, and tells it how downloads go.
+    fn with_requester(mut self, requester: Arc<dyn delegate::Requester>) -> Self {
+        self.requester = Some(requester);
+        self
     }
 
     /// Sends `credentials` with the fetcher's requests, each to its own host.
@@ -266,7 +310,6 @@ impl Realizer {
         want: Want,
         on_rev: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<Realized> {
-        self.check_features(drv, label)?;
         if let Some(realized) = self.stored(drv, label)? {
             return Ok(realized);
         }
@@ -288,9 +331,19 @@ impl Realizer {
         if let Some(realized) = self.substitute(drv, label).await? {
             return Ok(realized);
         }
+        // A local path is only here; a fetch goes where the realizers say.
         let realized = match &drv.builder {
-            Builder::Local { path } => self.copy_in(drv, label, path)?,
-            Builder::Wasm { module } => self.run_wasm(drv, module, label, on_rev).await?,
+            Builder::Local { path } => {
+                self.check_features(drv, label)?;
+                self.copy_in(drv, label, path)?
+            }
+            Builder::Wasm { module } => match self.delegate(drv, label, want, on_rev).await? {
+                Some(realized) => realized,
+                None => {
+                    self.check_features(drv, label)?;
+                    self.run_wasm(drv, module, label, on_rev).await?
+                }
+            },
         };
         if let Err(e) = lock.write(&LastRealized::from(&realized).to_string()) {
             tracing::debug!("{label}: cannot note the realization in its lock: {e:#}");
@@ -309,7 +362,7 @@ impl Realizer {
 
     /// Every feature the derivation requires must be offered here.
     fn check_features(&self, drv: &Derivation, label: &str) -> Result<()> {
-        let offered = features();
+        let offered = &self.features;
         if let Some(missing) = drv.features.iter().find(|f| !offered.contains(f)) {
             bail!(
                 "{label}: needs realizer feature `{missing}`, which this realizer lacks (it offers: {})",

@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -17,7 +17,11 @@ struct Inner {
     bytes: AtomicU64,
     files: AtomicU64,
     last_log: Mutex<Instant>,
+    watcher: OnceLock<Watcher>,
 }
+
+/// Told the bytes downloaded so far, each time more arrive.
+pub type Watcher = Box<dyn Fn(u64) + Send + Sync>;
 
 const LOG_EVERY: Duration = Duration::from_secs(2);
 
@@ -41,6 +45,7 @@ impl Progress {
             bytes: AtomicU64::new(0),
             files: AtomicU64::new(0),
             last_log: Mutex::new(Instant::now()),
+            watcher: OnceLock::new(),
         }))
     }
 
@@ -52,8 +57,27 @@ impl Progress {
     /// `n` more bytes arrived.
     pub fn downloaded(&self, n: u64) {
         let total = self.0.bytes.fetch_add(n, Ordering::Relaxed) + n;
+        self.show(total);
+    }
+
+    /// `total` bytes have arrived so far (where another machine counts them).
+    pub fn downloaded_so_far(&self, total: u64) {
+        self.0.bytes.store(total, Ordering::Relaxed);
+        self.show(total);
+    }
+
+    /// Tells `watcher` the total each time more bytes arrive (a realizer working for another
+    /// machine streams it there). One watcher per fetch.
+    pub fn watch(&self, watcher: Watcher) {
+        let _ = self.0.watcher.set(watcher);
+    }
+
+    fn show(&self, total: u64) {
         if let Some(bar) = &self.0.bar {
             bar.set_position(total);
+        }
+        if let Some(watcher) = self.0.watcher.get() {
+            watcher(total);
         }
         self.maybe_log();
     }

@@ -7,10 +7,10 @@ use anyhow::{Context, Result};
 
 use super::{Realized, Realizer, Source};
 use crate::derivation::Derivation;
-use crate::hash::TreeHash;
 use crate::hash::tree::Node;
-use crate::store::remote::Remote;
+use crate::hash::{NarHash, TreeHash};
 use crate::store::remote::lazy::LazyTree;
+use crate::store::remote::{Fetched, Listing, Remote};
 use crate::store::{IndexKey, Store};
 use crate::sync::MutexExt;
 
@@ -74,6 +74,25 @@ impl Realizer {
                  wanted: narHash = \"{want}\"\n     got: narHash = \"{nar}\""
             );
         }
+        self.lazily(tree, nar, drv.rev.clone(), label, complete, fetched, listing)
+            .await
+            .map(Some)
+    }
+
+    /// `tree` ready from its `listing` (`fetched` from the remote, whose record gives `nar`),
+    /// its files fetched as they are read (all of them in the background with `complete`).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn lazily(
+        &self,
+        tree: TreeHash,
+        nar: NarHash,
+        rev: Option<String>,
+        label: &str,
+        complete: bool,
+        fetched: Fetched,
+        listing: Listing,
+    ) -> Result<Realized> {
+        let remote = self.remote.as_ref().context("no remote store")?;
         // Live from before the first answer; the guard stays with the listing until it is
         // written (see `LazyTree::new`).
         let guard = {
@@ -96,17 +115,17 @@ impl Realizer {
             lazy.complete_in_background();
         }
         let root: Node = lazy.root().clone();
-        Ok(Some(Realized {
+        Ok(Realized {
             tree,
             nar,
-            rev: drv.rev.clone(),
+            rev,
             whole: tree,
             downloaded: fetched.bytes,
             stopped_early: false,
             source: Source::Lazily,
             root,
             contents: lazy,
-        }))
+        })
     }
 
     /// Waits for the pushes started in the background (by trees realized to be served); a

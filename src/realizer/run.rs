@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::sync::mpsc;
 
+use super::delegate::HeldElsewhere;
 use super::epoch::RunningGuard;
-use super::fifo::{self, FifoEvent};
+use super::fifo::{self, FifoEvent, Hit};
 use super::finish::Found;
 use super::host::{Access, Exit, FifoBarrier, HostState, Http, MemoryLimit};
 use super::output::Output;
@@ -128,9 +129,14 @@ impl Realizer {
             drv.method.as_str(),
             barrier.clone(),
             self.remote.clone(),
+            self.requester.clone(),
             crate::text::shorten(label).into_owned(),
         );
         let progress = Progress::new(label, self.progress_bars);
+        if let Some(requester) = &self.requester {
+            let requester = requester.clone();
+            progress.watch(Box::new(move |bytes| requester.downloaded(bytes)));
+        }
         let output = Output::new(&work.join("out"), self.limits.unpacked, self.limits.entries)?;
         let http = Http::new(
             self.clients.clone(),
@@ -190,7 +196,15 @@ impl Realizer {
         if let Some(rev) = &rev {
             on_rev(rev);
         }
-        let stop = |tree: TreeHash, rev: Option<String>, downloaded: u64, reported| -> Result<Watched> {
+        let stop = |hit: Hit, rev: Option<String>, downloaded: u64, reported| -> Result<Watched> {
+            let tree = match hit {
+                Hit::Here(tree) => tree,
+                Hit::Elsewhere(whole) => {
+                    tracing::info!("{label}: the requester holds {whole}; stopped the fetch after {downloaded} bytes");
+                    return Err(anyhow::Error::new(HeldElsewhere { whole, rev, reported }));
+                }
+            };
+            tracing::info!("{label}: already stored as {tree}; stopped the fetch after {downloaded} bytes");
             let _guard = self.store.guard()?;
             let found = Found {
                 whole: tree,
@@ -212,11 +226,10 @@ impl Realizer {
                     if !known && let Some(rev) = &rev {
                         on_rev(rev);
                     }
-                    if let Some(tree) = hit {
+                    if let Some(hit) = hit {
                         // Stop the guest: dropping its future drops its store and connections.
                         progress.finish();
-                        tracing::info!("{label}: already stored as {tree}; stopped the fetch after {} bytes", progress.bytes());
-                        return stop(tree, rev, progress.bytes(), reported);
+                        return stop(hit, rev, progress.bytes(), reported);
                     }
                 }
                 finished = &mut guest => break finished,
@@ -232,8 +245,8 @@ impl Realizer {
         progress.finish();
         // Lines written just before the guest exited.
         while let Some(event) = events.recv().await {
-            if let Some(tree) = fifo::note(event, drv, label, &mut reported, &mut rev)? {
-                return stop(tree, rev, state.http.downloaded, reported);
+            if let Some(hit) = fifo::note(event, drv, label, &mut reported, &mut rev)? {
+                return stop(hit, rev, state.http.downloaded, reported);
             }
         }
         Ok(Watched::Exited(Box::new(Exited {

@@ -461,6 +461,7 @@ pub fn mkfifo(path: &Path) {
 
 pub mod forge;
 pub mod garage;
+pub mod sshd;
 
 /// The edge-case trees, each built into a fresh directory. `hash_nix` hashes each on its own;
 /// `store_cli` builds all of them side by side into one tree for a round trip.

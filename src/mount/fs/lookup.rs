@@ -59,7 +59,7 @@ impl CabFs {
                         });
                     }
                     State::Ready(_) | State::Pending(_) => {
-                        let kind = Inode::Browsed(Arc::new(island));
+                        let kind = Inode::Browsed(Arc::new(*island));
                         let ino = self.look_up(parent, &name, || kind.clone());
                         self.answer_entry(reply, ino, &kind);
                     }
@@ -123,7 +123,7 @@ enum Step {
     /// Another name of the repository's path.
     Deeper,
     /// The ref: the path names a repository, and this is the island.
-    Ref(Island),
+    Ref(Box<Island>),
     /// Nothing: not a name the forge could have.
     Nothing,
 }
@@ -137,13 +137,16 @@ fn browse_step(forge: Format, path: &[Arc<str>], name: &str) -> Step {
     let deeper = match forge {
         Format::Gitlab if path.last().is_some_and(|p| &**p == "-") => {
             let project = path[..depth - 1].join("/");
-            return browsed_island(forge, &project, name).map_or(Step::Nothing, Step::Ref);
+            return browsed_island(forge, &project, name).map_or(Step::Nothing, |island| Step::Ref(Box::new(island)));
         }
         Format::Gitlab if name == "-" => depth >= 2,
         Format::Gitlab => name_ok && depth < crate::island::MAX_GITLAB_DEPTH,
         Format::Sourcehut if depth == 0 => name.strip_prefix('~').is_some_and(crate::island::forge_name_ok),
         _ if depth < 2 => name_ok,
-        _ => return browsed_island(forge, &path.join("/"), name).map_or(Step::Nothing, Step::Ref),
+        _ => {
+            return browsed_island(forge, &path.join("/"), name)
+                .map_or(Step::Nothing, |island| Step::Ref(Box::new(island)));
+        }
     };
     if deeper { Step::Deeper } else { Step::Nothing }
 }
