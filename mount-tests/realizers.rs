@@ -191,8 +191,17 @@ fn a_laptop_mounts_reads_and_updates_through_a_remote_realizer() {
         text(&out.stderr)
     );
 
-    // A realizer that never saw it stops at the client's word: the early stop crosses the
-    // wire (the client holds the tree now: the update took it whole).
+    // Pinning is all an update needs: the tree stays on the remote (the mount reads it from
+    // there), not brought over the laptop's link.
+    assert!(!published_anything(&world.store), "the update brought the tree here");
+
+    // `cab fetch` brings it whole; then a realizer that never saw it stops at the client's
+    // word: the early stop crosses the wire.
+    run_ok(fleet.client(&[&a]).args(["fetch", "<github:acme/app>"]));
+    assert!(
+        published_anything(&world.store),
+        "the fetch did not bring the tree here"
+    );
     let b = fleet.realizer("b", &[]);
     let before = fleet.forge_requests().len();
     let mut update = fleet.client(&[&b]);
@@ -217,8 +226,10 @@ fn a_laptop_mounts_reads_and_updates_through_a_remote_realizer() {
     update.arg("update");
     run_ok(&mut update);
     assert!(world.lock_text().contains(&rev2), "{}", world.lock_text());
-    let mut export = world.cab();
+    // The update pinned it only; its tree comes from the remote when it is wanted.
     let tree = lock_entry(&world.lock_text(), "app").map(|(_, l)| l).unwrap();
+    run_ok(fleet.client(&[&a]).args(["fetch", &tree]));
+    let mut export = world.cab();
     let hash = &tree[tree.find("blake3-").unwrap()..][..71];
     let out_dir = world.tmp.join("export");
     export.args(["store", "export", hash]).arg(&out_dir);

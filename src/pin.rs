@@ -51,6 +51,15 @@ pub async fn realize(realizer: &Realizer, island: &Island) -> Result<(Realized, 
     Ok((realized, locked))
 }
 
+/// Resolves `island` to its locked literal, as [`realize`] does, without bringing a tree
+/// realized on another machine here ([`Realizer::pin`]).
+async fn resolve(realizer: &Realizer, island: &Island) -> Result<(Realized, Island)> {
+    let drv = to_derivation(island, realizer.environment())?;
+    let realized = realizer.pin(&drv, &island.to_string()).await?;
+    let locked = island.locked(realized.rev.clone(), realized.tree, realized.nar);
+    Ok((realized, locked))
+}
+
 /// Records pins in the lock beside `manifest_path`, under the lock's guard, keeping every other
 /// entry as it is on disk now (another process may have written it meanwhile), and registers
 /// the lock as a gc root of `store`.
@@ -91,7 +100,7 @@ pub async fn update(realizer: &Arc<Realizer>, manifest: &Manifest, names: &[Stri
         let (realizer, name, island) = (realizer.clone(), name.clone(), island.clone());
         tasks.spawn(async move {
             // The manifest's literal may itself pin a rev or hash; only what it leaves open moves.
-            let result = realize(&realizer, &island).await;
+            let result = resolve(&realizer, &island).await;
             (name, island, result)
         });
     }

@@ -131,8 +131,12 @@ pub struct Realized {
 /// What the caller will do with a tree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Want {
-    /// Have it whole in the store (pins, updates, imports, `cab fetch`).
+    /// Have it whole in the store (imports, `cab fetch`).
     Whole,
+    /// Know its pin (`cab update`): as `Whole`, except that a tree realized on another machine
+    /// is checked against the remote's listing and left there, not brought over a slow link
+    /// only to be pinned (a mount serves it lazily later).
+    Pin,
     /// Serve it: files may arrive as they are read; with `complete`, all of them in the
     /// background.
     Serve { complete: bool },
@@ -225,6 +229,13 @@ impl Realizer {
         &self.features
     }
 
+    /// This realizer without its pushes, and where they went: a realizer for another machine
+    /// pushes what that machine needs itself, and the Nix cache entries after answering.
+    fn without_nix_pushes(mut self) -> (Self, Option<Arc<nix::CacheWriter>>) {
+        let nix = self.push.take();
+        (self, nix)
+    }
+
     /// Realizes derivations on the first of `realizers` that fits ([`delegate`]).
     pub fn with_realizers(mut self, realizers: delegate::Realizers) -> Self {
         self.realizers = Some(realizers);
@@ -282,6 +293,12 @@ impl Realizer {
     /// returns, when pushing is on.
     pub async fn realize(&self, drv: &Derivation, label: &str) -> Result<Realized> {
         self.ready(drv, label, Want::Whole, &|_| {}).await
+    }
+
+    /// Pins a derivation: like [`Realizer::realize`], but a tree realized on another machine is
+    /// only checked against the remote, not brought here (`Want::Pin`).
+    pub async fn pin(&self, drv: &Derivation, label: &str) -> Result<Realized> {
+        self.ready(drv, label, Want::Pin, &|_| {}).await
     }
 
     /// Makes a derivation's tree ready to be served: like [`Realizer::realize`], but a pinned
@@ -355,7 +372,7 @@ impl Realizer {
             if realized.tree != realized.whole {
                 trees.push(realized.tree);
             }
-            self.push(label, trees, want == Want::Whole).await;
+            self.push(label, trees, matches!(want, Want::Whole | Want::Pin)).await;
         }
         Ok(realized)
     }

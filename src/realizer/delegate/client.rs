@@ -220,6 +220,7 @@ impl Realizer {
             .ok_or_else(|| Failure::Final(anyhow!("{label}: no remote store to take the tree from")))?;
         let realized = match want {
             Want::Whole => self.take_whole(drv, label, remote, &claim, lie).await?,
+            Want::Pin => self.take_lazily(drv, label, remote, &claim, false, lie).await?,
             Want::Serve { complete } => self.take_lazily(drv, label, remote, &claim, complete, lie).await?,
         };
         if realized.tree != claim.tree || realized.nar != claim.nar {

@@ -21,6 +21,8 @@ use super::{HeldElsewhere, Requester};
 use crate::derivation::{Builder, Derivation};
 use crate::hash::TreeHash;
 use crate::realizer::{Cause, Realized, Realizer};
+use crate::store::remote::nix::CacheWriter;
+use crate::sync::MutexExt;
 
 /// How often the client hears how the download goes (and, when nothing moves, that the
 /// realizer is still there).
@@ -50,14 +52,23 @@ where
         verdicts: tokio::sync::Mutex::new(verdicts),
         downloaded: downloaded.clone(),
     });
-    let realizer = realizer.with_requester(client);
+    // The Nix binary cache entry (the tree's whole NAR) is written after the answer: the
+    // client needs only cab's objects, and the NAR would double the upload before it.
+    let (realizer, nix) = realizer.with_requester(client).without_nix_pushes();
+    let behind = Arc::new(std::sync::Mutex::new(Vec::new()));
     let session = Session {
         realizer,
+        nix,
+        behind: behind.clone(),
         out,
         requests,
         downloaded,
     };
     let result = session.run().await;
+    let pending: Vec<_> = std::mem::take(&mut *behind.locked());
+    for task in pending {
+        let _ = task.await;
+    }
     // Everything said is written before the process ends.
     let _ = writer.await;
     result
@@ -134,6 +145,10 @@ impl Requester for Client {
 /// One client's session.
 struct Session {
     realizer: Realizer,
+    /// Where the Nix binary cache entries of pushed trees go, if anywhere.
+    nix: Option<Arc<CacheWriter>>,
+    /// Those entries being written, after the answers: awaited when the session ends.
+    behind: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     out: mpsc::UnboundedSender<FromRealizer>,
     requests: mpsc::UnboundedReceiver<Incoming>,
     downloaded: Arc<AtomicU64>,
@@ -165,7 +180,12 @@ impl Session {
                 Some(Ok(ToRealizer::Realize { derivation, label })) => {
                     let label = clean_label(&label);
                     if let Some(answer) = self.realize(&derivation, &label).await {
+                        let pushed = match &answer {
+                            FromRealizer::Done { tree, whole, .. } => vec![whole.clone(), tree.clone()],
+                            _ => Vec::new(),
+                        };
                         self.say(answer);
+                        self.push_nix_behind(pushed, &label);
                     } else {
                         // The client left or broke the protocol in the middle: the run is
                         // dropped (its guest with it), and so is the session.
@@ -266,6 +286,25 @@ impl Session {
         Ok(drv)
     }
 
+    /// Writes the Nix binary cache entries of `trees` in the background.
+    fn push_nix_behind(&self, mut trees: Vec<String>, label: &str) {
+        trees.dedup();
+        let (Some(nix), Some(remote)) = (self.nix.clone(), self.realizer.remote().cloned()) else {
+            return;
+        };
+        let (store, label) = (self.realizer.store().clone(), label.to_owned());
+        let task = tokio::spawn(async move {
+            for tree in trees.iter().filter_map(|t| t.parse::<TreeHash>().ok()) {
+                if let Err(e) = remote.push(&store, &tree, Some(&nix)).await {
+                    tracing::warn!("{label}: cannot write the Nix cache entry of {tree} on {remote}: {e:#}");
+                }
+            }
+        });
+        let mut behind = self.behind.locked();
+        behind.retain(|t| !t.is_finished());
+        behind.push(task);
+    }
+
     fn say(&self, message: FromRealizer) {
         let _ = self.out.send(message);
     }
@@ -287,7 +326,7 @@ async fn push(realizer: &Realizer, realized: &Realized, label: &str) -> Result<(
     }
     for tree in trees {
         let pushed = remote
-            .push(&realizer.store, &tree, realizer.push.as_deref())
+            .push(&realizer.store, &tree, None)
             .await
             .with_context(|| format!("{label}: cannot push {tree} to {remote}"))?;
         if !pushed.already {
