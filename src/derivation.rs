@@ -185,9 +185,10 @@ impl Method {
             Method::GitlabArchive => "gitlab-archive",
             Method::SourcehutArchive => "sourcehut-archive",
             Method::Tarball => "tarball",
-            // Not "git-pack", the name of the plain checkouts that came before: a store's
-            // entries under that name hold trees without the attributes applied.
-            Method::GitPack => "git-export",
+            // Neither "git-pack" (the plain checkouts that came first) nor "git-export" (trees
+            // with `export-ignore` and `export-subst` but not `ident` and line endings): a
+            // store's entries under those names hold other trees for the same commit.
+            Method::GitPack => "git-archive",
             Method::Fs => "fs",
         }
     }

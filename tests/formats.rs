@@ -1,8 +1,9 @@
 //! Every archive format cab reads, made by the real tools (GNU tar, gzip, bzip2, xz, zstd,
 //! zip, `git archive`, Python's zipfile), fetched as tarball islands from the local forge and
 //! compared with what the real Nix makes of the same file: `nix-prefetch-url --unpack`'s hash
-//! must be the island's narHash. The files are served without extensions, since cab (like
-//! libarchive) tells formats apart by their bytes.
+//! must be the island's narHash (and for zip names Nix cannot read, the real `unzip`'s tree
+//! must be the island). The files are served without extensions, since cab (like libarchive)
+//! tells formats apart by their bytes.
 
 mod common;
 
@@ -41,6 +42,18 @@ fn cab_fetch(store: &Path, island: &str) -> std::process::Output {
         .args(["fetch", "--json", island])
         .env("CAB_GITHUB_URL", "http://127.0.0.1:1");
     run_timeout(&mut cmd, Duration::from_secs(120))
+}
+
+/// Exports the tree `cab fetch --json` reported (`fetched`) from `store` to `dest`.
+fn cab_export(store: &Path, fetched: &serde_json::Value, dest: &Path) {
+    let hash = fetched["hash"].as_str().expect("a tree hash");
+    run_ok(
+        cab()
+            .arg("--store")
+            .arg(store)
+            .args(["store", "export", hash])
+            .arg(dest),
+    );
 }
 
 /// A small real project: a Python package, executables, symlinks of every kind, an empty
@@ -142,13 +155,7 @@ fn every_format_hashes_as_nix_unpacks_it() {
     let exported = dir.join("lone-export");
     let lone = cab_fetch(&store, &format!("<tarball:{}/files/lone>", forge.url()));
     let v: serde_json::Value = serde_json::from_str(text(&lone.stdout).trim()).unwrap();
-    run_ok(
-        cab()
-            .arg("--store")
-            .arg(&store)
-            .args(["store", "export", v["hash"].as_str().unwrap()])
-            .arg(&exported),
-    );
+    cab_export(&store, &v, &exported);
     assert_eq!(
         std::fs::read(&exported).unwrap(),
         b"a lone file\n",
@@ -190,5 +197,104 @@ fn other_data_is_refused_by_name() {
             .arg("--unpack")
             .arg(format!("file://{}", root.join("files").join(name).display())));
         assert!(!nix.status.success(), "Nix unpacked {name}");
+    }
+}
+
+/// Writes zips whose member names are what real archives carry — bytes without the UTF-8 flag
+/// (CP437 by the format's letter, from MS-DOS and Unix tools), names flagged UTF-8, and
+/// Info-ZIP Unicode Path fields (0x7075, in both headers, as Info-ZIP's zip writes them) —
+/// into `files/`. Python's zipfile flags any name that is not ASCII, so the names' bytes are
+/// handed to it as they are.
+fn crafted_zips(files: &Path) {
+    let program = r#"
+import struct, sys, zipfile, zlib
+class Raw(zipfile.ZipInfo):
+    def _encodeFilenameFlags(self):
+        return self.raw, self.flag_bits
+def member(raw, unicode=None, crc_of=None, system=3, flag=0):
+    info = Raw(raw.decode('latin-1'), (2024, 1, 1, 0, 0, 0))
+    info.raw, info.create_system, info.flag_bits = raw, system, info.flag_bits | flag
+    info.external_attr = 0o100644 << 16 if system == 3 else 0x20
+    if unicode is not None:
+        body = b'\x01' + struct.pack('<I', zlib.crc32(raw if crc_of is None else crc_of)) + unicode.encode()
+        info.extra = struct.pack('<HH', 0x7075, len(body)) + body
+    return info
+zips = {
+    'zip-cp437': [member(b'pkg/caf\x82.txt', system=0), member(b'pkg/na\x8bve', system=0),
+                  member(b'pkg/unix-\xe9t\xe9'), member(b'pkg/plain')],
+    'zip-unicode-ascii': [member(b'pkg/caf\x82', 'pkg/cafe'), member(b'pkg/plain')],
+    'zip-unicode': [member(b'pkg/caf\x82', 'pkg/caf\u00e9'), member(b'pkg/\x82', 'pkg/d\u00e9j\u00e0/vu'),
+                    member('pkg/flag-caf\u00e9'.encode(), flag=0x800),
+                    member(b'pkg/stale', 'pkg/renamed', crc_of=b'pkg/older')],
+}
+for name, members in zips.items():
+    with zipfile.ZipFile(sys.argv[1] + '/' + name, 'w') as z:
+        for m in members:
+            z.writestr(m, m.raw)
+"#;
+    run_ok(Command::new("python3").args(["-c", program]).arg(files));
+}
+
+/// Zip member names as Nix reads them wherever it can, and as `unzip` reads the Unicode Path
+/// field. A name's bytes stay its bytes, flagged UTF-8 or not: Nix (libarchive) keeps them, so
+/// a pin Nix made of such an archive holds (this machine's `unzip` would rewrite names made on
+/// MS-DOS from CP437 into Latin-1). A Unicode Path field made from its name gives the name:
+/// `unzip`'s tree, which Nix matches where it can unpack the archive at all (libarchive reads
+/// the field too, but in Nix's C locale it cannot give a name that is not ASCII).
+#[test]
+fn zip_names_as_nix_and_unzip_read_them() {
+    let dir = TempDir::new("zip-names");
+    let root = dir.join("forge");
+    let files = root.join("files");
+    mkdir(&files);
+    crafted_zips(&files);
+    let forge = Forge::start(&root, &[]);
+    let store = dir.join("store");
+    for name in ["zip-cp437", "zip-unicode-ascii", "zip-unicode"] {
+        let out = cab_fetch(&store, &format!("<tarball:{}/files/{name}>", forge.url()));
+        assert!(out.status.success(), "{name}: {}", report("cab fetch", &out));
+        let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+        let exported = dir.join(format!("{name}-export"));
+        cab_export(&store, &v, &exported);
+        let mut names: Vec<Vec<u8>> = std::fs::read_dir(&exported)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_encoded_bytes())
+            .collect();
+        names.sort();
+        if name == "zip-cp437" {
+            assert_eq!(
+                names,
+                [&b"caf\x82.txt"[..], b"na\x8bve", b"plain", b"unix-\xe9t\xe9"],
+                "the names' own bytes"
+            );
+            assert_eq!(v["narHash"], nix_prefetch_unpack(&files.join(name)), "{name}");
+            continue;
+        }
+        let unzipped = dir.join(format!("{name}-unzip"));
+        // unzip warns (exit 1) of the stale field it leaves alone.
+        let out = run(Command::new("unzip")
+            .args(["-q", "-d"])
+            .arg(&unzipped)
+            .arg(files.join(name)));
+        assert!(matches!(out.status.code(), Some(0 | 1)), "{}", report("unzip", &out));
+        assert_same_tree(&unzipped.join("pkg"), &exported);
+        assert_eq!(v["narHash"], nix_hash(&unzipped.join("pkg"), None), "{name}");
+        if name == "zip-unicode-ascii" {
+            // Both read the field: Nix agrees.
+            assert_eq!(names, [&b"cafe"[..], b"plain"]);
+            assert_eq!(v["narHash"], nix_prefetch_unpack(&files.join(name)), "{name}");
+            continue;
+        }
+        assert_eq!(
+            names,
+            ["caf\u{e9}", "d\u{e9}j\u{e0}", "flag-caf\u{e9}", "stale"].map(|n| n.as_bytes().to_vec())
+        );
+        // Nix 2.8 cannot name these members; should a later one, it must agree.
+        let nix = run(Command::new("nix-prefetch-url")
+            .args(["--unpack", "--type", "sha256"])
+            .arg(format!("file://{}", files.join(name).display())));
+        if nix.status.success() {
+            assert_eq!(v["narHash"], nix_prefetch_unpack(&files.join(name)), "{name}");
+        }
     }
 }

@@ -541,7 +541,7 @@ fn gitattributes_make_git_and_github_islands_agree_with_git_archive_and_nix() {
     git(&work, &["commit", "-q", "-m", "Release 1.0\n\nWith notes."]);
     let rev = git(&work, &["rev-parse", "HEAD"]);
     let root = tmp.join("forge");
-    let bare = publish(&work, &root, "acme/attrs");
+    publish(&work, &root, "acme/attrs");
 
     // The reference: what `git archive` exports of the commit.
     let archived = tmp.join("archived");
@@ -553,20 +553,23 @@ fn gitattributes_make_git_and_github_islands_agree_with_git_archive_and_nix() {
         "{version}"
     );
 
-    let forge = Forge::start(&root, &[]);
+    agrees_with_git_archive_and_nix(&tmp, &root, "acme/attrs", &rev, &archived);
+}
+
+/// The git island of `rev` (on `main`) in `root/OWNER_REPO.git` and the github island of the
+/// same repository give one tree: `archived` (what `git archive` exports), whose narHash is
+/// what Nix says of it and what Nix's `builtins.fetchGit` says of the commit.
+fn agrees_with_git_archive_and_nix(tmp: &TempDir, root: &Path, owner_repo: &str, rev: &str, archived: &Path) {
+    let forge = Forge::start(root, &[]);
     let store = tmp.join("store");
-    let git_island = fetch_ok(&store, &island(&forge, "acme/attrs", "ref = \"main\""));
+    let git_island = fetch_ok(&store, &island(&forge, owner_repo, "ref = \"main\""));
     let mut cmd = cab();
     cmd.arg("--store")
         .arg(&store)
-        .args(["fetch", "--json", "<github:acme/attrs>"])
+        .args(["fetch", "--json", &format!("<github:{owner_repo}>")])
         .env("CAB_GITHUB_URL", forge.url());
     let out = run_timeout(&mut cmd, FETCH_TIMEOUT);
-    assert!(
-        out.status.success(),
-        "{}",
-        report("cab fetch <github:acme/attrs>", &out)
-    );
+    assert!(out.status.success(), "{}", report("cab fetch <github:…>", &out));
     let github: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
 
     assert_eq!(git_island.rev, rev);
@@ -578,15 +581,107 @@ fn gitattributes_make_git_and_github_islands_agree_with_git_archive_and_nix() {
             .args(["store", "export", &git_island.hash])
             .arg(&exported),
     );
-    assert_same_tree(&archived, &exported);
+    assert_same_tree(archived, &exported);
     assert_eq!(
         git_island.nar,
-        nix_hash(&archived, None),
+        nix_hash(archived, None),
         "narHash is not Nix's for git archive's tree"
     );
     assert_eq!(
         git_island.nar,
-        nix_fetch_git(&bare, &rev),
+        nix_fetch_git(&root.join(format!("{owner_repo}.git")), rev),
         "narHash is not builtins.fetchGit's"
     );
+}
+
+/// A repository that uses every attribute `git archive` applies to a file's bytes: `eol=crlf`
+/// (alone, with `text`, with `text=auto`), `text=auto` and `text` alone (no change on a
+/// server), `-text` and `binary` (never converted), `ident`, and `export-subst` after them;
+/// through a macro and a subdirectory's own `.gitattributes`, both attribute files
+/// export-ignored, some blobs with CRLFs already (committed before normalization), a file past
+/// the fetcher's early path, a symlink its patterns match. The git island is `git archive`'s
+/// tree byte for byte, the github island's, and Nix's.
+#[test]
+fn line_endings_and_ident_make_git_islands_agree_with_git_archive_and_nix() {
+    let tmp = TempDir::new("git-eol");
+    let work = tmp.join("work");
+    git(tmp.path(), &["init", "-q", "-b", "main", work.to_str().unwrap()]);
+    // The blobs are the bytes written (a CRLF stays a CRLF), as in a repository whose
+    // attributes came after its files.
+    write(&work, ".git/info/attributes", b"* -text -ident\n", 0o644);
+    write(
+        &work,
+        ".gitattributes",
+        b"[attr]windows text=auto eol=crlf\n\
+          .gitattributes export-ignore\n\
+          * text=auto\n\
+          *.bat eol=crlf\n\
+          *.ps1 text eol=crlf\n\
+          *.png binary\n\
+          *.dat -text eol=crlf\n\
+          *.c ident\n\
+          win/** windows\n\
+          VERSION export-subst ident eol=crlf\n\
+          tools/ export-ignore\n",
+        0o644,
+    );
+    let files: &[(&str, &[u8])] = &[
+        ("README", b"plain\ntext\n"),
+        ("build.bat", b"@echo off\necho built\n"),
+        ("setup.ps1", b"Write-Host hi\r\nexit 0\n"),
+        ("logo.png", b"\x89PNG\r\n\x1a\n\0\0\nIHDR\n"),
+        ("table.dat", b"1\n2\n"),
+        ("src/main.c", b"/* $Id$ */\nint main(void) { return 0; }\n"),
+        ("src/old.c", b"/* $Id: from another VCS, kept $ */\n"),
+        ("win/notes.txt", b"converted\n"),
+        ("win/mixed.txt", b"left\r\nalone\n"),
+        ("win/data.bin", b"binary\0\nleft alone\n"),
+        ("VERSION", b"$Id$\n$Format:%H%n%s$\n"),
+        ("tools/release.bat", b"left out\n"),
+        (
+            "docs/.gitattributes",
+            b".gitattributes export-ignore\n*.txt eol=crlf\nlegacy.txt -text\n",
+        ),
+        ("docs/guide.txt", b"guide\n"),
+        ("docs/legacy.txt", b"legacy\n"),
+    ];
+    for (path, data) in files {
+        write(&work, path, data, 0o644);
+    }
+    let big: Vec<u8> = (0..60_000).flat_map(|i| format!("row {i}\n").into_bytes()).collect();
+    write(&work, "win/big.txt", &big, 0o644);
+    symlink("notes.txt", work.join("win/link.txt")).unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "Line endings"]);
+    fs::remove_file(work.join(".git/info/attributes")).unwrap();
+    let rev = git(&work, &["rev-parse", "HEAD"]);
+    let root = tmp.join("forge");
+    publish(&work, &root, "acme/eol");
+
+    let archived = tmp.join("archived");
+    common::forge::git_archive_extract(&root, "acme/eol", &rev, &archived);
+    // git archive converted what the attributes say, and nothing else.
+    let read = |p: &str| fs::read(archived.join(p)).unwrap();
+    assert_eq!(read("build.bat"), b"@echo off\r\necho built\r\n");
+    assert_eq!(read("setup.ps1"), b"Write-Host hi\r\nexit 0\r\n");
+    assert_eq!(read("README"), b"plain\ntext\n");
+    assert_eq!(read("table.dat"), b"1\n2\n");
+    assert_eq!(read("win/mixed.txt"), b"left\r\nalone\n");
+    assert_eq!(read("docs/guide.txt"), b"guide\r\n");
+    assert_eq!(read("docs/legacy.txt"), b"legacy\n");
+    assert!(read("win/big.txt").ends_with(b"row 59999\r\n"));
+    let blob = git(&work, &["rev-parse", &format!("{rev}:src/main.c")]);
+    assert_eq!(
+        String::from_utf8(read("src/main.c")).unwrap(),
+        format!("/* $Id: {blob} $ */\nint main(void) {{ return 0; }}\n")
+    );
+    assert_eq!(read("src/old.c"), b"/* $Id: from another VCS, kept $ */\n");
+    let version = String::from_utf8(read("VERSION")).unwrap();
+    assert!(
+        version.starts_with("$Id: ") && version.ends_with(&format!(" $\r\n{rev}\nLine endings\r\n")),
+        "{version:?}"
+    );
+    assert!(!archived.join(".gitattributes").exists() && !archived.join("tools").exists());
+
+    agrees_with_git_archive_and_nix(&tmp, &root, "acme/eol", &rev, &archived);
 }

@@ -154,20 +154,22 @@ fn unknown(head: &[u8], inside: Option<Format>) -> Error {
 pub fn unpack<S: Source, K: Sink>(src: &mut S, sink: &mut K) -> Result<Format> {
     let mut peeked = Peeked::new(src)?;
     let format = sniff(&peeked.head).ok_or_else(|| unknown(&peeked.head, None))?;
+    // Every tar goes through one `tar_inside`, taking its source as `dyn`: the tar reader made
+    // for each decoder was a copy each, 11 KiB of the module.
     match format {
-        Format::Gzip => tar_inside(GzDecoder::new(peeked), format, sink)?,
-        Format::Bzip2 => tar_inside(Bz2Decoder::new(peeked), format, sink)?,
-        Format::Xz => tar_inside(XzReader::new(peeked), format, sink)?,
-        Format::Zstd => tar_inside(ZstdReader::new(peeked), format, sink)?,
+        Format::Gzip => tar_inside(&mut GzDecoder::new(peeked), format, sink)?,
+        Format::Bzip2 => tar_inside(&mut Bz2Decoder::new(peeked), format, sink)?,
+        Format::Xz => tar_inside(&mut XzReader::new(peeked), format, sink)?,
+        Format::Zstd => tar_inside(&mut ZstdReader::new(peeked), format, sink)?,
         Format::Zip => zip::extract(&mut peeked, sink)?,
-        Format::Tar => tar::extract(&mut peeked, sink)?,
+        Format::Tar => tar_inside(&mut peeked, format, sink)?,
         Format::Empty => {}
     }
     Ok(format)
 }
 
 /// Unpacks the tar archive that `decoded` must hold.
-fn tar_inside<S: Source, K: Sink>(decoded: S, outer: Format, sink: &mut K) -> Result<()> {
+fn tar_inside<K: Sink>(decoded: &mut dyn Source, outer: Format, sink: &mut K) -> Result<()> {
     let mut peeked = Peeked::new(decoded)?;
     match sniff(&peeked.head) {
         Some(Format::Tar | Format::Empty) => tar::extract(&mut peeked, sink),

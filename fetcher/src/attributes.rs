@@ -1,7 +1,9 @@
-//! The two git attributes that change what `git archive` exports (gitattributes(5)):
+//! The git attributes that change what `git archive` exports (gitattributes(5)):
 //! `export-ignore` leaves a path out, `export-subst` expands `$Format:…$` placeholders in a
-//! file. GitHub's archives, `git archive` and Nix's `builtins.fetchGit` all apply them, so a
-//! git island applies them too, and `<github:X>` and `<git:…/X.git>` give one tree.
+//! file, and `ident`, `text`, `eol` (and the older `crlf`) change a file's bytes as git's
+//! checkout does (see [`crate::convert`]). GitHub's archives, `git archive` and Nix's
+//! `builtins.fetchGit` all apply them, so a git island applies them too, and `<github:X>` and
+//! `<git:…/X.git>` give one tree.
 //!
 //! As `git archive` reads them: from the `.gitattributes` files of the tree being exported
 //! (not the fetcher's own configuration, which it has none of). A path's attributes come from
@@ -10,19 +12,52 @@
 //! are gitignore's: a pattern without `/` matches a name at any depth below its file's
 //! directory, one with `/` the path from there; a trailing `/` matches only directories; `*`
 //! and `?` stop at `/`, `**` crosses it, `[…]` is a set. Macros (`[attr]name …`) are read from
-//! the top-level file only, as git does. A directory that is export-ignored goes with all it
-//! holds.
+//! the top-level file only, as git does, and git's own `binary` (`-diff -merge -text`) is one
+//! unless that file redefines it. A line naming an attribute git would not accept (`a@b`,
+//! `--x`, `builtin_…`) is ignored whole, as git ignores it. A directory that is
+//! export-ignored goes with all it holds.
 
+use crate::convert::Eol;
 use crate::prelude::*;
 
 /// What a line says of an attribute: set, unset (`-a`), back to unspecified (`!a`), or a value
-/// (`a=v`, which for these two attributes counts as set).
+/// (`a=v`). Only a plain `a` sets `export-ignore`, `export-subst` and `ident`: with a value
+/// they do nothing, as in git.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
+    /// `a`.
     Set,
+    /// `-a`.
     Unset,
+    /// `!a`.
     Unspecified,
+    /// `a=v`.
+    Value(Value),
 }
+
+/// The values that mean something to the attributes read here; any other is [`Value::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Value {
+    /// `text=auto`, `crlf=auto`.
+    Auto,
+    /// `text=input`, `crlf=input`.
+    Input,
+    /// `eol=lf`.
+    Lf,
+    /// `eol=crlf`.
+    Crlf,
+    /// Anything else.
+    Other,
+}
+
+/// The attributes read, in the order of [`Found::states`].
+const NAMES: [&[u8]; 6] = [b"export-ignore", b"export-subst", b"ident", b"text", b"eol", b"crlf"];
+const IGNORE: usize = 0;
+const SUBST: usize = 1;
+const IDENT: usize = 2;
+const TEXT: usize = 3;
+const EOL: usize = 4;
+const CRLF: usize = 5;
 
 /// One piece of a pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,10 +110,16 @@ pub struct Export {
     pub ignore: bool,
     /// `$Format:…$` expanded.
     pub subst: bool,
+    /// `$Id$` expanded.
+    pub ident: bool,
+    /// What becomes of the line endings.
+    pub eol: Eol,
 }
 
 /// Git's limits on attribute files: longer lines are ignored (`ATTR_MAX_LINE_LENGTH`).
 const MAX_LINE: usize = 2048;
+/// What separates words on a line (git's `blank`).
+const BLANK: &[u8] = b" \t\r";
 
 /// Parses a `.gitattributes` file; `top` for the tree's top-level one (macros are read there
 /// only). Lines git would ignore (negative patterns, bad names, too long) are ignored.
@@ -94,9 +135,11 @@ pub fn parse(data: &[u8], top: bool) -> File {
             continue;
         }
         let (pattern, rest) = split_pattern(line);
-        let attrs = states(rest);
+        let Some(attrs) = states(rest) else {
+            continue;
+        };
         if let Some(name) = pattern.strip_prefix(b"[attr]") {
-            if top {
+            if top && valid(name) {
                 file.macros.push((name.to_vec(), attrs));
             }
             continue;
@@ -112,7 +155,7 @@ pub fn parse(data: &[u8], top: bool) -> File {
 }
 
 fn trim_start(s: &[u8]) -> &[u8] {
-    let n = s.iter().take_while(|b| b" \t".contains(b)).count();
+    let n = s.iter().take_while(|b| BLANK.contains(b)).count();
     s.get(n..).unwrap_or_default()
 }
 
@@ -155,27 +198,53 @@ fn split_pattern(line: &[u8]) -> (Vec<u8>, &[u8]) {
         }
         // An unterminated quote: git takes the line as it is.
     }
-    let end = line.iter().position(|b| b" \t".contains(b)).unwrap_or(line.len());
+    let end = line.iter().position(|b| BLANK.contains(b)).unwrap_or(line.len());
     (
         line.get(..end).unwrap_or_default().to_vec(),
         line.get(end..).unwrap_or_default(),
     )
 }
 
-/// `a -b !c d=v`: each attribute and its state.
-fn states(rest: &[u8]) -> Vec<(Vec<u8>, State)> {
+/// `a -b !c d=v`: each attribute and its state; `None` if a name is one git refuses, which
+/// makes git ignore the whole line. (`-a=v` and `!a=v` are `-a` and `!a`.)
+fn states(rest: &[u8]) -> Option<Vec<(Vec<u8>, State)>> {
     let mut out = Vec::new();
-    for word in rest.split(|b| b" \t".contains(b)).filter(|w| !w.is_empty()) {
-        let (state, name) = match word.split_first() {
+    for word in rest.split(|b| BLANK.contains(b)).filter(|w| !w.is_empty()) {
+        let equals = word.iter().position(|&b| b == b'=');
+        let head = word.get(..equals.unwrap_or(word.len())).unwrap_or(word);
+        let (state, name) = match head.split_first() {
             Some((b'-', name)) => (State::Unset, name),
             Some((b'!', name)) => (State::Unspecified, name),
-            _ => (State::Set, word.split(|&b| b == b'=').next().unwrap_or(word)),
+            _ => match equals.and_then(|at| word.get(at + 1..)) {
+                Some(v) => (State::Value(value(v)), head),
+                None => (State::Set, head),
+            },
         };
-        if !name.is_empty() && name.iter().all(|&b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            out.push((name.to_vec(), state));
+        if !valid(name) {
+            return None;
         }
+        out.push((name.to_vec(), state));
     }
-    out
+    Some(out)
+}
+
+fn value(v: &[u8]) -> Value {
+    match v {
+        b"auto" => Value::Auto,
+        b"input" => Value::Input,
+        b"lf" => Value::Lf,
+        b"crlf" => Value::Crlf,
+        _ => Value::Other,
+    }
+}
+
+/// An attribute name git accepts: `[-A-Za-z0-9_.]`, not starting with `-`, and not in the
+/// `builtin_` namespace git keeps for itself.
+fn valid(name: &[u8]) -> bool {
+    !name.is_empty()
+        && !name.starts_with(b"-")
+        && !name.starts_with(b"builtin_")
+        && name.iter().all(|&b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// Turns a pattern into tokens; `None` for one that can match nothing (empty).
@@ -381,6 +450,34 @@ impl Attributes {
         if !self.any {
             return Export::default();
         }
+        let found = self.lookup(path, dir).states;
+        let set = |i: usize| found.get(i).copied().flatten() == Some(State::Set);
+        // git's "crlf action": `text`, or else the older `crlf`, which say the same things.
+        let action = |i: usize| {
+            found
+                .get(i)
+                .copied()
+                .flatten()
+                .filter(|s| matches!(s, State::Set | State::Unset | State::Value(Value::Auto | Value::Input)))
+        };
+        let text = action(TEXT).or_else(|| action(CRLF));
+        // With a server's defaults only `eol=crlf` writes CRLF, unless the file is `-text`.
+        let eol = match (found.get(EOL).copied().flatten(), text) {
+            (_, Some(State::Unset)) => Eol::Keep,
+            (Some(State::Value(Value::Crlf)), Some(State::Value(Value::Auto))) => Eol::Auto,
+            (Some(State::Value(Value::Crlf)), _) => Eol::Crlf,
+            _ => Eol::Keep,
+        };
+        Export {
+            ignore: set(IGNORE),
+            subst: set(SUBST),
+            ident: set(IDENT),
+            eol,
+        }
+    }
+
+    /// The first state found for each attribute of [`NAMES`], for `path`.
+    fn lookup(&self, path: &[u8], dir: bool) -> Found {
         let macros = self.file(b"").map(|f| &f.macros[..]).unwrap_or_default();
         let mut found = Found::default();
         // The files of the directories above `path`, deepest first.
@@ -395,18 +492,14 @@ impl Attributes {
             for rule in self.file(base).map(|f| &f.rules[..]).unwrap_or_default().iter().rev() {
                 if rule.pattern.hits(base, path, dir) {
                     found.take(&rule.attrs, macros, 0);
-                    if found.ignore.is_some() && found.subst.is_some() {
-                        break;
+                    if found.states.iter().all(Option::is_some) {
+                        return found;
                     }
                 }
             }
             if end == 0 {
-                break;
+                return found;
             }
-        }
-        Export {
-            ignore: found.ignore == Some(State::Set),
-            subst: found.subst == Some(State::Set),
         }
     }
 
@@ -418,8 +511,8 @@ impl Attributes {
 /// The first state found for each attribute, and the macros already expanded.
 #[derive(Default)]
 struct Found {
-    ignore: Option<State>,
-    subst: Option<State>,
+    /// By the index of the attribute's name in [`NAMES`].
+    states: [Option<State>; 6],
     seen_macros: Vec<Vec<u8>>,
 }
 
@@ -427,24 +520,30 @@ impl Found {
     /// Takes a line's attributes, the last first (as git does), expanding macros that are set.
     fn take(&mut self, attrs: &[(Vec<u8>, State)], macros: &[Macro], depth: usize) {
         for (name, state) in attrs.iter().rev() {
-            match &name[..] {
-                b"export-ignore" => {
-                    self.ignore.get_or_insert(*state);
-                }
-                b"export-subst" => {
-                    self.subst.get_or_insert(*state);
-                }
-                _ => {
-                    if self.seen_macros.contains(name) || depth > 8 {
-                        continue;
+            if let Some(slot) = NAMES
+                .iter()
+                .position(|n| n == name)
+                .and_then(|i| self.states.get_mut(i))
+            {
+                slot.get_or_insert(*state);
+                continue;
+            }
+            if self.seen_macros.contains(name) || depth > 8 {
+                continue;
+            }
+            self.seen_macros.push(name.clone());
+            if *state != State::Set {
+                continue;
+            }
+            match macros.iter().rev().find(|(m, _)| m == name) {
+                Some((_, expansion)) => self.take(expansion, macros, depth + 1),
+                // git's own macro; `-diff -merge` mean nothing to an archive.
+                None if name == b"binary" => {
+                    if let Some(text) = self.states.get_mut(TEXT) {
+                        text.get_or_insert(State::Unset);
                     }
-                    self.seen_macros.push(name.clone());
-                    if *state == State::Set
-                        && let Some((_, expansion)) = macros.iter().rev().find(|(m, _)| m == name)
-                    {
-                        self.take(expansion, macros, depth + 1);
-                    }
                 }
+                None => {}
             }
         }
     }

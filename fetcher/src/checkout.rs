@@ -8,14 +8,16 @@
 //! such a tree — is left to [`checkout`], which walks the whole tree at the end, checks every
 //! entry, and writes what is not there yet.
 //!
-//! Both write the tree as `git archive` exports it: `export-ignore` paths left out,
-//! `export-subst` files expanded (see [`crate::attributes`], [`crate::subst`]). A directory
-//! with a `.gitattributes` is placed only once that file has arrived (git sends it among the
-//! first blobs); what arrives before it is written by [`checkout`].
+//! Both write the tree as `git archive` exports it: `export-ignore` paths left out, files
+//! with `ident` or line-ending attributes converted and `export-subst` files expanded, in that
+//! order (see [`crate::attributes`], [`crate::convert`], [`crate::subst`]). A directory with a
+//! `.gitattributes` is placed only once that file has arrived (git sends it among the first
+//! blobs); what arrives before it is written by [`checkout`].
 
 use alloc::rc::Rc;
 
-use crate::attributes::Attributes;
+use crate::attributes::{Attributes, Export};
+use crate::convert::{BIG_FILE, Eol, Stats, convert, to_crlf};
 use crate::error::{Error, Result, show};
 use crate::io::Sink;
 use crate::pack::{BLOB, Pack, TREE};
@@ -28,7 +30,6 @@ use crate::tree::{Dirs, failed};
 pub const EARLY_BLOB: u64 = 1 << 20;
 
 /// What has been learnt of the tree while the pack arrives, and what has been written.
-#[derive(Default)]
 pub struct Early {
     /// What is known of each object met so far, by id.
     known: Known,
@@ -39,6 +40,21 @@ pub struct Early {
     /// The directories made: each only once something in it is written, since `git
     /// archive` leaves out a directory whose contents are all `export-ignore`d.
     pub dirs: Dirs,
+    /// The size past which a blob is written unconverted unless `export-subst` ([`BIG_FILE`];
+    /// the tests lower it, as `core.bigFileThreshold` lowers git's).
+    pub big_file: u64,
+}
+
+impl Default for Early {
+    fn default() -> Early {
+        Early {
+            known: Known::default(),
+            attrs: Attributes::default(),
+            commit: None,
+            dirs: Dirs::default(),
+            big_file: BIG_FILE,
+        }
+    }
 }
 
 /// What is known of one object.
@@ -49,8 +65,8 @@ struct Object {
     /// A tree whose place is known but which has not arrived: the paths it goes at.
     awaited: Vec<Vec<u8>>,
     /// A blob whose place is known but which has not arrived: where, with which mode, and
-    /// whether `export-subst` applies.
-    wanted: Vec<(Vec<u8>, u32, bool)>,
+    /// what its attributes do to it.
+    wanted: Vec<(Vec<u8>, u32, Export)>,
     /// A `.gitattributes` blob not arrived yet: the trees waiting for it, and their paths.
     rules_for: Vec<([u8; 20], Vec<u8>)>,
     /// A blob that has arrived (and gone).
@@ -137,19 +153,12 @@ impl Early {
                     self.place(sink, tree, dir)?;
                 }
                 let wanted = core::mem::take(&mut self.known.entry(id).wanted);
-                for (path, mode, subst) in wanted {
-                    let expanded = if subst {
-                        Some(substitute(self.commit.as_ref(), data)?)
-                    } else {
-                        None
-                    };
-                    let data = expanded.as_deref().unwrap_or(data);
+                for (path, mode, export) in wanted {
+                    let converted = exported(self.commit.as_ref(), id, data, export, self.big_file)?;
+                    let data = converted.as_deref().unwrap_or(data);
+                    // In pieces, as everything else is written: the host copies each one.
                     write_blob(sink, &path, mode, data, &mut |sink, file| {
-                        // In pieces, as everything else is written: the host copies each one.
-                        for piece in data.chunks(64 * 1024) {
-                            sink.write(file, piece).map_err(|_| failed("out_write", &path))?;
-                        }
-                        Ok(())
+                        write_all(sink, file, &path, data)
                     })?;
                     self.known.entry(id).written.push(path);
                 }
@@ -200,8 +209,8 @@ impl Early {
                 match mode >> 12 {
                     0o04 => work.push((child, at)),
                     0o16 => self.dirs.make(sink, &at)?,
-                    0o10 => self.known.entry(&child).wanted.push((at, mode, export.subst)),
-                    0o12 => self.known.entry(&child).wanted.push((at, mode, false)),
+                    0o10 => self.known.entry(&child).wanted.push((at, mode, export)),
+                    0o12 => self.known.entry(&child).wanted.push((at, mode, Export::default())),
                     _ => break,
                 }
             }
@@ -287,24 +296,65 @@ pub fn checkout<K: Sink>(pack: &mut Pack, sink: &mut K, root: &[u8; 20], early: 
                 if mode >> 12 == 0o12 {
                     let target = pack.load(sink, i)?;
                     write_blob(sink, &path, mode, &target, &mut |_, _| Ok(()))?;
-                } else if export.subst {
-                    let data = substitute(early.commit.as_ref(), &pack.load(sink, i)?)?;
-                    write_blob(sink, &path, mode, &[], &mut |sink, file| {
-                        for piece in data.chunks(64 * 1024) {
-                            sink.write(file, piece).map_err(|_| failed("out_write", &path))?;
-                        }
-                        Ok(())
-                    })?;
                 } else {
-                    write_blob(sink, &path, mode, &[], &mut |sink, file| {
-                        pack.stream(sink, i, &mut |sink, data| {
-                            sink.write(file, data).map_err(|_| failed("out_write", &path))
-                        })
-                    })?;
+                    write_late(pack, sink, (i, &id), &path, mode, export, early)?;
                 }
             }
             _ => return Err(Error::new(format!("`{}` has the unknown mode {mode:o}", show(&path)))),
         }
+    }
+    Ok(())
+}
+
+/// Writes blob `i` (`id`) as the file at `path`, converted as its attributes `export` say:
+/// whole when `ident` or `export-subst` apply, which need all of it; streamed otherwise, once
+/// more before that when `text=auto` must first learn whether it is text.
+fn write_late<K: Sink>(
+    pack: &mut Pack,
+    sink: &mut K,
+    (i, id): (usize, &[u8; 20]),
+    path: &[u8],
+    mode: u32,
+    export: Export,
+    early: &Early,
+) -> Result<()> {
+    // A delta's size is known only once it is rebuilt; git never makes one of a blob past its
+    // big-file threshold, so one is taken to be below it.
+    let small = pack.size(i).is_none_or(|size| size <= early.big_file);
+    if export.subst || (small && export.ident) {
+        let data = pack.load(sink, i)?;
+        let converted = exported(early.commit.as_ref(), id, &data, export, early.big_file)?;
+        let data = converted.as_deref().unwrap_or(&data);
+        return write_blob(sink, path, mode, &[], &mut |sink, file| {
+            write_all(sink, file, path, data)
+        });
+    }
+    let mut crlf = small && export.eol == Eol::Crlf;
+    if small && export.eol == Eol::Auto {
+        let mut stats = Stats::default();
+        pack.stream(sink, i, &mut |_, data| {
+            stats.add(data);
+            Ok(())
+        })?;
+        crlf = stats.converts(Eol::Auto);
+    }
+    let (mut cr, mut buf) = (false, Vec::new());
+    write_blob(sink, path, mode, &[], &mut |sink, file| {
+        pack.stream(sink, i, &mut |sink, data| {
+            if !crlf {
+                return sink.write(file, data).map_err(|_| failed("out_write", path));
+            }
+            buf.clear();
+            to_crlf(data, &mut cr, &mut buf);
+            write_all(sink, file, path, &buf)
+        })
+    })
+}
+
+/// Writes `data` to the open `file` (at `path`), in the pieces the host takes.
+fn write_all<K: Sink>(sink: &mut K, file: i32, path: &[u8], data: &[u8]) -> Result<()> {
+    for piece in data.chunks(64 * 1024) {
+        sink.write(file, piece).map_err(|_| failed("out_write", path))?;
     }
     Ok(())
 }
@@ -353,10 +403,24 @@ fn rules_blob(tree: &[u8]) -> Option<[u8; 20]> {
     None
 }
 
-/// `data` with `export-subst` applied, from `commit`.
-fn substitute(commit: Option<&Commit>, data: &[u8]) -> Result<Vec<u8>> {
+/// Blob `id`'s `data` as `git archive` writes it: `ident`, the line endings, then
+/// `export-subst` (from `commit`), as `export` says; `None` when it goes out unchanged, as a
+/// blob over `big_file` bytes that is not `export-subst` does.
+fn exported(
+    commit: Option<&Commit>,
+    id: &[u8; 20],
+    data: &[u8],
+    export: Export,
+    big_file: u64,
+) -> Result<Option<Vec<u8>>> {
+    if !export.subst {
+        return Ok((data.len() as u64 <= big_file)
+            .then(|| convert(data, id, export.ident, export.eol))
+            .flatten());
+    }
     let commit = commit.ok_or_else(|| Error::new("an export-subst file, but the commit could not be read"))?;
-    Ok(commit.substitute(data))
+    let converted = convert(data, id, export.ident, export.eol);
+    Ok(Some(commit.substitute(converted.as_deref().unwrap_or(data))))
 }
 
 /// A name no tree entry may have: it would leave its directory or name none.
@@ -385,7 +449,8 @@ mod tests {
     use super::*;
     use crate::pack::COMMIT;
     use crate::sha1::sha1;
-    use crate::testing::{RecordingSink, pack};
+    use crate::testing::{Node, RecordingSink, pack};
+    use std::collections::BTreeMap;
 
     fn id(kind: &str, data: &[u8]) -> [u8; 20] {
         sha1(&[format!("{kind} {}\0", data.len()).as_bytes(), data].concat())
@@ -442,6 +507,86 @@ mod tests {
         r.unwrap();
         assert_eq!(early, 1, "only the directory: {:?}", late.calls);
         assert_eq!(late.tree, sink.tree);
+    }
+
+    /// Past `core.bigFileThreshold` `git archive` writes a blob as it is, unless it is
+    /// `export-subst`; so does the checkout, its threshold lowered as git's is, whether a blob
+    /// is written early or at the end.
+    #[test]
+    fn big_blobs_go_out_unconverted_unless_export_subst() {
+        use crate::testing::{TempDir, git, git_archive_tree_with};
+        let tmp = TempDir::new("big-file");
+        let repo = tmp.path().join("repo");
+        std::fs::create_dir_all(&repo).unwrap();
+        git(&repo, &["init", "-q", "-b", "main"]);
+        std::fs::write(repo.join(".git/info/attributes"), "* -text -ident\n").unwrap();
+        let lines = "$Id$ $Format:%h$\n".repeat(20);
+        for (name, data) in [
+            (
+                ".gitattributes",
+                "* eol=crlf ident\nplain.* -ident\nsubst.* export-subst\n",
+            ),
+            ("small", "$Id$\nsmall\n"),
+            ("big", &lines),
+            ("plain.small", "$Id$\nsmall\n"),
+            ("plain.big", &lines),
+            ("subst.small", "$Id$ $Format:%h$\n"),
+            ("subst.big", &lines),
+        ] {
+            std::fs::write(repo.join(name), data).unwrap();
+        }
+        git(&repo, &["add", "-A"]);
+        git(&repo, &["commit", "-q", "-m", "big"]);
+        std::fs::remove_file(repo.join(".git/info/attributes")).unwrap();
+        let text = |args: &[&str]| String::from_utf8(git(&repo, args)).unwrap();
+        let ids: Vec<String> = text(&["rev-list", "--objects", "--no-object-names", "-n1", "HEAD"])
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let objects: Vec<(u8, Vec<u8>)> = ids
+            .iter()
+            .map(|id| {
+                let kind = text(&["cat-file", "-t", id]);
+                let number = match kind.trim() {
+                    "commit" => COMMIT,
+                    "tree" => TREE,
+                    _ => BLOB,
+                };
+                (number, git(&repo, &["cat-file", kind.trim(), id]))
+            })
+            .collect();
+        let commit_id = crate::sha1::parse_hex(ids[0].as_bytes()).unwrap();
+        let root = crate::sha1::parse_hex(text(&["rev-parse", "HEAD^{tree}"]).trim().as_bytes()).unwrap();
+        let want = git_archive_tree_with(&repo, "HEAD", &["-c", "core.bigFileThreshold=100"]);
+        assert!(matches!(&want["big"], Node::File { data, .. } if data == lines.as_bytes()));
+        assert!(matches!(&want["plain.big"], Node::File { data, .. } if data == lines.as_bytes()));
+        assert!(matches!(&want["plain.small"], Node::File { data, .. } if data == b"$Id$\r\nsmall\r\n"));
+        assert!(matches!(&want["small"], Node::File { data, .. } if data.ends_with(b" $\r\nsmall\r\n")));
+        // Trees first (blobs written as they come), then blobs first (all written at the end).
+        let mut blobs_first = objects.clone();
+        blobs_first.sort_by_key(|(kind, _)| core::cmp::Reverse(*kind));
+        for order in [objects, blobs_first] {
+            let order: Vec<(u8, &[u8])> = order.iter().map(|(k, d)| (*k, &d[..])).collect();
+            let bytes = pack(&order);
+            let mut sink = RecordingSink::default();
+            let mut early = Early {
+                big_file: 100,
+                commit: Commit::parse(&commit_id, order.iter().find(|(k, _)| *k == COMMIT).unwrap().1),
+                ..Early::default()
+            };
+            early.root(&mut sink, &root).unwrap();
+            let mut pack = Pack::read(&mut &bytes[..], &mut sink, &mut |sink, kind, id, data| {
+                if kind == COMMIT {
+                    Ok(())
+                } else {
+                    early.arrived(sink, kind, id, data)
+                }
+            })
+            .unwrap();
+            checkout(&mut pack, &mut sink, &root, &mut early).unwrap();
+            let got: BTreeMap<String, Node> = sink.tree.clone();
+            assert!(got == want, "{:?}", got.keys());
+        }
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod args;
 pub mod attributes;
 pub mod bzip2;
 pub mod checkout;
+pub mod convert;
 pub mod crc32;
 pub mod delta;
 pub mod error;

@@ -461,6 +461,12 @@ impl Pack {
         Some((i, self.objs.get(i)?.kind))
     }
 
+    /// Object `i`'s size when it is whole in the pack; `None` for a delta, whose result's size
+    /// is known only once it is rebuilt.
+    pub fn size(&self, i: usize) -> Option<u64> {
+        self.objs.get(i).filter(|o| o.base == WHOLE).map(|o| o.size)
+    }
+
     /// Inflates object `i`'s own data (for a delta, the delta) from the scratch file, handing
     /// it to `out`.
     fn inflate<K: Sink>(

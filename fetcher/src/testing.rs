@@ -466,8 +466,13 @@ pub fn git_repo(dir: &Path) -> Vec<String> {
 
 /// What `git archive` makes of `rev` in the repository at `repo`, as a recorded tree.
 pub fn git_archive_tree(repo: &Path, rev: &str) -> BTreeMap<String, Node> {
+    git_archive_tree_with(repo, rev, &[])
+}
+
+/// [`git_archive_tree`] with git options before `archive` (`-c name=value`).
+pub fn git_archive_tree_with(repo: &Path, rev: &str, options: &[&str]) -> BTreeMap<String, Node> {
     use std::os::unix::fs::PermissionsExt;
-    let tar = git(repo, &["archive", "--format=tar", rev]);
+    let tar = git(repo, &[options, &["archive", "--format=tar", rev]].concat());
     let out = TempDir::new(&format!("archive-{rev}"));
     let mut child = Command::new("tar")
         .arg("-x")

@@ -9,6 +9,13 @@
 //! is a directory or a plain, never executable, file; anything else has no mode. A name ending
 //! in `/` is a directory whatever its mode. Members are stored, deflated or bzip2-compressed
 //! (what `zip`, `git archive`, GitHub and Python's `zipfile` write); encrypted ones are refused.
+//!
+//! Names are taken as their bytes, flagged UTF-8 or not: a name without the flag is CP437 by
+//! the letter of the format, but libarchive, so Nix, keeps its bytes (and so a pin Nix made of
+//! such an archive holds), and those bytes are as often UTF-8 from a tool that did not say so.
+//! An Info-ZIP Unicode Path extra field (0x7075, version 1) in the central directory replaces
+//! the name with its UTF-8 one when its CRC-32 is the name's, so it was written for this very
+//! name, as `unzip` reads it: the first such field only, and not an empty one.
 
 use core::cell::RefCell;
 
@@ -351,7 +358,8 @@ fn read_entry<K: Sink>(spool: &mut Spool<'_, K>, at: u64) -> Result<(Entry, u64)
     );
     let mut var = vec![0u8; name_len + extra_len];
     spool.read_at(at + 46, &mut var)?;
-    let (name, mut extra) = var.split_at(name_len);
+    let (raw_name, mut extra) = var.split_at(name_len);
+    let mut unicode = None;
     let mut size = u64::from(u32_at(&fixed, 24));
     let mut compressed = u64::from(u32_at(&fixed, 20));
     let mut offset = u64::from(u32_at(&fixed, 42));
@@ -367,8 +375,15 @@ fn read_entry<K: Sink>(spool: &mut Spool<'_, K>, at: u64) -> Result<(Entry, u64)
                 }
             }
         }
+        // unzip reads the first Unicode Path field only, whatever it says.
+        if id == 0x7075 && unicode.is_none() {
+            unicode = Some(data);
+        }
         extra = extra.get(4 + len..).unwrap_or_default();
     }
+    let name = unicode
+        .and_then(|field| unicode_path(raw_name, field))
+        .unwrap_or(raw_name);
     let (kind, executable) = kind_of(name, u16_at(&fixed, 4), u32_at(&fixed, 38))
         .ok_or_else(|| member(name, "a device, FIFO or socket, which a source tree has no use for"))?;
     let entry = Entry {
@@ -383,6 +398,18 @@ fn read_entry<K: Sink>(spool: &mut Spool<'_, K>, at: u64) -> Result<(Entry, u64)
         executable,
     };
     Ok((entry, at + 46 + (name_len + extra_len + comment_len) as u64))
+}
+
+/// The name an Info-ZIP Unicode Path extra field's `data` gives the member named `raw`: its
+/// UTF-8 name, if the field is version 1, names something, and was made from `raw` (the CRC-32
+/// it holds is `raw`'s; a tool that renamed the member without updating the field leaves the
+/// old one).
+fn unicode_path<'a>(raw: &[u8], data: &'a [u8]) -> Option<&'a [u8]> {
+    let (&version, rest) = data.split_first()?;
+    let utf8 = rest.get(4..).filter(|u| !u.is_empty())?;
+    let mut crc = Crc32::new();
+    crc.update(raw);
+    (version == 1 && u32_at(rest, 0) == crc.value()).then_some(utf8)
 }
 
 /// Makes one member in the tree.

@@ -30,7 +30,26 @@ const FILES: &[(&str, &str)] = &[
          tests/ export-ignore\n\
          *.bin export-subst=yes\n\
          ?.one export-ignore\n\
-         \\#hash export-ignore\n",
+         \\#hash export-ignore\n\
+         [attr]windows text eol=crlf\n\
+         [attr]nested windows ident\n\
+         *.txt text=auto\n\
+         *.bat eol=crlf\n\
+         *.sh text eol=lf\n\
+         *.png binary\n\
+         *.ps1 windows\n\
+         *.cmd nested\n\
+         *.dat -text eol=crlf\n\
+         old.* crlf\n\
+         old.input crlf=input !eol\n\
+         *.id ident\n\
+         *.id1 ident=1 text=yes eol=both\n\
+         bad@name.txt ident export-ignore bad@name\n\
+         dashes.txt --x export-ignore\n\
+         reserved.txt builtin_x export-ignore\n\
+         values.txt -ident=v !text=auto eol=crlf\n\
+         tab.txt\tident\r\n\
+         [attr]binary -text ident\n",
     ),
     (
         "sub",
@@ -38,7 +57,11 @@ const FILES: &[(&str, &str)] = &[
          local.txt export-ignore\n\
          *.c !export-subst\n\
          inner/ export-ignore\n\
-         [attr]skip -export-ignore\n",
+         [attr]skip -export-ignore\n\
+         *.txt !text eol=lf\n\
+         *.png -binary\n\
+         [attr]windows -text\n\
+         *.bat windows\n",
     ),
 ];
 
@@ -89,6 +112,24 @@ const PATHS: &[&str] = &[
     "ab.one",
     "#hash",
     "plain.txt",
+    "a.bat",
+    "sub/a.bat",
+    "run.sh",
+    "pic.png",
+    "sub/pic.png",
+    "x.ps1",
+    "x.cmd",
+    "x.dat",
+    "old.c",
+    "old.input",
+    "x.id",
+    "x.id1",
+    "bad@name.txt",
+    "dashes.txt",
+    "reserved.txt",
+    "values.txt",
+    "tab.txt",
+    "sub/notes.txt",
 ];
 
 #[test]
@@ -103,27 +144,71 @@ fn export_attributes_are_what_git_check_attr_says() {
         attrs.add(d.as_bytes(), text.as_bytes());
     }
     let input: String = PATHS.iter().map(|p| format!("{p}\n")).collect();
+    let names: Vec<&str> = NAMES.iter().map(|n| std::str::from_utf8(n).unwrap()).collect();
     let out = git_with_input(
         dir.path(),
-        &["check-attr", "--stdin", "export-ignore", "export-subst"],
+        &[["check-attr", "--stdin"].as_slice(), &names].concat(),
         input.as_bytes(),
     );
     let out = String::from_utf8(out).unwrap();
     for line in out.lines() {
         // `path: attr: value`
         let mut parts = line.rsplitn(3, ": ");
-        let (value, attr, path) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        let (git, attr, path) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
         let dir = path.ends_with('/');
-        let export = attrs.export(path.trim_end_matches('/').as_bytes(), dir);
-        let ours = if attr == "export-ignore" {
-            export.ignore
-        } else {
-            export.subst
+        let found = attrs.lookup(path.trim_end_matches('/').as_bytes(), dir);
+        let i = names.iter().position(|n| *n == attr).unwrap();
+        let ours = match found.states[i] {
+            None | Some(State::Unspecified) => "unspecified",
+            Some(State::Set) => "set",
+            Some(State::Unset) => "unset",
+            Some(State::Value(v)) => match v {
+                Value::Auto => "auto",
+                Value::Input => "input",
+                Value::Lf => "lf",
+                Value::Crlf => "crlf",
+                // The value itself is not kept: only that it means nothing here.
+                Value::Other => git,
+            },
         };
-        let git = value != "unspecified" && value != "unset";
-        assert_eq!(ours, git, "{path}: {attr} is {value} for git");
+        assert_eq!(ours, git, "{path}: {attr}");
+        if matches!(found.states[i], Some(State::Value(Value::Other))) {
+            assert!(!["set", "unset", "unspecified", "auto", "input", "lf", "crlf"].contains(&git));
+        }
     }
-    assert_eq!(out.lines().count(), PATHS.len() * 2);
+    assert_eq!(out.lines().count(), PATHS.len() * NAMES.len());
+}
+
+/// What each combination of `text`, `eol` and `crlf` makes of a file's line endings, as git
+/// decides it with a server's defaults (checked against `git archive` in the git tests).
+#[test]
+fn line_endings_by_attributes() {
+    let cases: &[(&str, Eol)] = &[
+        ("", Eol::Keep),
+        ("text", Eol::Keep),
+        ("text=auto", Eol::Keep),
+        ("eol=lf", Eol::Keep),
+        ("text eol=lf", Eol::Keep),
+        ("eol=crlf", Eol::Crlf),
+        ("text eol=crlf", Eol::Crlf),
+        ("text=input eol=crlf", Eol::Crlf),
+        ("text=auto eol=crlf", Eol::Auto),
+        ("-text eol=crlf", Eol::Keep),
+        ("binary eol=crlf", Eol::Keep),
+        ("eol=crlf binary", Eol::Keep),
+        ("text=other eol=crlf", Eol::Crlf),
+        ("crlf=auto eol=crlf", Eol::Auto),
+        ("-crlf eol=crlf", Eol::Keep),
+        ("text -crlf eol=crlf", Eol::Crlf),
+        ("!text -crlf eol=crlf", Eol::Keep),
+        ("eol=CRLF", Eol::Keep),
+        ("eol", Eol::Keep),
+    ];
+    for (line, want) in cases {
+        let mut attrs = Attributes::default();
+        attrs.add(b"", format!("f {line}\nother ident\n").as_bytes());
+        assert_eq!(attrs.export(b"f", false).eol, *want, "{line}");
+    }
 }
 
 #[test]

@@ -594,3 +594,167 @@ fn gitattributes_are_applied_as_git_archive_applies_them() {
     r.result.as_ref().unwrap();
     assert!(r.sink.tree == want, "the trees differ when blobs come first");
 }
+
+/// The same commit fetched twice: as the server packs it (trees first, deltas), and from a
+/// pack of whole objects whose blobs come before its trees (nothing placed early). Both must
+/// be what `git archive` exports, byte for byte.
+fn check_both_ways(repo: &Path, rev: &str) {
+    let want = git_archive_tree(repo, rev);
+    let mut net = GitNet::new(repo);
+    let r = run(&mut net, &[]);
+    r.result.as_ref().unwrap();
+    assert_same(&r.sink, &want, "as the server packs it");
+    let objects = objects_of(repo, rev);
+    let (blobs, rest): (Vec<&String>, Vec<&String>) = objects.iter().partition(|o| {
+        String::from_utf8(git(repo, &["cat-file", "-t", o.as_str()]))
+            .unwrap()
+            .trim()
+            == "blob"
+    });
+    let order: String = blobs.iter().chain(rest.iter()).map(|o| format!("{o}\n")).collect();
+    let pack = git_with_input(
+        repo,
+        &["pack-objects", "--stdout", "-q", "--no-reuse-delta", "--window=0"],
+        order.as_bytes(),
+    );
+    let mut net = GitNet::new(repo);
+    net.answer = Some(answer(&pack, &[]));
+    let r = run(&mut net, &[&format!("rev={rev}")]);
+    r.result.as_ref().unwrap();
+    assert_same(&r.sink, &want, "blobs first");
+}
+
+fn assert_same(sink: &RecordingSink, want: &BTreeMap<String, crate::testing::Node>, how: &str) {
+    assert_eq!(
+        sink.tree.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{how}"
+    );
+    for (path, node) in want {
+        assert!(sink.tree.get(path) == Some(node), "{how}: {path} differs");
+    }
+}
+
+/// Contents for one file: pieces drawn from `pieces` by the seed, `count` of them.
+fn contents(pieces: &[&[u8]], count: usize, seed: u64) -> Vec<u8> {
+    crate::testing::noise(count, seed)
+        .iter()
+        .map(|b| pieces[usize::from(*b) % pieces.len()])
+        .collect::<Vec<_>>()
+        .concat()
+}
+
+/// Every attribute `git archive` applies to a file's bytes — `eol=crlf`, `text` in each form,
+/// `text=auto`, `-text`, `binary`, the old `crlf`, `ident`, `export-subst`, through macros and
+/// a subdirectory's own `.gitattributes` (both files export-ignored, as projects have them) —
+/// over files of every kind (LF text, CRLFs already, lone CRs, NULs, controls, Ctrl-Z, `$Id$`
+/// keywords), small and past the early path's 1 MiB, stored as they are written (not
+/// normalized by `git add`): the fetched tree is what `git archive` exports.
+#[test]
+fn line_endings_and_ident_are_what_git_archive_writes() {
+    use std::os::unix::fs::symlink;
+    let tmp = TempDir::new("git-eol");
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir_all(repo.join("nested/deeper")).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    // While adding, nothing is converted: the blobs are the bytes written.
+    std::fs::write(repo.join(".git/info/attributes"), "* -text -ident\n").unwrap();
+    let top = "[attr]windows text eol=crlf\n\
+               .gitattributes export-ignore\n\
+               *.auto text=auto eol=crlf\n\
+               *.crlf eol=crlf\n\
+               *.text text\n\
+               *.textauto text=auto\n\
+               *.bin binary eol=crlf\n\
+               *.binary binary\n\
+               *.minus -text eol=crlf\n\
+               *.id ident\n\
+               *.idauto ident text=auto eol=crlf\n\
+               *.old crlf eol=crlf\n\
+               *.oldinput crlf=input eol=crlf\n\
+               *.win windows\n\
+               *.subst eol=crlf export-subst ident\n\
+               *.lf eol=lf\n\
+               *.link eol=crlf\n\
+               ignored.* export-ignore eol=crlf\n";
+    std::fs::write(repo.join(".gitattributes"), top).unwrap();
+    std::fs::write(
+        repo.join("nested/.gitattributes"),
+        "*.auto -text\n*.text eol=crlf\n*.textauto eol=crlf\n*.binary -binary eol=crlf\n\
+         *.id -ident\ndeeper/*.lf !eol text=auto eol=crlf\n",
+    )
+    .unwrap();
+    let kinds: [&[&[u8]]; 6] = [
+        &[b"word ", b"a", b"\n", b"$Id$", b"$Format:%h%n$"],
+        &[b"word ", b"\n", b"\r\n"],
+        &[b"word ", b"\n", b"\r"],
+        &[b"word ", b"\n", b"\0"],
+        &[b"word ", b"\n", b"\x7f", b"\x01", b"\x1a", b"\t", b"\x1b"],
+        &[
+            b"a",
+            b"\n",
+            b"\r\n",
+            b"\r",
+            b"\0",
+            b"\x1a",
+            b"$Id: x $",
+            b"$",
+            b"Id",
+            b":",
+            b" ",
+        ],
+    ];
+    let exts = [
+        "auto", "crlf", "text", "textauto", "bin", "binary", "minus", "id", "idauto", "old", "oldinput", "win",
+        "subst", "lf", "plain",
+    ];
+    let mut seed = 1;
+    for dir in ["", "nested/", "nested/deeper/"] {
+        for ext in exts {
+            for (k, pieces) in kinds.iter().enumerate() {
+                seed += 1;
+                let data = contents(pieces, (seed as usize * 7) % 60, seed);
+                std::fs::write(repo.join(format!("{dir}{k}.{ext}")), data).unwrap();
+            }
+            // A file ending in Ctrl-Z, one ending in CR, one with no newline, an empty one.
+            std::fs::write(repo.join(format!("{dir}eof.{ext}")), b"one\ntwo\x1a").unwrap();
+            std::fs::write(repo.join(format!("{dir}cr.{ext}")), b"one\ntwo\r").unwrap();
+            std::fs::write(repo.join(format!("{dir}flat.{ext}")), b"no newline").unwrap();
+            std::fs::write(repo.join(format!("{dir}empty.{ext}")), b"").unwrap();
+        }
+    }
+    std::fs::write(repo.join("ignored.crlf"), b"left out\n").unwrap();
+    symlink("target\nwith a newline", repo.join("odd.link")).unwrap();
+    // Past the early path: text, the same text changed a little (a delta of it), text with a
+    // CRLF near its end (text=auto leaves it), and binary data.
+    let text: Vec<u8> = (0..40_000)
+        .flat_map(|i| format!("line {i} of a long file\n").into_bytes())
+        .collect();
+    let mut changed = text.clone();
+    changed.extend_from_slice(b"one more line\n");
+    let mut late_crlf = text.clone();
+    late_crlf.extend_from_slice(b"windows line\r\n");
+    std::fs::write(repo.join("big.auto"), &text).unwrap();
+    std::fs::write(repo.join("nested/big.crlf"), &changed).unwrap();
+    std::fs::write(repo.join("big2.auto"), &late_crlf).unwrap();
+    std::fs::write(repo.join("big.id"), [&text[..], b"$Id$\n"].concat()).unwrap();
+    std::fs::write(repo.join("noise.auto"), crate::testing::noise(1_500_000, 5)).unwrap();
+    std::fs::write(repo.join("noise.crlf"), crate::testing::noise(1_500_000, 6)).unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "Line endings\n\nAnd a body."]);
+    std::fs::remove_file(repo.join(".git/info/attributes")).unwrap();
+    let rev = rev_parse(&repo, "HEAD");
+
+    let want = git_archive_tree(&repo, &rev);
+    // The test means something: git converted files, and left others alone.
+    let file = |p: &str| match &want[p] {
+        crate::testing::Node::File { data, .. } => data.clone(),
+        other => panic!("{p}: {other:?}"),
+    };
+    assert!(file("big.auto").ends_with(b"file\r\n"));
+    assert_eq!(file("big2.auto"), late_crlf);
+    assert_eq!(file("noise.auto"), crate::testing::noise(1_500_000, 5));
+    assert_ne!(file("noise.crlf"), crate::testing::noise(1_500_000, 6));
+    assert!(!want.contains_key(".gitattributes") && !want.contains_key("ignored.crlf"));
+    check_both_ways(&repo, &rev);
+}

@@ -21,9 +21,17 @@ fn zip(dir: &std::path::Path, args: &[&str]) -> Vec<u8> {
 /// (ZipInfo, data) pairs; `stream` writes through an unseekable stream (data descriptors).
 fn python_zip(members: &str, stream: bool) -> Vec<u8> {
     let program = format!(
-        "import io, sys, zipfile\nZ = zipfile.ZipInfo\ndef info(name, attr, system=3, method=zipfile.ZIP_DEFLATED):\n    \
+        "import io, struct, sys, zipfile, zlib\nZ = zipfile.ZipInfo\ndef info(name, attr, system=3, method=zipfile.ZIP_DEFLATED):\n    \
          i = Z(name, (2024, 1, 1, 0, 0, 0)); i.external_attr = attr; i.create_system = system; \
          i.compress_type = method; return i\n\
+         class Raw(Z):\n    def _encodeFilenameFlags(s): return s.raw, s.flag_bits\n\
+         def raw(name, unicode=None, crc_of=None, version=1, system=3, flag=0, more=b''):\n    \
+         i = Raw(name.decode('latin-1'), (2024, 1, 1, 0, 0, 0)); i.external_attr = 0o100644 << 16\n    \
+         i.create_system = system; i.compress_type = zipfile.ZIP_DEFLATED; i.raw = name; i.flag_bits |= flag\n    \
+         if unicode is not None:\n        \
+         body = bytes([version]) + struct.pack('<I', zlib.crc32(name if crc_of is None else crc_of)) + unicode\n        \
+         i.extra = struct.pack('<HH', 0x7075, len(body)) + body + more\n    \
+         return i\n\
          class Unseekable(io.RawIOBase):\n    def __init__(s): s.b = bytearray()\n    def writable(s): return True\n    \
          def write(s, d): s.b += d; return len(d)\n\
          out = Unseekable() if {stream} else io.BytesIO()\n\
@@ -158,4 +166,63 @@ fn bad_zips_are_refused_with_the_member_named() {
     make_tree(dir.path(), false);
     let e = unzip(&zip(dir.path(), &["-qr", "-P", "secret"])).unwrap_err();
     assert!(e.message().contains("encrypted"), "{e}");
+}
+
+/// Names as the real `unzip` makes them of members made on Unix: a name's bytes, flagged UTF-8
+/// or not, or the UTF-8 name of an Info-ZIP Unicode Path field (0x7075) when the field is
+/// version 1, not empty, the first of its kind, and made from this name (its CRC-32). (Names
+/// that stay other than UTF-8 are checked through `cab`, on a real filesystem, in
+/// tests/formats.rs: the recording sink keeps UTF-8 paths only.)
+#[test]
+fn names_as_unzip_reads_them() {
+    let data = python_zip(
+        r#"(raw(b't/plain'), b'1'), (raw(b't/flag-caf\xc3\xa9', flag=0x800), b'2'),
+           (raw(b't/up\x82', 't/up-\u00e9'.encode()), b'3'), (raw(b't/stale', b't/renamed', crc_of=b'x'), b'4'),
+           (raw(b't/v2', b't/version-2', version=2), b'5'), (raw(b't/empty', b''), b'6'),
+           (raw(b't/first', b't/one', crc_of=b'x', more=b'\x75\x70\x0a\x00\x01' + struct.pack('<I', zlib.crc32(b't/first')) + b't/two'), b'7'),
+           (raw(b't/\x82', 't/d\u00e9j\u00e0/vu'.encode()), b'8')"#,
+        false,
+    );
+    let sink = unzip(&data).unwrap();
+    let dir = TempDir::new("zip-names");
+    std::fs::write(dir.path().join("names.zip"), &data).unwrap();
+    // unzip warns (exit 1) of the fields it does not take; it extracts all the same.
+    let out = Command::new("unzip")
+        .args(["-q", "names.zip", "-d", "out"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(matches!(out.status.code(), Some(0 | 1)), "unzip: {out:?}");
+    let mut names = Vec::new();
+    let mut stack = vec![dir.path().join("out")];
+    while let Some(at) = stack.pop() {
+        for entry in std::fs::read_dir(&at).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(dir.path().join("out")).unwrap();
+                names.push(rel.to_str().expect("UTF-8 names").to_owned());
+            }
+        }
+    }
+    names.sort();
+    let ours: Vec<&String> = sink
+        .tree
+        .keys()
+        .filter(|k| !matches!(sink.tree[*k], Node::Dir))
+        .collect();
+    assert_eq!(ours, names.iter().collect::<Vec<_>>());
+    for name in [
+        "t/up-\u{e9}",
+        "t/d\u{e9}j\u{e0}/vu",
+        "t/flag-caf\u{e9}",
+        "t/stale",
+        "t/v2",
+        "t/empty",
+        "t/first",
+    ] {
+        assert!(sink.tree.contains_key(name), "{name}: {:?}", sink.tree.keys());
+    }
+    assert_eq!(sink.file("t/d\u{e9}j\u{e0}/vu").0, b"8");
 }
