@@ -380,6 +380,16 @@ fn realizers_that_lie_are_refused_and_features_decide_where() {
         text(&out.stderr)
     );
     assert!(published_anything(&fleet.store_of("corp")));
+
+    // A realizer that cannot be reached is passed over with a warning; the next one realizes.
+    let gone = "ssh://realizer:1".to_owned();
+    let out = run_ok(fleet.client(&[&gone, &a]).args(["fetch", "<github:acme/app>"]));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("realizer ssh://realizer:1 is unreachable, trying the next"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("realized on {a}")), "{stderr}");
 }
 
 // ---------------------------------------------------------------------------------------------
