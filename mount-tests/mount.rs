@@ -1313,3 +1313,135 @@ fn read_ahead_pushes_for_readers_not_for_walks() {
     );
     mount.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Started like other mounts: systemd's notifications, --daemon, mount -t fuse
+// ---------------------------------------------------------------------------------------------
+
+/// The pid the daemon's `--daemon` line names ("cab mount runs as pid N, …").
+fn daemon_pid(stderr: &str) -> i32 {
+    let at = stderr.find("runs as pid ").expect("the daemon's pid") + "runs as pid ".len();
+    stderr[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn gone_within(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    // SAFETY: signal 0 only asks whether the process exists.
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+#[test]
+fn a_mount_starts_as_service_managers_and_fstab_start_mounts() {
+    let world = World::new("service", &[]);
+    let src = world.dir("src");
+    write_file(&src.join("hello.txt"), b"hello\n", 0o644);
+    world.push("acme/svc", &src, "one");
+    world.manifest("svc = '<github:acme/svc>'\n");
+
+    // Type=notify: READY=1 once the mount answers, STOPPING=1 on the way down.
+    let socket_path = world.tmp.join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut cmd = world.cab();
+    cmd.env("NOTIFY_SOCKET", &socket_path).arg("mount").arg(&world.mnt);
+    let mut mount = Mount::start(cmd, &world.mnt);
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("READY=1");
+    let said = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        said.starts_with("READY=1\n") && said.contains("STATUS=serving 1 islands"),
+        "{said:?}"
+    );
+    assert!(is_mounted(&world.mnt));
+    assert_eq!(read_text(&world.at("svc/hello.txt")), "hello\n");
+    let (status, log) = mount.stop_with(libc::SIGTERM);
+    assert!(status.success(), "{log}");
+    let n = socket.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+
+    // --daemon: back once the mount answers, the daemon left running; `cab unmount` ends it.
+    let log = world.tmp.join("daemon.log");
+    let mut cmd = world.cab();
+    cmd.args(["mount", "--daemon", "--log"]).arg(&log).arg(&world.mnt);
+    let out = run_timeout(&mut cmd, Duration::from_secs(120));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("mounted 1 islands at"), "{stderr}");
+    let pid = daemon_pid(&stderr);
+    assert_eq!(read_text(&world.at("svc/hello.txt")), "hello\n");
+    run_ok(world.cab().arg("unmount").arg(&world.mnt));
+    assert!(
+        gone_within(pid, Duration::from_secs(30)),
+        "the daemon outlived its mount"
+    );
+    assert!(!is_mounted(&world.mnt));
+    assert!(read_text(&log).contains("unmounted"), "{}", read_text(&log));
+
+    // A daemon that cannot mount says why, and fails.
+    let mut cmd = world.cab();
+    cmd.args(["mount", "--daemon", "--log"])
+        .arg(&log)
+        .arg(world.tmp.join("no-such-dir"));
+    let out = run_timeout(&mut cmd, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("the mount ended before it was up"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(text(&out.stderr).contains("no-such-dir"), "{}", text(&out.stderr));
+
+    // mount(8) through mount.fuse3, as an fstab line would: `PROGRAM#SOURCE` (a `fuse.cab`
+    // type finds `cab` on mount's own PATH instead), options mapped to settings.
+    let source = format!(
+        "{}#{}",
+        env!("CARGO_BIN_EXE_cab"),
+        world.project.join("islands.toml").display()
+    );
+    let options = format!(
+        "ro,nosuid,nodev,store={},threads=2,no_read_ahead,log={}",
+        world.store.display(),
+        world.tmp.join("fstab.log").display()
+    );
+    let mut cmd = tool("mount");
+    cmd.args(["-t", "fuse", &source])
+        .arg(&world.mnt)
+        .args(["-o", &options])
+        .env("CAB_GITHUB_URL", world.forge.url());
+    let out = run_timeout(&mut cmd, Duration::from_secs(120));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let pid = daemon_pid(&stderr);
+    assert_eq!(read_text(&world.at("svc/hello.txt")), "hello\n");
+    let fstype = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(world.mnt.to_str().unwrap()))
+        .map(|l| l.split(" - ").nth(1).unwrap_or("").to_owned())
+        .unwrap_or_default();
+    assert!(fstype.starts_with("fuse.cab "), "{fstype}");
+    // Recursively: the islands the kernel serves are mounts below it.
+    ok(tool("umount").arg("-R").arg(&world.mnt));
+    assert!(gone_within(pid, Duration::from_secs(30)), "the daemon outlived umount");
+
+    // An option cab does not have is refused by name.
+    let mut cmd = tool("mount");
+    cmd.args(["-t", "fuse", &source])
+        .arg(&world.mnt)
+        .args(["-o", "colour=blue"]);
+    let out = run_timeout(&mut cmd, Duration::from_secs(60));
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--colour"), "{}", text(&out.stderr));
+    assert!(!is_mounted(&world.mnt));
+}

@@ -6,6 +6,7 @@ mod hash;
 mod interop;
 mod mount;
 mod realize;
+mod service;
 mod shell;
 mod store;
 
@@ -130,9 +131,20 @@ const EXIT_CODES: &str = "Exit codes:
   1  failure: the message says what failed and where (island, path, URL)
   2  usage error: a bad flag, configuration file or environment variable; nothing was done";
 
+/// The command line as cab reads it (a `mount.fuse3` helper line already translated), for
+/// `--daemon` to run again.
+static COMMAND_LINE: std::sync::OnceLock<Vec<std::ffi::OsString>> = std::sync::OnceLock::new();
+
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let subcommands: Vec<String> = <Cli as clap::CommandFactory>::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .collect();
+    let line = service::from_mount_helper(&args, &subcommands).unwrap_or(args);
+    let cli = Cli::parse_from(&line);
+    let _ = COMMAND_LINE.set(line);
     init_logging(cli.verbose, cli.quiet);
     // These need no settings: a broken configuration file must not keep a shell from starting.
     let command = match cli.command {

@@ -22,6 +22,14 @@ pub struct MountArgs {
     /// Re-resolve every named island first, rewrite the lock, print what moved, then serve.
     #[arg(long)]
     update: bool,
+    /// Return once the mount is up, leaving it running in the background (its log in
+    /// `--log`), as sshfs and rclone do.
+    #[arg(long)]
+    daemon: bool,
+    /// Where `--daemon` appends the mount's log [default:
+    /// $XDG_STATE_HOME/cab/mount-<MOUNTPOINT>.log].
+    #[arg(long, value_name = "FILE", requires = "daemon")]
+    log: Option<PathBuf>,
     /// Have the kernel read files straight from the store (FUSE passthrough; root on Linux
     /// 6.9+). Faster for large files and mmap, slower for source trees: every open and close
     /// of a file then costs a round trip to cab, which the default read path avoids.
@@ -232,6 +240,13 @@ fn update_running(args: &MountArgs, running: &MountRecord, settings: &Settings) 
 }
 
 pub fn mount(args: MountArgs, settings: &Settings) -> Result<ExitCode> {
+    if args.daemon {
+        let log = args
+            .log
+            .clone()
+            .unwrap_or_else(|| super::service::default_log(&args.mountpoint));
+        return super::service::daemonize(&log);
+    }
     let store = super::open_store(settings)?;
     if let Some(running) = running_at(&store, &args.mountpoint)? {
         if !args.update {
@@ -283,9 +298,12 @@ pub fn mount(args: MountArgs, settings: &Settings) -> Result<ExitCode> {
     )?;
     islands.start_completing();
     let shown = args.mountpoint.display().to_string();
-    crate::mount::serve(islands, &args.mountpoint, &options, &runtime, || {
+    let served = crate::mount::serve(islands, &args.mountpoint, &options, &runtime, || {
         eprintln!("mounted {count} islands at {shown} (Ctrl-C or `cab unmount {shown}` to stop)");
-    })?;
+        super::service::notify(&format!("READY=1\nSTATUS=serving {count} islands at {shown}"));
+    });
+    super::service::notify("STOPPING=1");
+    served?;
     eprintln!("unmounted {shown}");
     // Trees pushed in the background get a minute to reach the remote.
     let pushed = runtime
