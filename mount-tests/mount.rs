@@ -849,6 +849,16 @@ fn browsing_github_and_by_hash() {
     let tagged = world.at("github/acme/widgets/v1.0");
     assert_eq!(read_text(&tagged.join("hello.txt")), "tagged\n");
     assert_same_tree(&world.reference("acme/widgets", &tagged_rev), &tagged);
+    // A commit id is that commit: stored already (v1.0 is it), so no request at all.
+    let requests = world.forge.requests().len();
+    let by_commit = world.at(&format!("github/acme/widgets/{tagged_rev}"));
+    assert_eq!(read_text(&by_commit.join("hello.txt")), "tagged\n");
+    assert_same_tree(&tagged, &by_commit);
+    assert_eq!(
+        world.forge.requests().len(),
+        requests,
+        "a stored commit asked the forge"
+    );
     // The browsing levels list what has been looked up (at the latest once the kernel's
     // short-lived copy of an earlier listing expires).
     eventually_lists(&world.at("github"), &["acme"]);
@@ -890,11 +900,14 @@ fn browsing_github_and_by_hash() {
         assert_eq!(errno_of(fs::symlink_metadata(&path)), Some(libc::ENOENT), "{missing}");
         fails_with(tool("ls").arg(&path), "No such file or directory");
     }
-    // A ref that does not exist is a failed realization, not a hang.
+    // A ref or a commit that does not exist is a failed realization, not a hang.
     assert!(fs::metadata(world.at("github/acme/widgets/no-such-branch")).is_err());
     assert!(fs::metadata(world.at("github/acme/no-such-repo/main")).is_err());
     // main and v1.0, each fetched once however often looked at.
     assert_eq!(archives_at_least(&world, "acme/widgets", 2), 2);
+    // (A commit id is asked for its archive straight away: one that does not exist fails.)
+    let no_commit = format!("github/acme/widgets/{}", "0123456789".repeat(4));
+    assert!(list(&world.at(&no_commit)).is_err());
     mount.stop();
 }
 

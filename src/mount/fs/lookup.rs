@@ -153,13 +153,24 @@ fn browse_step(forge: Format, path: &[Arc<str>], name: &str) -> Step {
 
 /// A browsed repository at a ref as an island, validated as a literal would be.
 fn browsed_island(format: Format, location: &str, reference: &str) -> Option<Island> {
+    // A full commit id is that commit (pinned: no ref round trip when its tree is stored), as
+    // git itself reads 40 hex digits before any ref of that name.
+    let is_commit = reference.len() == 40 && reference.bytes().all(|b| b.is_ascii_hexdigit());
+    let config = if is_commit {
+        Config {
+            rev: Some(reference.to_ascii_lowercase()),
+            ..Config::default()
+        }
+    } else {
+        Config {
+            r#ref: Some(reference.to_owned()),
+            ..Config::default()
+        }
+    };
     let island = Island {
         format,
         location: location.to_owned(),
-        config: Config {
-            r#ref: Some(reference.to_owned()),
-            ..Config::default()
-        },
+        config,
         subpath: None,
     };
     island.to_string().parse().ok()
