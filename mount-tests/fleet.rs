@@ -537,3 +537,42 @@ fn assert_same_tree_except(expected: &Path, actual: &Path, except: &str) {
         );
     }
 }
+
+#[test]
+fn cab_doctor_checks_what_cab_depends_on_and_says_how_to_fix_it() {
+    let tmp = TempDir::new("fleet-doctor");
+    let garage = Garage::start(&tmp.join("garage"), 1);
+    let store = tmp.join("store");
+    // On this machine (root, a recent kernel, a store on disk, a Garage that answers): all
+    // is well, and a token is reported without its value.
+    let mut cmd = cab_on(&store, Some(&garage.remote_url()), &garage, "http://127.0.0.1:9");
+    cmd.env("CAB_TOKENS", "git.example.org=very-secret-token").arg("doctor");
+    let out = run_timeout(&mut cmd, TIMEOUT);
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{said}\n{}", text(&out.stderr));
+    for needle in [
+        "ok    /dev/fuse: opens",
+        "ok    store: ",
+        "ok    remote store: s3://cab-islands/",
+        "a probe written and read back",
+        "ok    token for git.example.org: present",
+        "all is well",
+    ] {
+        assert!(said.contains(needle), "{needle:?} in\n{said}");
+    }
+    assert!(!said.contains("very-secret-token"), "{said}");
+
+    // A wrong secret, and a store that cannot be one: each named, with what to do; exit 1.
+    let not_a_dir = tmp.join("a-file");
+    fs::write(&not_a_dir, b"").unwrap();
+    let mut cmd = cab_on(&not_a_dir, Some(&garage.remote_url()), &garage, "http://127.0.0.1:9");
+    cmd.env("AWS_SECRET_ACCESS_KEY", "not-the-secret").arg("doctor");
+    let out = run_timeout(&mut cmd, TIMEOUT);
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}\n{}", text(&out.stderr));
+    assert!(said.contains("FAIL  store: "), "{said}");
+    assert!(said.contains("point `store` elsewhere"), "{said}");
+    assert!(said.contains("FAIL  remote store: "), "{said}");
+    assert!(said.contains("403") && said.contains("AWS_SECRET_ACCESS_KEY"), "{said}");
+    assert!(said.contains("2 check(s) failed"), "{said}");
+}

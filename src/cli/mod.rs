@@ -1,6 +1,7 @@
 //! The `cab` command line: argument parsing, logging set-up and one module per subcommand.
 //! Each subcommand is thin: it parses, calls the library, and prints.
 
+mod doctor;
 mod fetch;
 mod hash;
 mod interop;
@@ -95,6 +96,9 @@ enum Command {
     Export(interop::ExportCommand),
     /// Serve as a realizer for other machines: what `--realizer ssh://…` runs over ssh.
     Realize(realize::RealizeArgs),
+    /// Check what cab depends on (FUSE, the kernel, the store, the remote, tokens) and say how
+    /// to fix what is wrong; exit code 0 when all is well.
+    Doctor(doctor::DoctorArgs),
     /// Print the shell completion script for bash, zsh or fish.
     Completions(shell::CompletionsArgs),
     /// Print the manual page, cab(1) (or write one per command with --dir).
@@ -178,6 +182,7 @@ pub fn main() -> ExitCode {
         Command::Import(args) => interop::import(args, &settings),
         Command::Export(command) => interop::export(command, &settings),
         Command::Realize(args) => realize::realize(args, &settings),
+        Command::Doctor(args) => doctor::doctor(args, &settings),
         Command::Completions(_) | Command::Man(_) => unreachable!("answered above"),
     };
     finish(result)

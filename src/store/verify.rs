@@ -154,6 +154,12 @@ impl Store {
         Ok(report)
     }
 
+    /// Whether every part of the published `tree` is in the store (no re-hashing: `verify`
+    /// does that for the whole store).
+    pub fn check_tree(&self, tree: &TreeHash) -> Result<(), String> {
+        self.check_complete(tree, &mut HashSet::new())
+    }
+
     fn check_complete(&self, tree: &TreeHash, seen: &mut HashSet<TreeHash>) -> Result<(), String> {
         let mut pending = vec![*tree];
         while let Some(tree) = pending.pop() {
