@@ -1799,14 +1799,18 @@ fn limits_stop_fetches_with_clear_errors() {
         .map(|f| fs::metadata(f).unwrap().len())
         .sum();
     for (flag, limit) in [("--max-download", size), ("--max-unpacked", unpacked)] {
+        // A store of its own for each: one that holds the tree stops the fetch at the
+        // archive's headers, before any limit could matter.
+        let store = w.path().join(format!("store{flag}"));
         let at = limit.to_string();
         let below = (limit - 1).to_string();
-        let before = store_ls(&w.store);
-        let stderr = fetch_err(&w.store, NO_GITHUB, &[flag, &below, &island]);
+        let stderr = fetch_err(&store, NO_GITHUB, &[flag, &below, &island]);
         assert!(stderr.contains(flag), "{stderr}");
-        assert_eq!(store_ls(&w.store), before);
-        let fetched = fetch_json_with(&w.store, NO_GITHUB, &[flag, &at], &island);
-        assert_fetched_tree(&w.store, &fetched, &parent.join("email"), w.path());
+        assert!(store_ls(&store).is_empty());
+        let fetched = fetch_json_with(&store, NO_GITHUB, &[flag, &at], &island);
+        assert_fetched_tree(&store, &fetched, &parent.join("email"), w.path());
+        store_verify(&store);
+        assert_no_staging_left(&store);
     }
     store_verify(&w.store);
     assert_no_staging_left(&w.store);
@@ -1854,4 +1858,55 @@ fn concurrent_fetches_share_one_store() {
     let extracted = w.path().join("extracted");
     forge::git_archive_extract(&w.root, "acme/widgets", &rev, &extracted);
     assert_fetched_tree(&w.store, &results[0], &extracted, w.path());
+}
+
+#[test]
+fn an_unchanged_tarball_costs_its_headers() {
+    let w = World::new("fetch-tarball-identity");
+    let src = w.path().join("pkg-src");
+    write_file(&src.join("pkg/blob.bin"), &pseudo_random(8 << 20, 11), 0o644);
+    write_file(&src.join("pkg/README"), b"version 1\n", 0o644);
+    let archive = w.files().join("latest.tar.gz");
+    make_tar_gz(&src, &archive);
+    let size = fs::metadata(&archive).unwrap().len();
+    // Slow enough that a whole download would show.
+    let forge = Forge::start(&w.root, &["--throttle", "2000000", "--throttle-path-regex", "/files/"]);
+    let island = format!("<tarball:{}/files/latest.tar.gz>", forge.url());
+    let first = fetch_json(&w.store, &forge.url(), &island);
+    let whole = |r: &forge::Request| r.path.ends_with("latest.tar.gz") && r.body_complete;
+    assert_eq!(forge.requests().iter().filter(|r| whole(r)).count(), 1);
+
+    // Unchanged at the same URL: stopped once its headers named the stored tree.
+    let started = Instant::now();
+    let out = fetch_ok(&w.store, &forge.url(), &["--json", &island]);
+    let took = started.elapsed();
+    let second = parse_fetched(text(&out.stdout).trim());
+    assert_eq!(
+        (second.hash.as_str(), second.nar.as_str()),
+        (first.hash.as_str(), first.nar.as_str())
+    );
+    let requests = forge.settled_requests(Duration::from_millis(500), Duration::from_secs(10));
+    let last = requests
+        .iter()
+        .rev()
+        .find(|r| r.path.ends_with("latest.tar.gz"))
+        .unwrap();
+    assert!(
+        !last.body_complete && last.bytes_sent < size / 4,
+        "{last:?} of {size} bytes"
+    );
+    assert!(took < Duration::from_secs(3), "the unchanged tarball took {took:?}");
+
+    // Changed at the same URL: a new identity, the whole download, the pin moves.
+    write_file(&src.join("pkg/README"), b"version 2\n", 0o644);
+    make_tar_gz(&src, &w.path().join("next.tar.gz"));
+    fs::rename(w.path().join("next.tar.gz"), &archive).unwrap();
+    let third = fetch_json(&w.store, &forge.url(), &island);
+    assert_ne!(third.hash, first.hash);
+    assert_eq!(forge.requests().iter().filter(|r| whole(r)).count(), 2);
+}
+
+/// `tar czf` of `src`'s contents into `out`.
+fn make_tar_gz(src: &Path, out: &Path) {
+    run_ok(Command::new("tar").arg("-C").arg(src).arg("-czf").arg(out).arg("."));
 }

@@ -22,7 +22,7 @@ pub fn fetch<N: Net, K: Sink, C: Console>(request: &Request, net: &mut N, sink: 
     match request {
         Request::Forge(g) => forge(g, net, sink, console),
         Request::Git(g) => crate::git::fetch(g, net, sink, console),
-        Request::Tarball { url } => unpack(net, sink, console, url),
+        Request::Tarball { url } => unpack(net, sink, console, url, true),
     }
 }
 
@@ -41,7 +41,7 @@ fn forge<N: Net, K: Sink, C: Console>(g: &Forge, net: &mut N, sink: &mut K, cons
         url.push_str(&sha);
         url.push_str(piece.strip_prefix("rev}").unwrap_or(piece));
     }
-    unpack(net, sink, console, &url)
+    unpack(net, sink, console, &url, false)
 }
 
 /// Asks the git server at `repo_url` which protocol it speaks (`info/refs`); a v0 server's
@@ -144,9 +144,21 @@ fn not_found(want: &Want, repo: &str, suggestions: &[String]) -> Error {
 }
 
 /// Downloads an archive and unpacks it into `sink` as it arrives, whatever its format.
-fn unpack<N: Net, K: Sink, C: Console>(net: &mut N, sink: &mut K, console: &mut C, url: &str) -> Result<()> {
+/// Downloads and unpacks the archive at `url`; with `identify` (a tarball island, which has no
+/// commit to announce), first announces the server's identity of the download, so that the
+/// host can stop an unchanged one before its body.
+fn unpack<N: Net, K: Sink, C: Console>(
+    net: &mut N,
+    sink: &mut K,
+    console: &mut C,
+    url: &str,
+    identify: bool,
+) -> Result<()> {
     console.note(&format!("downloading {url}"));
     let mut body = Body::open(net, "GET", url, "", b"")?;
+    if identify && let Some(identity) = body.identity() {
+        console.announce(&format!("http-identity {identity}\n"))?;
+    }
     let format = archive::unpack(&mut body, sink).map_err(|e| if e.mentions(url) { e } else { e.context(url) })?;
     console.note(&format!("unpacked {url} ({format:?})"));
     body.close()

@@ -34,6 +34,7 @@ unsafe extern "C" {
     fn http_status(handle: i32) -> i32;
     fn http_read(handle: i32, buf_ptr: *mut u8, buf_len: usize) -> i32;
     fn http_close(handle: i32) -> i32;
+    fn http_identity(handle: i32, buf_ptr: *mut u8, buf_len: usize) -> i32;
     fn out_mkdir(path_ptr: *const u8, path_len: usize) -> i32;
     fn out_create(path_ptr: *const u8, path_len: usize, executable: i32) -> i32;
     fn out_write(handle: i32, buf_ptr: *const u8, buf_len: usize) -> i32;
@@ -84,6 +85,14 @@ impl Net for HostNet {
     fn close(&mut self, response: i32) -> Result<(), Refused> {
         // SAFETY: no pointers.
         check(unsafe { http_close(response) }).map(drop)
+    }
+
+    fn identity(&mut self, response: i32) -> Option<String> {
+        let mut buf = [0u8; 64];
+        // SAFETY: the host writes at most `buf.len()` bytes into `buf`, which we own mutably.
+        let n = check(unsafe { http_identity(response, buf.as_mut_ptr(), buf.len()) }).ok()?;
+        let n = usize::try_from(n).ok().filter(|&n| n > 0 && n <= buf.len())?;
+        core::str::from_utf8(&buf[..n]).ok().map(String::from)
     }
 }
 

@@ -250,6 +250,11 @@ pub trait Net {
     fn read(&mut self, response: i32, buf: &mut [u8]) -> Result<usize, Refused>;
     /// Drops the response.
     fn close(&mut self, response: i32) -> Result<(), Refused>;
+    /// The server's identity of the response (a BLAKE3 of its final URL and its `ETag`, or
+    /// `Last-Modified` and length), if it gave one.
+    fn identity(&mut self, _response: i32) -> Option<String> {
+        None
+    }
 }
 
 /// The guest's standard output (the protocol) and standard error (diagnostics).
@@ -296,6 +301,11 @@ impl<'n, N: Net> Body<'n, N> {
             return Ok(Err(status));
         }
         Ok(Ok(Body { net, response, url }))
+    }
+
+    /// The server's identity of this response, if it gave one ([`Net::identity`]).
+    pub fn identity(&mut self) -> Option<String> {
+        self.net.identity(self.response)
     }
 
     /// Ends the response.

@@ -108,7 +108,7 @@ pub(super) fn read(
                     hit: hit @ None,
                 },
             ) = (&remote, &mut event)
-                && format.starts_with("git-")
+                && (format.starts_with("git-") || format == "http-identity")
             {
                 let key = IndexKey::new(how, format, value);
                 *hit = super::remote::tree_by_index(remote, &store, &key, &label)
@@ -213,6 +213,11 @@ pub(super) fn held(store: &Store, how: &str, format: &str, value: &str) -> Resul
     let hex40 = |v: &str| v.len() == 40 && v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     let (well_formed, how) = match format {
         "git-rev" | "git-tree" => (hex40(value), how),
+        // The server's identity of a download (see the fetcher's `http_identity`), a BLAKE3.
+        "http-identity" => (
+            value.len() == 64 && value.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            how,
+        ),
         "blake3" => (value.parse::<TreeHash>().is_ok(), IndexKey::ANY),
         "nar-sha256" => (value.parse::<NarHash>().is_ok(), IndexKey::ANY),
         _ => return Err(Unheld::Unknown),

@@ -60,7 +60,7 @@ impl Realizer {
             self.store.publish(&tree, &nar)?;
         }
         for (format, value) in &reported {
-            if format.starts_with("git-") {
+            if format.starts_with("git-") || format == "http-identity" {
                 self.store
                     .record(&IndexKey::new(drv.method.as_str(), format, value), &whole)?;
             }

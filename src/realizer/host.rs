@@ -267,6 +267,9 @@ impl Http {
     }
 
     async fn read(&mut self, handle: i32, max: usize, progress: &Progress) -> Result<Vec<u8>> {
+        // A line the guest wrote after the headers (its download's identity) is looked up
+        // before any of the body: a stored tree stops the download there.
+        self.barrier.wait().await;
         let stall = self.stall;
         let Some((response, pending)) = self.responses.get_mut(&handle) else {
             bail!("no open response {handle}")
@@ -480,6 +483,33 @@ fn bytes(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<Vec<u
     read(caller, ptr, len).context("pointer outside the fetcher's memory")
 }
 
+/// The server's identity of a response, as a BLAKE3 in hex: its final URL with its strong
+/// `ETag`, else with its `Last-Modified` and length; `None` when it has neither (then nothing
+/// tells an unchanged download from a changed one before its body). Weak ETags promise only
+/// equivalent content, not the same bytes, so they do not count.
+fn identity(response: &reqwest::Response) -> Option<String> {
+    let header = |name: reqwest::header::HeaderName| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let validator = match header(reqwest::header::ETAG) {
+        Some(etag) if !etag.starts_with("W/") => format!("etag {etag}"),
+        _ => {
+            let modified = header(reqwest::header::LAST_MODIFIED)?;
+            let length = header(reqwest::header::CONTENT_LENGTH)?;
+            format!("last-modified {modified} length {length}")
+        }
+    };
+    Some(
+        blake3::hash(format!("{}\n{validator}", response.url()).as_bytes())
+            .to_hex()
+            .to_string(),
+    )
+}
+
 /// Adds module `cab` to the linker.
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     type P8 = (i32, i32, i32, i32, i32, i32, i32, i32);
@@ -537,6 +567,26 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     Err(e) => c.data_mut().fail(e),
                 }
             })
+        },
+    )?;
+    linker.func_wrap(
+        "cab",
+        "http_identity",
+        |mut c: Caller<'_, HostState>, handle: i32, ptr: i32, len: i32| -> i32 {
+            let identity = match c.data().http.responses.get(&handle) {
+                Some((r, _)) => identity(r),
+                None => return c.data_mut().fail(anyhow!("no open response {handle}")),
+            };
+            match identity {
+                None => 0,
+                Some(id) if (len.max(0) as usize) < id.len() => c
+                    .data_mut()
+                    .fail(anyhow!("http_identity: a buffer of {len} bytes is too small")),
+                Some(id) if super::wasi::write(&mut c, ptr, id.as_bytes()) => id.len() as i32,
+                Some(_) => c
+                    .data_mut()
+                    .fail(anyhow!("http_identity: buffer outside the fetcher's memory")),
+            }
         },
     )?;
     linker.func_wrap(
