@@ -1458,3 +1458,72 @@ fn a_mount_starts_as_service_managers_and_fstab_start_mounts() {
     assert!(text(&out.stderr).contains("--colour"), "{}", text(&out.stderr));
     assert!(!is_mounted(&world.mnt));
 }
+
+#[test]
+fn cab_status_says_what_each_mount_serves_and_does() {
+    let world = World::new(
+        "status",
+        &["--throttle", "20000", "--throttle-path-regex", "acme/slow/archive"],
+    );
+    let src = world.dir("src");
+    write_file(&src.join("hello.txt"), b"hello\n", 0o644);
+    world.push("acme/good", &src, "one");
+    write_file(&src.join("big.bin"), &pseudo_random(2 << 20, 5), 0o644);
+    let slow_rev = world.push("acme/slow", &src, "slow");
+    world.manifest("good = '<github:acme/good>'\nslow = '<github:acme/slow>'\nbad = '<github:acme/missing>'\n");
+    let status = |args: &[&str]| {
+        let out = run_timeout(world.cab().arg("status").args(args), Duration::from_secs(30));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert!(status(&[]).contains("no cab mount is running"), "{}", status(&[]));
+
+    let mount = world.mount(&[]);
+    assert_eq!(read_text(&world.at("good/hello.txt")), "hello\n");
+    assert!(list(&world.at("bad")).is_err());
+    // A reader waiting for the slow island's archive (it trickles out).
+    let slow = world.at("slow");
+    let reader = thread::spawn(move || list(&slow).map(|l| l.len()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let said = loop {
+        let said = status(&[]);
+        if said.contains("slow: fetching (commit") || Instant::now() > deadline {
+            break said;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let mnt = world.mnt.display().to_string();
+    for needle in [
+        format!("{mnt} (pid "),
+        "good: blake3-".to_owned(),
+        format!("slow: fetching (commit {slow_rev})"),
+        "bad: FAILED (".to_owned(),
+        "acme/missing".to_owned(),
+        "3 named islands".to_owned(),
+    ] {
+        assert!(said.contains(&needle), "{needle:?} in\n{said}");
+    }
+    // As JSON, for one mount point.
+    let json: serde_json::Value = serde_json::from_str(status(&["--json", &mnt]).trim()).unwrap();
+    assert_eq!(json["mountpoint"], mnt.as_str());
+    assert_eq!(json["served"][0]["place"], "good");
+    assert!(
+        json["served"][0]["served_by"]
+            .as_str()
+            .is_some_and(|s| s == "kernel" || s == "fuse")
+    );
+    assert_eq!(json["failed"][0]["place"], "bad");
+    // The socket is the owner's alone.
+    let socket = world.store.join(format!("control/{}.sock", json["pid"]));
+    assert_eq!(fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o600);
+    // A mount point without a cab mount is an error.
+    let out = run_timeout(
+        world.cab().args(["status"]).arg(world.tmp.join("elsewhere")),
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("no cab mount at"), "{}", text(&out.stderr));
+    mount.stop();
+    let _ = reader.join();
+    assert!(status(&[]).contains("no cab mount is running"), "{}", status(&[]));
+}

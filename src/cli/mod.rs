@@ -9,6 +9,7 @@ mod mount;
 mod realize;
 mod service;
 mod shell;
+mod status;
 mod store;
 
 use std::path::PathBuf;
@@ -99,6 +100,9 @@ enum Command {
     /// Check what cab depends on (FUSE, the kernel, the store, the remote, tokens) and say how
     /// to fix what is wrong; exit code 0 when all is well.
     Doctor(doctor::DoctorArgs),
+    /// What each running mount serves and is doing: islands and how they are served, fetches
+    /// in flight, failures and when they are tried again, pushes pending.
+    Status(status::StatusArgs),
     /// Print the shell completion script for bash, zsh or fish.
     Completions(shell::CompletionsArgs),
     /// Print the manual page, cab(1) (or write one per command with --dir).
@@ -183,6 +187,7 @@ pub fn main() -> ExitCode {
         Command::Export(command) => interop::export(command, &settings),
         Command::Realize(args) => realize::realize(args, &settings),
         Command::Doctor(args) => doctor::doctor(args, &settings),
+        Command::Status(args) => status::status(args, &settings),
         Command::Completions(_) | Command::Man(_) => unreachable!("answered above"),
     };
     finish(result)

@@ -297,6 +297,14 @@ pub fn mount(args: MountArgs, settings: &Settings) -> Result<ExitCode> {
         manifest_path.as_deref(),
     )?;
     islands.start_completing();
+    let absolute = crate::mount::absolute_mountpoint(&args.mountpoint);
+    let _control = match crate::mount::control::listen(islands.clone(), &absolute, manifest_path.as_deref()) {
+        Ok(control) => Some(control),
+        Err(e) => {
+            tracing::warn!("`cab status` cannot reach this mount: {e:#}");
+            None
+        }
+    };
     let shown = args.mountpoint.display().to_string();
     let served = crate::mount::serve(islands, &args.mountpoint, &options, &runtime, || {
         eprintln!("mounted {count} islands at {shown} (Ctrl-C or `cab unmount {shown}` to stop)");

@@ -147,6 +147,15 @@ impl<K: Clone + Eq + Hash> Failures<K> {
         self.by_key.locked().get(key).map(|r| r.last.clone())
     }
 
+    /// Every key's last failure, while nothing has succeeded since.
+    pub fn all(&self) -> Vec<(K, LastFailure)> {
+        self.by_key
+            .locked()
+            .iter()
+            .map(|(k, r)| (k.clone(), r.last.clone()))
+            .collect()
+    }
+
     /// `key` succeeded: its failures are forgotten.
     pub fn forget(&self, key: &K) {
         self.by_key.locked().remove(key);

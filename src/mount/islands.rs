@@ -70,7 +70,8 @@ impl Key {
             Key::Named(name) => Some(PathBuf::from(name)),
             Key::ByHash(tree) => Some(PathBuf::from(format!("by-hash/{tree}"))),
             Key::Browsed(island) => {
-                let reference = island.config.r#ref.as_deref()?;
+                // A browsed commit id is its own place.
+                let reference = island.config.r#ref.as_deref().or(island.config.rev.as_deref())?;
                 let forge = match island.format {
                     Format::Github => "github",
                     Format::Gitlab => "gitlab",
@@ -149,6 +150,66 @@ impl Islands {
         for (key, served) in served {
             self.offer(&key, &served);
         }
+    }
+
+    /// What the mount serves and is doing, for `cab status` (see `mount::control`): each
+    /// island served (where, which tree and commit, served by the kernel or through FUSE, whole
+    /// or still arriving), each realization in flight, each failure remembered.
+    pub fn status(&self) -> serde_json::Value {
+        use serde_json::json;
+        let place = |key: &Key| match key.place() {
+            Some(place) => place.display().to_string(),
+            None => format!("{key:?}"),
+        };
+        let handover = self.handover.get();
+        let mut served: Vec<serde_json::Value> = self
+            .served
+            .locked()
+            .iter()
+            .map(|(key, s)| {
+                let kernel = key.place().is_some_and(|p| handover.is_some_and(|h| h.is_mounted(&p)));
+                let complete = s.contents.is_complete();
+                json!({
+                    "place": place(key),
+                    "island": s.island_xattr(),
+                    "tree": s.tree.to_string(),
+                    "rev": s.rev,
+                    "served_by": if kernel { "kernel" } else if complete { "fuse" } else { "fuse, lazily" },
+                    "complete": complete,
+                })
+            })
+            .collect();
+        served.sort_by_key(|v| v["place"].as_str().map(str::to_owned));
+        let mut fetching: Vec<serde_json::Value> = self
+            .in_flight
+            .locked()
+            .iter()
+            .filter(|(_, r)| !r.is_done())
+            .map(|(key, r)| json!({ "place": place(key), "rev": r.rev() }))
+            .collect();
+        fetching.sort_by_key(|v| v["place"].as_str().map(str::to_owned));
+        let stamp = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut failed: Vec<serde_json::Value> = self
+            .failures
+            .all()
+            .into_iter()
+            .map(|(key, last)| {
+                json!({
+                    "place": place(&key),
+                    "error": last.failure.message,
+                    "at": stamp(last.at),
+                    "retry_at": stamp(last.retry_at),
+                })
+            })
+            .collect();
+        failed.sort_by_key(|v| v["place"].as_str().map(str::to_owned));
+        json!({
+            "islands": self.names(),
+            "served": served,
+            "fetching": fetching,
+            "failed": failed,
+            "pushes_pending": self.realizer.pushes_pending(),
+        })
     }
 
     /// Offers a ready island to the kernel (see [`Handover::offer`]).

@@ -3,6 +3,7 @@
 //! [`table`] its inodes, [`islands`] realization off the request path, and [`timeout`] the
 //! kernel's request timeout.
 
+pub mod control;
 mod failures;
 mod fs;
 pub mod fuse;

@@ -139,6 +139,11 @@ impl Realizer {
 
     /// Pushes `trees` (new to this store) to the remote, if pushing is on: before returning
     /// (`wait`), or in the background, awaited by [`Realizer::finish_pushes`].
+    /// Pushes started in the background and not finished yet.
+    pub fn pushes_pending(&self) -> usize {
+        self.pushes.locked().iter().filter(|p| !p.is_finished()).count()
+    }
+
     pub(super) async fn push(&self, label: &str, trees: Vec<TreeHash>, wait: bool) {
         let (Some(remote), Some(cache)) = (self.remote.clone(), self.push.clone()) else {
             return;
