@@ -1487,7 +1487,8 @@ fn cab_status_says_what_each_mount_serves_and_does() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let said = loop {
         let said = status(&[]);
-        if said.contains("slow: fetching (commit") || Instant::now() > deadline {
+        let both = said.contains("slow: fetching (commit") && said.contains("downloading <github:acme/slow>: ");
+        if both || Instant::now() > deadline {
             break said;
         }
         thread::sleep(Duration::from_millis(100));
@@ -1498,6 +1499,7 @@ fn cab_status_says_what_each_mount_serves_and_does() {
         "good: blake3-".to_owned(),
         format!("slow: fetching (commit {slow_rev})"),
         "bad: FAILED (".to_owned(),
+        "downloading <github:acme/slow>: ".to_owned(),
         "acme/missing".to_owned(),
         "3 named islands".to_owned(),
     ] {

@@ -105,6 +105,17 @@ fn print_human(s: &serde_json::Value) {
             .unwrap_or_default();
         println!("  {}: fetching{rev}", str_of(&fetch["place"]));
     }
+    for download in s["downloads"].as_array().unwrap_or(&empty) {
+        let mb = |v: &serde_json::Value| v.as_u64().unwrap_or(0) as f64 / 1e6;
+        println!(
+            "  downloading {}: {:.1} MB in {} s ({:.1} MB/s), {} files",
+            str_of(&download["label"]),
+            mb(&download["bytes"]),
+            download["seconds"],
+            mb(&download["bytes_per_second"]),
+            download["files"]
+        );
+    }
     for failure in s["failed"].as_array().unwrap_or(&empty) {
         let retry = failure["retry_at"].as_u64().unwrap_or(0);
         let when = if retry > now {

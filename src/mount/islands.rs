@@ -203,10 +203,24 @@ impl Islands {
             })
             .collect();
         failed.sort_by_key(|v| v["place"].as_str().map(str::to_owned));
+        let downloads: Vec<serde_json::Value> = crate::realizer::progress::in_flight()
+            .into_iter()
+            .map(|f| {
+                let seconds = f.elapsed.as_secs_f64();
+                json!({
+                    "label": f.label,
+                    "bytes": f.bytes,
+                    "files": f.files,
+                    "seconds": (seconds * 10.0).round() / 10.0,
+                    "bytes_per_second": if seconds > 0.0 { (f.bytes as f64 / seconds) as u64 } else { 0 },
+                })
+            })
+            .collect();
         json!({
             "islands": self.names(),
             "served": served,
             "fetching": fetching,
+            "downloads": downloads,
             "failed": failed,
             "pushes_pending": self.realizer.pushes_pending(),
         })

@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -18,6 +18,41 @@ struct Inner {
     files: AtomicU64,
     last_log: Mutex<Instant>,
     watcher: OnceLock<Watcher>,
+    started: Instant,
+    finished: std::sync::atomic::AtomicBool,
+}
+
+/// Every fetch of this process that has progress, for [`in_flight`] (`cab status`).
+static LIVE: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
+
+/// A fetch under way, as [`in_flight`] sees it.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    /// What is fetched (the island).
+    pub label: String,
+    /// Bytes downloaded so far.
+    pub bytes: u64,
+    /// Files unpacked so far.
+    pub files: u64,
+    /// Time since it started.
+    pub elapsed: Duration,
+}
+
+/// The fetches of this process under way now.
+pub fn in_flight() -> Vec<InFlight> {
+    use crate::sync::MutexExt;
+    let mut live = LIVE.locked();
+    live.retain(|weak| weak.strong_count() > 0);
+    live.iter()
+        .filter_map(Weak::upgrade)
+        .filter(|inner| !inner.finished.load(Ordering::Relaxed))
+        .map(|inner| InFlight {
+            label: inner.label.clone(),
+            bytes: inner.bytes.load(Ordering::Relaxed),
+            files: inner.files.load(Ordering::Relaxed),
+            elapsed: inner.started.elapsed(),
+        })
+        .collect()
 }
 
 /// Told the bytes downloaded so far, each time more arrive.
@@ -39,14 +74,23 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        Progress(Arc::new(Inner {
+        let inner = Arc::new(Inner {
             bar,
             label: label.to_owned(),
             bytes: AtomicU64::new(0),
             files: AtomicU64::new(0),
             last_log: Mutex::new(Instant::now()),
             watcher: OnceLock::new(),
-        }))
+            started: Instant::now(),
+            finished: Default::default(),
+        });
+        {
+            use crate::sync::MutexExt;
+            let mut live = LIVE.locked();
+            live.retain(|weak| weak.strong_count() > 0);
+            live.push(Arc::downgrade(&inner));
+        }
+        Progress(inner)
     }
 
     /// Bytes downloaded so far.
@@ -118,6 +162,7 @@ impl Progress {
 
     /// The fetch is over.
     pub fn finish(&self) {
+        self.0.finished.store(true, Ordering::Relaxed);
         if let Some(bar) = &self.0.bar {
             bar.finish_and_clear();
         }
