@@ -16,6 +16,16 @@ struct Entry<K> {
     lookups: u64,
 }
 
+/// Returns the allocator's free memory to the system: glibc keeps what was freed in its arenas
+/// (the names and kinds of a million forgotten inodes, in small pieces) unless asked.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Inodes by number and by (parent, name).
 pub struct Table<K> {
     inodes: HashMap<u64, Entry<K>>,
@@ -99,6 +109,21 @@ impl<K: Clone> Table<K> {
             if self.by_name.get(&key) == Some(&ino) {
                 self.by_name.remove(&key);
             }
+            self.shrink_if_mostly_empty();
+        }
+    }
+
+    /// Gives memory back once the kernel has forgotten most of what it was told: a hash map
+    /// keeps its largest capacity, so after a walk of a million entries the table would hold
+    /// room for a million however few remain. Amortized: the maps are rebuilt at a quarter of
+    /// their capacity, so each shrink follows as many forgets as it costs.
+    fn shrink_if_mostly_empty(&mut self) {
+        const SMALL: usize = 4096;
+        let capacity = self.inodes.capacity();
+        if capacity > SMALL && self.inodes.len() < capacity / 4 {
+            self.inodes.shrink_to_fit();
+            self.by_name.shrink_to_fit();
+            give_back_freed_memory();
         }
     }
 
