@@ -238,6 +238,28 @@ fn a_laptop_mounts_reads_and_updates_through_a_remote_realizer() {
         .arg("-r")
         .arg(world.reference("acme/app", &rev2))
         .arg(&out_dir));
+
+    // `cab import` goes the same way: a flake.lock's pin of a commit nobody has realized yet.
+    project(&src, 3, 1);
+    let rev3 = world.push("acme/app", &src, "three");
+    let nar3 = cab_hash(&world.reference("acme/app", &rev3), Some("--sri")).nar;
+    let flake_lock = serde_json::json!({
+        "nodes": {
+            "app3": {
+                "locked": { "narHash": nar3, "owner": "acme", "repo": "app", "rev": rev3, "type": "github" },
+                "original": { "owner": "acme", "repo": "app", "type": "github" }
+            },
+            "root": { "inputs": { "app3": "app3" } }
+        },
+        "root": "root",
+        "version": 7
+    });
+    let file = world.tmp.join("flake.lock");
+    fs::write(&file, flake_lock.to_string()).unwrap();
+    let out = run_ok(fleet.client(&[&a]).arg("import").arg(&file));
+    let said = text(&out.stderr);
+    assert!(said.contains("realized on ssh://realizer"), "{said}");
+    assert!(world.lock_text().contains(&rev3), "{}", world.lock_text());
 }
 
 #[test]
