@@ -107,23 +107,17 @@ fn kernel(report: &mut Report) {
     };
     let at_least = |major: u32, minor: u32| version >= (major, minor);
     report.say(Verdict::Ok, "kernel", format!("Linux {}.{}", version.0, version.1));
-    let (verdict, detail) = match (at_least(6, 12), is_root(), erofs_known()) {
-        (true, true, true) => (
-            Verdict::Ok,
-            "stored trees are served by the kernel (EROFS images)".to_owned(),
-        ),
-        (false, _, _) => (
+    // The same check a mount makes before it hands trees to the kernel, plus the version
+    // that file-backed mounts need (an older kernel refuses them at the first attach).
+    let (verdict, detail) = match crate::mount::kernel_serve_unavailable() {
+        Some(why) => (Verdict::Note, format!("{why}: stored trees stay on FUSE")),
+        None if !at_least(6, 12) => (
             Verdict::Note,
             "Linux 6.12+ is needed for file-backed EROFS mounts: stored trees stay on FUSE".to_owned(),
         ),
-        (_, false, _) => (
-            Verdict::Note,
-            "only root can mount EROFS images: stored trees stay on FUSE".to_owned(),
-        ),
-        (_, _, false) => (
-            Verdict::Note,
-            "the kernel has no EROFS (`modprobe erofs`, or a kernel built with it): stored trees stay on FUSE"
-                .to_owned(),
+        None => (
+            Verdict::Ok,
+            "stored trees are served by the kernel (EROFS images)".to_owned(),
         ),
     };
     report.say(verdict, "kernel-served trees", detail);
@@ -150,20 +144,6 @@ fn kernel(report: &mut Report) {
             "this kernel does not time FUSE requests out",
         );
     }
-}
-
-fn erofs_known() -> bool {
-    std::fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.lines().any(|l| l.trim_end().ends_with("erofs")))
-        || Path::new("/sys/module/erofs").exists()
-        || kernel_module_available("erofs")
-}
-
-fn kernel_module_available(name: &str) -> bool {
-    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
-        return false;
-    };
-    let dep = format!("/lib/modules/{}/modules.dep", release.trim());
-    std::fs::read_to_string(dep).is_ok_and(|d| d.contains(&format!("/{name}.ko")))
 }
 
 fn configuration(report: &mut Report, settings: &Settings) {

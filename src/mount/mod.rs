@@ -23,6 +23,7 @@ use anyhow::{Context, Result, bail};
 pub use self::fs::{CabFs, ReadPath};
 pub use self::handover::HandoverOptions;
 pub use self::islands::Islands;
+pub use self::kernel::unavailable as kernel_serve_unavailable;
 pub use self::timeout::RequestTimeout;
 
 /// The image cache's bound unless `image-cache-size` says otherwise.

@@ -210,14 +210,12 @@ pub(super) enum Unheld {
 /// the derivation's method, for a git value), declared live at once: the run may stop and use
 /// it. A failing lookup is warned about and counts as none.
 pub(super) fn held(store: &Store, how: &str, format: &str, value: &str) -> Result<Option<TreeHash>, Unheld> {
-    let hex40 = |v: &str| v.len() == 40 && v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let hex =
+        |v: &str, len: usize| v.len() == len && v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     let (well_formed, how) = match format {
-        "git-rev" | "git-tree" => (hex40(value), how),
+        "git-rev" | "git-tree" => (hex(value, 40), how),
         // The server's identity of a download (see the fetcher's `http_identity`), a BLAKE3.
-        "http-identity" => (
-            value.len() == 64 && value.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-            how,
-        ),
+        "http-identity" => (hex(value, 64), how),
         "blake3" => (value.parse::<TreeHash>().is_ok(), IndexKey::ANY),
         "nar-sha256" => (value.parse::<NarHash>().is_ok(), IndexKey::ANY),
         _ => return Err(Unheld::Unknown),

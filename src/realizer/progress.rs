@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::sync::MutexExt;
+
 /// A handle on one fetch's progress; clones share it.
 #[derive(Clone)]
 pub struct Progress(Arc<Inner>);
@@ -40,7 +42,6 @@ pub struct InFlight {
 
 /// The fetches of this process under way now.
 pub fn in_flight() -> Vec<InFlight> {
-    use crate::sync::MutexExt;
     let mut live = LIVE.locked();
     live.retain(|weak| weak.strong_count() > 0);
     live.iter()
@@ -85,7 +86,6 @@ impl Progress {
             finished: Default::default(),
         });
         {
-            use crate::sync::MutexExt;
             let mut live = LIVE.locked();
             live.retain(|weak| weak.strong_count() > 0);
             live.push(Arc::downgrade(&inner));
