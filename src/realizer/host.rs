@@ -76,6 +76,11 @@ impl FifoBarrier {
     /// Waits until every line written so far has been handled.
     async fn wait(&self) {
         let target = self.written.load(std::sync::atomic::Ordering::SeqCst);
+        // The common case (every body chunk of a download): nothing left to process, and no
+        // timer to set up.
+        if *self.processed.borrow() >= target {
+            return;
+        }
         let mut rx = self.processed.subscribe();
         // Bounded: if the reader is gone, the run is ending anyway.
         let _ = tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|n| *n >= target)).await;
