@@ -270,8 +270,7 @@ pub fn serve(
             tracing::error!("unmounting panicked");
         }
     });
-    ready();
-    let served = session.run(fs, options.threads);
+    let served = session.run(fs, options.threads, ready);
     // However the mount ended (unmounted from elsewhere, aborted), nothing is attached below
     // it any more.
     if let Some(handover) = &handover {

@@ -174,14 +174,17 @@ impl Session {
     }
 
     /// Serves until the connection ends (unmounted or aborted): over io_uring if it was
-    /// accepted, else with `threads` workers reading /dev/fuse.
-    pub fn run<F: Filesystem>(mut self, fs: Arc<F>, threads: usize) -> io::Result<()> {
+    /// accepted, else with `threads` workers reading /dev/fuse. `serving` is called once the
+    /// threads that answer are running (whoever waits for "mounted" finds them there).
+    pub fn run<F: Filesystem>(mut self, fs: Arc<F>, threads: usize, serving: impl FnOnce()) -> io::Result<()> {
         let Some((prepared, payload)) = self.rings.take() else {
             tracing::info!(
                 "serving FUSE requests through /dev/fuse ({threads} workers; {})",
                 self.classic_because
             );
-            return join(self.workers(&fs, 0, threads.max(1))?);
+            let workers = self.workers(&fs, 0, threads.max(1))?;
+            serving();
+            return join(workers);
         };
         let (queues, per_queue) = (prepared.queues, prepared.per_queue);
         let (events, news) = mpsc::channel();
@@ -197,7 +200,9 @@ impl Session {
                 // turns it off again, and everything comes through /dev/fuse.
                 tracing::warn!("cannot start the FUSE rings ({e}); serving through /dev/fuse");
                 ring::refuse(self.channel.raw_fd(), queues, payload)?;
-                return join(self.workers(&fs, 0, threads.max(1))?);
+                let workers = self.workers(&fs, 0, threads.max(1))?;
+                serving();
+                return join(workers);
             }
         };
         tracing::info!("serving FUSE requests over io_uring ({queues} queues, {per_queue} rings each)");
@@ -216,6 +221,7 @@ impl Session {
                 let _ = events.send(Event::Ended(work(fs, channel, interrupts, size)));
             })?
         };
+        serving();
         let mut classic = Vec::new();
         let result = loop {
             match news.recv() {
