@@ -1988,6 +1988,24 @@ fn an_unchanged_tarball_is_answered_not_modified() {
     let r = asked(&forge, 6);
     assert!(r[5].conditional && r[5].status == 304, "{:?}", r[5]);
 
+    // A server with Last-Modified alone: asked with If-Modified-Since, and answered 304.
+    let dated = Forge::start(&w.root, &["--validators", "last-modified"]);
+    let island = format!("<tarball:{}/files/latest.tar.gz>", dated.url());
+    for _ in 0..2 {
+        assert_eq!(fetch_json(&w.store, &dated.url(), &island).hash, fourth.hash);
+    }
+    let r = asked(&dated, 2);
+    assert!(
+        !r[0].conditional && r[0].status == 200 && r[0].body_complete,
+        "{:?}",
+        r[0]
+    );
+    assert!(
+        r[1].conditional && r[1].status == 304 && r[1].bytes_sent == 0,
+        "{:?}",
+        r[1]
+    );
+
     // A server without validators: nothing to ask with, every update downloads all of it.
     let bare = Forge::start(&w.root, &["--validators", "none"]);
     let island = format!("<tarball:{}/files/latest.tar.gz>", bare.url());
