@@ -456,7 +456,15 @@ fn forgotten_inodes_are_freed_and_memory_stays_bounded() {
     browse(50_000, 100_000);
     drop_kernel_caches();
     let after_second = daemon_inodes(&world.mnt);
-    let rss_second = rss_kib(pid);
+    // Memory goes back once the forgets are handled (the table shrinks, then malloc_trim): on a
+    // busy machine a moment after the inode count drops, so it gets a few seconds.
+    let bound = rss_first + rss_first / 4 + 16 * 1024;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut rss_second = rss_kib(pid);
+    while rss_second >= bound && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+        rss_second = rss_kib(pid);
+    }
     assert!(
         after_first < 1000,
         "{after_first} inodes left after the kernel forgot them"
@@ -466,7 +474,7 @@ fn forgotten_inodes_are_freed_and_memory_stays_bounded() {
         "{after_second} inodes left after the kernel forgot them"
     );
     assert!(
-        rss_second < rss_first + rss_first / 4 + 16 * 1024,
+        rss_second < bound,
         "memory grows with distinct names: {rss_first} KiB after 50,000, {rss_second} KiB after 100,000"
     );
 
