@@ -911,6 +911,57 @@ fn browsing_github_and_by_hash() {
     mount.stop();
 }
 
+/// Refs with `/` in their names are reached as git's ref namespace nests them: a prefix of
+/// refs is a directory listing the refs under it; a repository's own level lists its default
+/// branch; a name that is neither a ref nor a prefix is ENOENT. On every forge.
+#[test]
+fn browsing_refs_with_slashes() {
+    let world = World::new("mount-refs", &[]);
+    let src = world.dir("src");
+    let mut revs = std::collections::BTreeMap::new();
+    for repo in ["acme/refs", "group/sub/proj", "~me/refs"] {
+        for branch in ["main", "release/1.2", "release/2.0", "feature/a/b"] {
+            write_file(&src.join("which.txt"), format!("{branch}\n").as_bytes(), 0o644);
+            let rev = forge::commit(&world.forge_root, repo, &src, branch, branch);
+            revs.insert((repo, branch), rev);
+        }
+        forge::tag(&world.forge_root, repo, "v1", &revs[&(repo, "main")], false);
+    }
+    let mount = world.mount(&[]);
+    for (repo, at) in [
+        ("acme/refs", "github/acme/refs"),
+        ("group/sub/proj", "gitlab/group/sub/proj/-"),
+        ("~me/refs", "sourcehut/~me/refs"),
+    ] {
+        let top = world.at(at);
+        let ls = |dir: &Path| {
+            ok_text(tool("ls").arg(dir))
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ls(&top), ["main"], "{at}: the default branch");
+        assert_eq!(ls(&top.join("release")), ["1.2", "2.0"], "{at}/release");
+        assert_eq!(ls(&top.join("feature")), ["a"], "{at}/feature");
+        assert_eq!(ls(&top.join("feature/a")), ["b"], "{at}/feature/a");
+        let b = top.join("feature/a/b");
+        assert_eq!(read_text(&b.join("which.txt")), "feature/a/b\n");
+        assert_same_tree(&world.reference(repo, &revs[&(repo, "feature/a/b")]), &b);
+        assert_eq!(read_text(&top.join("release/1.2/which.txt")), "release/1.2\n");
+        assert_eq!(read_text(&top.join("v1/which.txt")), "main\n");
+        assert_eq!(read_text(&top.join("main/which.txt")), "main\n");
+        for missing in ["nope", "release/9.9", "feature/a/c", "feature/b", "release/1.2x"] {
+            let path = top.join(missing);
+            assert_eq!(
+                errno_of(fs::symlink_metadata(&path)),
+                Some(libc::ENOENT),
+                "{at}/{missing}"
+            );
+        }
+    }
+    mount.stop();
+}
+
 /// The mount's defaults come from the configuration file, and a flag overrides them.
 #[test]
 fn mount_defaults_from_the_config_file() {

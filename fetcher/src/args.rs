@@ -8,7 +8,8 @@ use crate::refs::object_id;
 
 /// How to call the fetcher.
 pub const USAGE: &str = "usage: fetcher forge git=URL archive=URL [ref=REF] [rev=SHA1] | \
-                         fetcher git url=URL [ref=REF] [rev=SHA1] | fetcher tarball url=URL";
+                         fetcher git url=URL [ref=REF] [rev=SHA1] | fetcher tarball url=URL | \
+                         fetcher refs git=URL [prefix=REF]";
 
 /// What to fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +24,18 @@ pub enum Request {
         /// Where it is.
         url: String,
     },
+    /// Which refs a git smart-HTTP repository has: HEAD's target, or the names under a
+    /// prefix. Reported, not fetched: no tree is written.
+    Refs(Refs),
+}
+
+/// The `refs` format's arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refs {
+    /// The repository's smart-HTTP URL, without a trailing slash.
+    pub git: String,
+    /// List the branches and tags under `<prefix>/`; without it, what HEAD points to.
+    pub prefix: Option<String>,
 }
 
 /// The `forge` format's arguments.
@@ -70,6 +83,7 @@ pub fn parse(args: &[String]) -> Result<Request> {
         "forge" => &["git", "archive", "ref", "rev"],
         "git" => &["url", "ref", "rev"],
         "tarball" => &["url"],
+        "refs" => &["git", "prefix"],
         other => return Err(usage(format!("unknown format `{other}`"))),
     };
     if let Some((k, _)) = pairs.iter().find(|(k, _)| !allowed.contains(k)) {
@@ -93,6 +107,10 @@ pub fn parse(args: &[String]) -> Result<Request> {
             url: http_url("url", need("url")?)?.trim_end_matches('/').to_owned(),
             reference,
             rev,
+        })),
+        "refs" => Ok(Request::Refs(Refs {
+            git: http_url("git", need("git")?)?.trim_end_matches('/').to_owned(),
+            prefix: get("prefix").map(|p| check_ref(p).map(str::to_owned)).transpose()?,
         })),
         _ => Ok(Request::Tarball {
             url: http_url("url", need("url")?)?.to_owned(),
@@ -187,6 +205,20 @@ mod tests {
             })
         );
         assert_eq!(
+            p(&["refs", "git=https://h/o/r.git/", "prefix=release/v1"]).unwrap(),
+            Request::Refs(Refs {
+                git: "https://h/o/r.git".into(),
+                prefix: Some("release/v1".into()),
+            })
+        );
+        assert_eq!(
+            p(&["refs", "git=https://h/o/r.git"]).unwrap(),
+            Request::Refs(Refs {
+                git: "https://h/o/r.git".into(),
+                prefix: None,
+            })
+        );
+        assert_eq!(
             p(&["tarball", "url=https://x/y.tar.gz"]).unwrap(),
             Request::Tarball {
                 url: "https://x/y.tar.gz".into()
@@ -246,6 +278,9 @@ mod tests {
                 "repo=a/b",
             ],
             &["tarball", "url=https://x", "extra"],
+            &["refs", "git=https://x/r.git", "prefix=a/"],
+            &["refs", "git=https://x/r.git", "ref=main"],
+            &["refs", "prefix=a"],
             &["tarball"],
         ] {
             let e = p(bad).unwrap_err();

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use super::failures::{Failure, Failures, LastFailure};
 use super::handover::Handover;
 use super::realization::Realization;
+use super::refs::RefListings;
 use crate::derivation::{Derivation, to_derivation};
 use crate::hash::TreeHash;
 use crate::hash::tree::Node;
@@ -113,6 +114,8 @@ pub struct Islands {
     complete: bool,
     /// Who hands whole trees over to the kernel, once the mount is up (if anyone may).
     handover: OnceLock<Arc<Handover>>,
+    /// What the browsed repositories' refs are (their listings).
+    refs: Arc<RefListings>,
 }
 
 impl Islands {
@@ -124,6 +127,7 @@ impl Islands {
         lock: Lock,
     ) -> Self {
         Islands {
+            refs: Arc::new(RefListings::new(realizer.clone(), runtime.clone())),
             realizer,
             runtime,
             manifest,
@@ -265,6 +269,11 @@ impl Islands {
     /// The realizer (its store serves the trees).
     pub fn realizer(&self) -> &Realizer {
         &self.realizer
+    }
+
+    /// The browsed repositories' ref listings.
+    pub fn refs(&self) -> &Arc<RefListings> {
+        &self.refs
     }
 
     /// The runtime realizations run on.
