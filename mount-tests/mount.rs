@@ -962,6 +962,72 @@ fn browsing_refs_with_slashes() {
     mount.stop();
 }
 
+/// A repository with thousands of tags: its own level still lists only the default branch, in
+/// one small round trip, and a prefix lists a bounded number of names.
+#[test]
+fn browsing_a_repository_with_thousands_of_tags() {
+    let world = World::new("mount-many-tags", &[]);
+    let src = world.dir("src");
+    write_file(&src.join("a.txt"), b"a\n", 0o644);
+    let rev = world.push("acme/many", &src, "main");
+    let gitdir = world.forge_root.join("acme/many.git");
+    let mut refs = String::new();
+    for i in 0..5000 {
+        refs.push_str(&format!(
+            "create refs/tags/v{i}.0 {rev}\ncreate refs/tags/t/{i:04} {rev}\n"
+        ));
+    }
+    let mut git = Command::new("git");
+    git.arg("-C")
+        .arg(&gitdir)
+        .args(["update-ref", "--stdin"])
+        .stdin(Stdio::piped());
+    let mut child = git.spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), refs.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        Command::new("git")
+            .arg("-C")
+            .arg(&gitdir)
+            .arg("update-server-info")
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mount = world.mount(&[]);
+    let repo = world.at("github/acme/many");
+    let before = settled_requests(&world).len();
+    let started = Instant::now();
+    assert_eq!(ok_text(tool("ls").arg(&repo)).trim(), "main");
+    let top = started.elapsed();
+    let asked = &settled_requests(&world)[before..];
+    assert_eq!(asked.len(), 1, "one ls-refs of HEAD: {asked:#?}");
+    let started = Instant::now();
+    assert!(repo.join("t").is_dir());
+    let lookup = started.elapsed();
+    let listed = ok_text(tool("ls").arg(repo.join("t")));
+    let prefix = started.elapsed();
+    thread::sleep(Duration::from_millis(1100));
+    let started = Instant::now();
+    assert!(repo.join("t").is_dir());
+    let again = started.elapsed();
+    assert_eq!(listed.lines().count(), 1000, "a prefix lists at most 1,000 names");
+    assert_eq!(listed.lines().next(), Some("0000"));
+    assert_eq!(
+        read_text(&repo.join("t/4999/a.txt")),
+        "a\n",
+        "names past the listing's bound still resolve"
+    );
+    eprintln!(
+        "ls REPO/ {:.1} ms; REPO/t (5,000 refs under it): lookup {:.1} ms, with ls {:.1} ms, looked up again {:.1} ms",
+        top.as_secs_f64() * 1e3,
+        lookup.as_secs_f64() * 1e3,
+        prefix.as_secs_f64() * 1e3,
+        again.as_secs_f64() * 1e3
+    );
+    mount.stop();
+}
+
 /// The mount's defaults come from the configuration file, and a flag overrides them.
 #[test]
 fn mount_defaults_from_the_config_file() {

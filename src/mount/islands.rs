@@ -314,6 +314,12 @@ impl Islands {
         self.failures.last(&Key::Browsed(island.clone()))
     }
 
+    /// Forgets `island`'s last failure: a browsed name that is no ref turned out to be a
+    /// directory of refs, which `cab status` must not report as failing.
+    pub fn forget_failure(&self, island: &Island) {
+        self.failures.forget(&Key::Browsed(island.clone()));
+    }
+
     /// The island a name stands for: its lock pin if current, else the manifest's literal.
     fn named(&self, name: &str) -> Option<(Island, bool)> {
         let island = self.manifest.as_ref()?.islands.get(name)?;

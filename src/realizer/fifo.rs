@@ -163,7 +163,10 @@ pub(super) fn note_value(
     value: &str,
     rev: &mut Option<String>,
 ) -> Result<()> {
-    tracing::debug!("{label}: fetcher reports {format} {value}");
+    // A ref listing's names (up to 1,000 of them) are its answer, not news.
+    if format != "ref-name" {
+        tracing::debug!("{label}: fetcher reports {format} {value}");
+    }
     if format == "git-rev" {
         if let Some(want) = &drv.rev
             && want != value

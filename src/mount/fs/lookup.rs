@@ -119,6 +119,12 @@ impl CabFs {
             Some(Known::Missing) => return reply.error(libc::ENOENT),
             Some(Known::Ref) | None => {}
         }
+        // A prefix found a moment ago (its listing is kept) was found not to be a ref then.
+        if let Some(list) = listing_of(&island).and_then(|key| self.islands.refs().kept(&key))
+            && !list.names.is_empty()
+        {
+            return self.answer_prefix(parent, &name, reply);
+        }
         let is_ref = island.config.r#ref.is_some();
         match self.islands.get_island(&island) {
             State::Failed(failure) if failure.not_found() && is_ref => self.lookup_prefix(parent, name, island, reply),
@@ -152,7 +158,11 @@ impl CabFs {
         };
         match self.islands.refs().get(&key) {
             Listing::Ready(list) if list.names.is_empty() => reply.error(libc::ENOENT),
-            Listing::Ready(_) => self.answer_prefix(parent, &name, reply),
+            Listing::Ready(_) => {
+                // Not a ref but a directory of them: its ref's failure is no failure to report.
+                self.islands.forget_failure(&island);
+                self.answer_prefix(parent, &name, reply)
+            }
             Listing::Pending(asked) => self.wait_or(
                 asked,
                 reply,
