@@ -926,6 +926,8 @@ fn browsing_refs_with_slashes() {
             revs.insert((repo, branch), rev);
         }
         forge::tag(&world.forge_root, repo, "v1", &revs[&(repo, "main")], false);
+        // Tags count as branches do: one under a prefix of branches, annotated.
+        forge::tag(&world.forge_root, repo, "release/3.0", &revs[&(repo, "main")], true);
     }
     let mount = world.mount(&[]);
     for (repo, at) in [
@@ -941,7 +943,7 @@ fn browsing_refs_with_slashes() {
                 .collect::<Vec<_>>()
         };
         assert_eq!(ls(&top), ["main"], "{at}: the default branch");
-        assert_eq!(ls(&top.join("release")), ["1.2", "2.0"], "{at}/release");
+        assert_eq!(ls(&top.join("release")), ["1.2", "2.0", "3.0"], "{at}/release");
         assert_eq!(ls(&top.join("feature")), ["a"], "{at}/feature");
         assert_eq!(ls(&top.join("feature/a")), ["b"], "{at}/feature/a");
         let b = top.join("feature/a/b");
@@ -949,6 +951,7 @@ fn browsing_refs_with_slashes() {
         assert_same_tree(&world.reference(repo, &revs[&(repo, "feature/a/b")]), &b);
         assert_eq!(read_text(&top.join("release/1.2/which.txt")), "release/1.2\n");
         assert_eq!(read_text(&top.join("v1/which.txt")), "main\n");
+        assert_eq!(read_text(&top.join("release/3.0/which.txt")), "main\n");
         assert_eq!(read_text(&top.join("main/which.txt")), "main\n");
         for missing in ["nope", "release/9.9", "feature/a/c", "feature/b", "release/1.2x"] {
             let path = top.join(missing);

@@ -1,6 +1,6 @@
 //! The filesystem: an inode table over three views — named islands at the top, the forges'
 //! browsing levels (`github/OWNER/REPO/REF/`, `gitlab/GROUP/…/PROJECT/-/REF/`,
-//! `sourcehut/~OWNER/REPO/REF/`), `by-hash/<tree hash>/` for stable paths — and the realized
+//! `sourcehut/~OWNER/REPO/REF/`, a REF with `/` nested as git nests it), `by-hash/<tree hash>/` for stable paths — and the realized
 //! trees beneath them, served straight from the store.
 //!
 //! No request waits on a thread. A lookup answers at once: an island's directory exists before
@@ -58,7 +58,8 @@ type Errno = i32;
 enum Inode {
     Root,
     /// A forge's browsing level (`github/`, `gitlab/`, `sourcehut/`) and the names looked up
-    /// below it so far, before the ref.
+    /// below it so far: the repository's path, then any prefix of refs (`release` of
+    /// `release/1.2`).
     Browse(Format, Arc<[Arc<str>]>),
     ByHash,
     /// A named island's root, realized or not.
