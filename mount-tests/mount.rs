@@ -962,6 +962,25 @@ fn browsing_refs_with_slashes() {
             );
         }
     }
+    // A directory of refs is no failing island; the names that do not exist are.
+    let out = run_timeout(
+        world.cab().args(["status", "--json"]).arg(&world.mnt),
+        Duration::from_secs(30),
+    );
+    let status: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let failed: Vec<&str> = status["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["place"].as_str())
+        .collect();
+    assert!(
+        !failed
+            .iter()
+            .any(|p| p.ends_with("/release") || p.ends_with("/feature")),
+        "{failed:?}"
+    );
+    assert!(failed.iter().any(|p| p.ends_with("/nope")), "{failed:?}");
     mount.stop();
 }
 
