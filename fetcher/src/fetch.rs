@@ -91,9 +91,10 @@ pub fn resolve<N: Net, C: Console>(
             Some(protocol)
         }
     };
-    if resolver.resolved().is_none() && want != Want::Head && protocol != Some(Protocol::V0) {
+    if resolver.resolved().is_none() && want != Want::Head && protocol != Some(Protocol::V0) && !resolver.saw_nested() {
         // The first answer held only names starting like the wanted one; ask for all
-        // branches and tags, to say which ones come close.
+        // branches and tags, to say which ones come close (unless refs nest under the name:
+        // those are the closest, and a repository's thousands of tags need not be listed).
         resolver = Resolver::new(&want);
         ls_refs(net, &url, &want.suggestion_prefixes(), &mut resolver)?;
     }

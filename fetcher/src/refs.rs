@@ -124,6 +124,11 @@ pub struct Resolver {
     short: bool,
     namespaces: Vec<String>,
     nearest: Nearest,
+    /// `refs/heads/<name>/` or `refs/tags/<name>/` for a short name: refs nested under it.
+    nested: Vec<Vec<u8>>,
+    /// Whether a ref nested under the wanted short name was seen (`release/1.2` for
+    /// `release`): the wanted name is then a prefix of refs, not a typo.
+    saw_nested: bool,
 }
 
 impl Resolver {
@@ -146,7 +151,21 @@ impl Resolver {
                 want.suggestion_prefixes()
             },
             nearest: Nearest::new(key.as_bytes()),
+            nested: match want {
+                Want::Short(r) => ["refs/heads/", "refs/tags/"]
+                    .iter()
+                    .map(|ns| format!("{ns}{r}/").into_bytes())
+                    .collect(),
+                _ => Vec::new(),
+            },
+            saw_nested: false,
         }
+    }
+
+    /// Whether refs nested under the wanted short name were seen: it is a prefix of refs (the
+    /// closest names are those, and asking for every branch and tag would add nothing).
+    pub fn saw_nested(&self) -> bool {
+        self.saw_nested
     }
 
     /// The commit, if the wanted ref was seen: the first candidate found, peeled if it is an
@@ -181,6 +200,9 @@ impl Advertised for Resolver {
                     peeled: peeled.map(str::to_owned),
                 });
             }
+        }
+        if self.nested.iter().any(|n| name.starts_with(n)) {
+            self.saw_nested = true;
         }
         if !self.namespaces.iter().any(|ns| name.starts_with(ns.as_bytes())) {
             return;

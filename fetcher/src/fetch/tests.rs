@@ -478,3 +478,26 @@ fn refs_mode_on_a_v0_server_reads_head_from_the_capabilities() {
     r.unwrap();
     assert_eq!(events.last().map(String::as_str), Some("announce ref-name v/1\n"));
 }
+
+#[test]
+fn a_missing_ref_with_refs_nested_under_it_is_not_listed_again_for_suggestions() {
+    let nested = [
+        &format!("{SHA} refs/heads/release/1.2\n") as &str,
+        &format!("{SHA} refs/tags/release/2.0\n"),
+        "0000",
+    ];
+    let routes = vec![ls_refs(&["refs/heads/release", "refs/tags/release"], &nested)];
+    let (r, events, _) = run_github(&["ref=release"], routes);
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), 3);
+    assert!(
+        e.message()
+            .contains("the closest it has: refs/heads/release/1.2, refs/tags/release/2.0"),
+        "{e}"
+    );
+    assert_eq!(
+        events,
+        [format!("POST {BASE}/o/r.git/git-upload-pack")],
+        "one round trip"
+    );
+}
