@@ -21,8 +21,8 @@ use crate::sync::MutexExt;
 /// shows up within this long.
 pub const LISTING_KEPT: Duration = Duration::from_secs(30);
 /// At most this many listings are kept (distinct repositories and prefixes must not grow
-/// memory).
-const LISTINGS_KEPT: usize = 1024;
+/// memory): with at most 1,000 names each, a few MiB at worst.
+const LISTINGS_KEPT: usize = 256;
 
 /// Which listing: a repository (an island without ref, rev or hashes) and the prefix whose
 /// refs are listed (`None`: what HEAD points to).
@@ -111,6 +111,20 @@ impl RefListings {
                 Kept::Ready(_, at) => now.duration_since(*at) < LISTING_KEPT,
                 Kept::Pending(asked) => !asked.is_done(),
             });
+            // All fresh: the oldest answer goes (it is asked again if looked at again).
+            let oldest = kept
+                .iter()
+                .filter_map(|(key, k)| match k {
+                    Kept::Ready(_, at) => Some((*at, key)),
+                    Kept::Pending(_) => None,
+                })
+                .min_by_key(|(at, _)| *at)
+                .map(|(_, key)| key.clone());
+            if kept.len() >= LISTINGS_KEPT
+                && let Some(oldest) = oldest
+            {
+                kept.remove(&oldest);
+            }
         }
         let asked = Arc::new(Realization::default());
         kept.insert(key.clone(), Kept::Pending(asked.clone()));
