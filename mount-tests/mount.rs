@@ -981,6 +981,20 @@ fn browsing_refs_with_slashes() {
         "{failed:?}"
     );
     assert!(failed.iter().any(|p| p.ends_with("/nope")), "{failed:?}");
+    // A branch pushed while mounted shows up once the listing is asked again (it is kept
+    // 30 s; the kernel's copy goes with it).
+    let release = world.at("github/acme/refs/release");
+    forge::commit(&world.forge_root, "acme/refs", &src, "release/3.1", "later");
+    let pushed = Instant::now();
+    let deadline = pushed + Duration::from_secs(45);
+    while !ok_text(tool("ls").arg(&release)).lines().any(|n| n == "3.1") {
+        assert!(Instant::now() < deadline, "release/3.1 never listed");
+        thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "a new branch was listed {:.1} s after its push",
+        pushed.elapsed().as_secs_f64()
+    );
     mount.stop();
 }
 

@@ -6,6 +6,7 @@
 //! realization (parked, no thread held); a failure is remembered by its cause, as an island's.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,7 +46,8 @@ pub enum Listing {
 }
 
 enum Kept {
-    Ready(Arc<RefList>, Instant),
+    /// An answer, when it came, and its serial number (see [`RefListings::generation`]).
+    Ready(Arc<RefList>, Instant, u64),
     Pending(Arc<Realization>),
 }
 
@@ -55,6 +57,8 @@ pub struct RefListings {
     runtime: tokio::runtime::Handle,
     kept: Mutex<HashMap<ListingKey, Kept>>,
     failures: Failures<ListingKey>,
+    /// The last serial number given to an answer.
+    serial: AtomicU64,
 }
 
 impl RefListings {
@@ -65,14 +69,26 @@ impl RefListings {
             runtime,
             kept: Mutex::default(),
             failures: Failures::default(),
+            serial: AtomicU64::new(0),
         }
     }
 
     /// The listing `key` names if one is kept (never asks).
     pub fn kept(&self, key: &ListingKey) -> Option<Arc<RefList>> {
         match self.kept.locked().get(key) {
-            Some(Kept::Ready(list, at)) if at.elapsed() < LISTING_KEPT => Some(list.clone()),
+            Some(Kept::Ready(list, at, _)) if at.elapsed() < LISTING_KEPT => Some(list.clone()),
             _ => None,
+        }
+    }
+
+    /// A number that changes whenever what the listing `key` shows may have: a new answer,
+    /// or the last one grown too old to answer (the next look asks again). The browsing
+    /// levels' mtime carries it, so the kernel drops its copy of their listing with it.
+    pub fn generation(&self, key: &ListingKey) -> u64 {
+        match self.kept.locked().get(key) {
+            Some(Kept::Ready(_, at, serial)) if at.elapsed() < LISTING_KEPT => serial * 2,
+            Some(Kept::Ready(_, _, serial)) => serial * 2 + 1,
+            _ => 1,
         }
     }
 
@@ -81,7 +97,7 @@ impl RefListings {
         let now = Instant::now();
         let mut kept = self.kept.locked();
         match kept.get(key) {
-            Some(Kept::Ready(list, at)) if now.duration_since(*at) < LISTING_KEPT => {
+            Some(Kept::Ready(list, at, _)) if now.duration_since(*at) < LISTING_KEPT => {
                 return Listing::Ready(list.clone());
             }
             Some(Kept::Pending(asked)) if !asked.is_done() => return Listing::Pending(asked.clone()),
@@ -108,14 +124,14 @@ impl RefListings {
         };
         if kept.len() >= LISTINGS_KEPT {
             kept.retain(|_, k| match k {
-                Kept::Ready(_, at) => now.duration_since(*at) < LISTING_KEPT,
+                Kept::Ready(_, at, _) => now.duration_since(*at) < LISTING_KEPT,
                 Kept::Pending(asked) => !asked.is_done(),
             });
             // All fresh: the oldest answer goes (it is asked again if looked at again).
             let oldest = kept
                 .iter()
                 .filter_map(|(key, k)| match k {
-                    Kept::Ready(_, at) => Some((*at, key)),
+                    Kept::Ready(_, at, _) => Some((*at, key)),
                     Kept::Pending(_) => None,
                 })
                 .min_by_key(|(at, _)| *at)
@@ -145,7 +161,8 @@ impl RefListings {
             let failed = match outcome {
                 Ok(list) => {
                     listings.failures.forget(&key);
-                    let ready = Kept::Ready(Arc::new(list), Instant::now());
+                    let serial = listings.serial.fetch_add(1, Ordering::Relaxed) + 1;
+                    let ready = Kept::Ready(Arc::new(list), Instant::now(), serial);
                     listings.kept.locked().insert(key, ready);
                     None
                 }

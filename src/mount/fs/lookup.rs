@@ -282,6 +282,16 @@ fn repository(forge: Format, path: &[Arc<str>]) -> Option<(String, &[Arc<str>])>
     Some((path[..end].join("/"), &path[end + skip..]))
 }
 
+/// The ref listing a browsing path shows, if it is a repository's level (what HEAD points to)
+/// or a prefix of refs below it.
+pub(super) fn listing_key(forge: Format, path: &[Arc<str>]) -> Option<ListingKey> {
+    let (location, prefix) = repository(forge, path)?;
+    Some(ListingKey {
+        repo: repository_island(forge, &location),
+        prefix: (!prefix.is_empty()).then(|| prefix.join("/")),
+    })
+}
+
 /// A browsed repository with no ref: what its listings are asked of.
 fn repository_island(format: Format, location: &str) -> Island {
     Island {

@@ -316,9 +316,13 @@ impl CabFs {
                     .map(|m| m.mtime_nsec() as u64 / 1000 + m.mtime() as u64 * 1_000_000)
                     .unwrap_or(0)
             }
-            Inode::Browse(..) => {
-                let table = self.table.read_locked();
-                table.children(ino).len() as u64
+            Inode::Browse(format, path) => {
+                let looked_up = self.table.read_locked().children(ino).len() as u64;
+                // Below a repository the listing is the forge's: the mtime moves on with each
+                // answer, and when the last grows too old, so that the kernel drops its copy
+                // and a new branch shows up.
+                let answers = lookup::listing_key(*format, path).map_or(0, |key| self.islands.refs().generation(&key));
+                looked_up + (answers << 20)
             }
             _ => 0,
         }
