@@ -497,46 +497,6 @@ fn forgotten_inodes_are_freed_and_memory_stays_bounded() {
 // 6. A connection the kernel aborts is a failure, not a clean stop
 // ---------------------------------------------------------------------------------------------
 
-/// The FUSE connection number of the mount at `mnt`, from /proc/self/mountinfo.
-fn connection_of(mnt: &Path) -> u32 {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let want = mnt.to_string_lossy();
-    mountinfo
-        .lines()
-        .find_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            (fields.get(4) == Some(&want.as_ref())).then(|| fields[2].split(':').nth(1).unwrap().parse().unwrap())
-        })
-        .expect("the mount is in /proc/self/mountinfo")
-}
-
-/// The FUSE control filesystem at /sys/fs/fuse/connections, mounted for the test if it was
-/// not (and unmounted again when dropped).
-struct FuseControl {
-    mounted_here: bool,
-}
-
-impl FuseControl {
-    fn ensure() -> FuseControl {
-        let mounted = fs::read_to_string("/proc/self/mounts")
-            .unwrap()
-            .lines()
-            .any(|l| l.split(' ').nth(2) == Some("fusectl"));
-        if !mounted {
-            ok(Command::new("mount").args(["-t", "fusectl", "fusectl", "/sys/fs/fuse/connections"]));
-        }
-        FuseControl { mounted_here: !mounted }
-    }
-}
-
-impl Drop for FuseControl {
-    fn drop(&mut self) {
-        if self.mounted_here {
-            let _ = Command::new("umount").arg("/sys/fs/fuse/connections").status();
-        }
-    }
-}
-
 #[test]
 fn an_aborted_connection_is_reported_as_a_failure() {
     let _serial = serial();

@@ -13,6 +13,7 @@ use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use common::forge::{self, Forge};
@@ -346,6 +347,18 @@ fn nix_store_path(nar: &str) -> String {
     text(&out.stdout).trim().trim_matches('"').to_owned()
 }
 
+/// Machine A's island `lib`: [`project`] of `generation` with a 3 MiB file no test reads
+/// first, pinned and pushed; returns the directory holding it as `t`.
+fn lib_with_a_big_file(world: &World, garage: &Garage, generation: u32) -> PathBuf {
+    let src = world.dir("src");
+    project(&src, generation);
+    let big = pseudo_random(3 << 20, u64::from(generation) * 11);
+    write_file(&src.join("big/never-read.bin"), &big, 0o644);
+    world.push("acme/lib", &src, "one");
+    world.manifest("lib = '<github:acme/lib>'\n");
+    pin_and_push(world, garage, "lib").1
+}
+
 /// How many GetObject requests Garage has answered (its Prometheus metrics).
 fn garage_gets(garage: &Garage) -> u64 {
     let out = Command::new("curl")
@@ -364,12 +377,7 @@ fn a_tree_on_the_remote_is_served_at_once_and_its_files_arrive_when_read() {
     let world = World::new("fleet-lazy", &[]);
     let garage = Garage::start(&world.dir("garage"), 1);
     let remote = garage.remote_url();
-    let src = world.dir("src");
-    project(&src, 5);
-    write_file(&src.join("big/never-read.bin"), &pseudo_random(3 << 20, 55), 0o644);
-    world.push("acme/lib", &src, "one");
-    world.manifest("lib = '<github:acme/lib>'\n");
-    let (_, reference) = pin_and_push(&world, &garage, "lib");
+    let reference = lib_with_a_big_file(&world, &garage, 5);
     let b = machine_b(&world);
     let (b_store, b_mnt) = (world.dir("b-store"), world.dir("b-mnt"));
     let mount_b = |extra: &[&str]| {
@@ -518,8 +526,116 @@ fn a_reader_going_through_the_tree_brings_the_rest_in_the_background() {
     let gets = garage_gets(&garage) - before;
     assert!((40..=48 * 6 + 1).contains(&gets), "{gets} GETs for 288 files");
     assert_same_tree(&reference.join("t"), &island);
+    // `cab status` counts it whole.
+    let out = run_ok(cab().arg("--store").arg(&b_store).args(["status", "--json"]));
+    let snapshot: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let local = &snapshot["served"][0]["local"];
+    assert_eq!(
+        (&local["files_local"], &local["files"]),
+        (&288.into(), &288.into()),
+        "{snapshot}"
+    );
     mount.stop();
     run_ok(cab().arg("--store").arg(&b_store).args(["store", "verify"]));
+}
+
+/// `cab status` of a tree served lazily: how much of it is here, out of how much, and the
+/// remote's health from the mount's own requests — answered, then failing once the remote is
+/// gone, with the error and its time — without asking the remote anything itself.
+#[test]
+fn cab_status_says_how_much_of_a_lazy_tree_is_here_and_how_the_remote_is() {
+    let world = World::new("fleet-status", &[]);
+    let mut garage = Garage::start(&world.dir("garage"), 1);
+    let remote = garage.remote_url();
+    let reference = lib_with_a_big_file(&world, &garage, 7);
+    // The tree's files, each distinct content once, and their bytes.
+    let mut contents = std::collections::HashMap::new();
+    for file in files_under(&reference.join("t")) {
+        let bytes = fs::read(&file).unwrap();
+        contents.insert(blake3::hash(&bytes), bytes.len() as u64);
+    }
+    let (files, bytes) = (contents.len() as u64, contents.values().sum::<u64>());
+    let b = machine_b(&world);
+    let (b_store, b_mnt) = (world.dir("b-store"), world.dir("b-mnt"));
+    let mut cmd = cab_on(&b_store, Some(&remote), &garage, "http://127.0.0.1:1");
+    cmd.current_dir(&b).arg("-v").arg("mount").arg(&b_mnt);
+    let mount = Mount::start(cmd, &b_mnt);
+    let island = b_mnt.join("lib");
+    let status = |json: bool| {
+        let mut cmd = cab();
+        cmd.arg("--store").arg(&b_store).arg("status");
+        if json {
+            cmd.arg("--json");
+        }
+        let out = run_timeout(&mut cmd, Duration::from_secs(30));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let json = || serde_json::from_str::<serde_json::Value>(status(true).trim()).unwrap();
+
+    // One file read (and its directory's small files fetched ahead): some of the tree is here.
+    assert_eq!(fs::read(island.join("README")).unwrap(), b"generation 7\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let snapshot = loop {
+        let snapshot = json();
+        let local = &snapshot["served"][0]["local"];
+        if local["files_local"].as_u64().unwrap_or(0) >= 1 || Instant::now() > deadline {
+            break snapshot;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let local = &snapshot["served"][0]["local"];
+    assert_eq!(snapshot["served"][0]["served_by"], "fuse, lazily", "{snapshot}");
+    assert_eq!(local["files"], files, "{snapshot}");
+    assert_eq!(local["bytes"], bytes, "{snapshot}");
+    let here = local["files_local"].as_u64().unwrap();
+    assert!((1..files).contains(&here), "{snapshot}");
+    assert!(
+        local["bytes_local"].as_u64().unwrap() < 3 << 20,
+        "the big file is not here: {snapshot}"
+    );
+    let health = &snapshot["remote"];
+    assert_eq!(health["last_ok"], true, "{snapshot}");
+    assert!(health["answered"].as_u64().unwrap() >= 2, "{snapshot}");
+    assert_eq!(health["failed"], 0, "{snapshot}");
+    assert!(health["url"].as_str().unwrap().contains("127.0.0.1"), "{snapshot}");
+    let said = status(false);
+    for needle in [
+        "lib: blake3-".to_owned(),
+        format!("served by fuse, lazily; {here} of {files} files"),
+        "MB here".to_owned(),
+        "last request answered".to_owned(),
+        "0 failed".to_owned(),
+    ] {
+        assert!(said.contains(&needle), "{needle:?} in\n{said}");
+    }
+
+    // The remote goes away: a read of a file not here fails, and the status says why.
+    garage.kill_node(0);
+    let read = fs::read(island.join("big/never-read.bin"));
+    assert_eq!(read.err().and_then(|e| e.raw_os_error()), Some(libc::EIO));
+    let snapshot = json();
+    let health = &snapshot["remote"];
+    assert_eq!(health["last_ok"], false, "{snapshot}");
+    assert!(health["failed"].as_u64().unwrap() >= 1, "{snapshot}");
+    assert!(health["last_error_at"].as_u64().is_some(), "{snapshot}");
+    assert!(!health["last_error"].as_str().unwrap_or("").is_empty(), "{snapshot}");
+    let said = status(false);
+    assert!(!said.contains("X-Amz-Signature"), "no presigned URL is shown: {said}");
+    assert!(said.contains("last request FAILED"), "{said}");
+    let error_at = said.split("; last error ").nth(1).unwrap_or_default();
+    assert!(
+        error_at
+            .split(" s ago: ")
+            .next()
+            .is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s < 30)),
+        "{said}"
+    );
+    // Asking is answered from the mount's memory: as quickly with the remote gone.
+    let started = Instant::now();
+    status(true);
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    mount.stop();
 }
 
 /// Every file of `expected` reads the same through `actual`, but `except`.

@@ -718,3 +718,43 @@ impl Drop for Gate {
         self.set(GateMode::Closed);
     }
 }
+
+/// The FUSE connection number of the mount at `mnt`, from /proc/self/mountinfo.
+pub fn connection_of(mnt: &Path) -> u32 {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = mnt.to_string_lossy();
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            (fields.get(4) == Some(&want.as_ref())).then(|| fields[2].split(':').nth(1).unwrap().parse().unwrap())
+        })
+        .expect("the mount is in /proc/self/mountinfo")
+}
+
+/// The FUSE control filesystem at /sys/fs/fuse/connections, mounted for the test if it was
+/// not (and unmounted again when dropped).
+pub struct FuseControl {
+    mounted_here: bool,
+}
+
+impl FuseControl {
+    pub fn ensure() -> FuseControl {
+        let mounted = fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(2) == Some("fusectl"));
+        if !mounted {
+            ok(Command::new("mount").args(["-t", "fusectl", "fusectl", "/sys/fs/fuse/connections"]));
+        }
+        FuseControl { mounted_here: !mounted }
+    }
+}
+
+impl Drop for FuseControl {
+    fn drop(&mut self) {
+        if self.mounted_here {
+            let _ = Command::new("umount").arg("/sys/fs/fuse/connections").status();
+        }
+    }
+}

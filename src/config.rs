@@ -215,6 +215,8 @@ settings! {
     prefetch: bool = "prefetch";
     /// Have the kernel serve whole trees from images.
     kernel_serve: bool = "kernel-serve";
+    /// FUSE requests over io_uring where the kernel offers it.
+    io_uring: bool = "io-uring";
     /// The most bytes the image cache may hold.
     image_cache_size: Size = "image-cache-size";
     /// A remote store to read from (and push to).

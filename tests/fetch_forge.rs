@@ -1869,8 +1869,19 @@ fn an_unchanged_tarball_costs_its_headers() {
     let archive = w.files().join("latest.tar.gz");
     make_tar_gz(&src, &archive);
     let size = fs::metadata(&archive).unwrap().len();
-    // Slow enough that a whole download would show.
-    let forge = Forge::start(&w.root, &["--throttle", "2000000", "--throttle-path-regex", "/files/"]);
+    // Slow enough that a whole download would show; and deaf to conditional requests (the
+    // request asks with the validator remembered, and gets 200 all the same).
+    let forge = Forge::start(
+        &w.root,
+        &[
+            "--validators",
+            "ignored",
+            "--throttle",
+            "2000000",
+            "--throttle-path-regex",
+            "/files/",
+        ],
+    );
     let island = format!("<tarball:{}/files/latest.tar.gz>", forge.url());
     let first = fetch_json(&w.store, &forge.url(), &island);
     let whole = |r: &forge::Request| r.path.ends_with("latest.tar.gz") && r.body_complete;
@@ -1892,7 +1903,7 @@ fn an_unchanged_tarball_costs_its_headers() {
         .find(|r| r.path.ends_with("latest.tar.gz"))
         .unwrap();
     assert!(
-        !last.body_complete && last.bytes_sent < size / 4,
+        !last.body_complete && last.bytes_sent < size / 4 && last.conditional,
         "{last:?} of {size} bytes"
     );
     assert!(took < Duration::from_secs(3), "the unchanged tarball took {took:?}");
@@ -1904,6 +1915,106 @@ fn an_unchanged_tarball_costs_its_headers() {
     let third = fetch_json(&w.store, &forge.url(), &island);
     assert_ne!(third.hash, first.hash);
     assert_eq!(forge.requests().iter().filter(|r| whole(r)).count(), 2);
+}
+
+/// A tarball whose validator the store remembers is asked for conditionally: unchanged, the
+/// server answers 304 Not Modified and sends no body; changed, it answers 200 with the new
+/// archive and the pin moves. A 304 for a download whose tree the store no longer holds falls
+/// back to a whole download; a server that sends no validators still gives the right tree (one
+/// that ignores the condition: `an_unchanged_tarball_costs_its_headers`).
+#[test]
+fn an_unchanged_tarball_is_answered_not_modified() {
+    let w = World::new("fetch-tarball-304");
+    let src = w.path().join("pkg-src");
+    write_file(&src.join("pkg/blob.bin"), &pseudo_random(4 << 20, 12), 0o644);
+    write_file(&src.join("pkg/README"), b"version 1\n", 0o644);
+    let archive = w.files().join("latest.tar.gz");
+    make_tar_gz(&src, &archive);
+    let forge = Forge::start(&w.root, &[]);
+    let island = format!("<tarball:{}/files/latest.tar.gz>", forge.url());
+    let asked = |forge: &Forge, n: usize| {
+        let requests = forge.requests_matching("latest.tar.gz", n);
+        assert_eq!(requests.len(), n, "{requests:?}");
+        requests
+    };
+    let first = fetch_json(&w.store, &forge.url(), &island);
+    let r = asked(&forge, 1);
+    assert!(
+        !r[0].conditional && r[0].status == 200 && r[0].body_complete,
+        "{:?}",
+        r[0]
+    );
+
+    // Unchanged: one conditional request, answered 304, no body.
+    let second = fetch_json(&w.store, &forge.url(), &island);
+    assert_eq!((&second.hash, &second.nar), (&first.hash, &first.nar));
+    let r = asked(&forge, 2);
+    assert!(
+        r[1].conditional && r[1].status == 304 && r[1].bytes_sent == 0,
+        "{:?}",
+        r[1]
+    );
+
+    // The store lost the tree since (as a collection racing the update would; here its record
+    // is deleted): the 304 names nothing held, so the archive is asked for again, without the
+    // condition, and gives the same tree.
+    let hex = first.hash.strip_prefix("blake3-").unwrap();
+    fs::remove_file(w.store.join("roots").join(hex)).unwrap();
+    let third = fetch_json(&w.store, &forge.url(), &island);
+    assert_eq!(third.hash, first.hash);
+    let r = asked(&forge, 4);
+    assert!(r[2].conditional && r[2].status == 304, "{:?}", r[2]);
+    assert!(
+        !r[3].conditional && r[3].status == 200 && r[3].body_complete,
+        "{:?}",
+        r[3]
+    );
+    store_verify(&w.store);
+
+    // Changed at the same URL: the conditional request gets all of it, and the pin moves; then
+    // unchanged again, against the new validator.
+    write_file(&src.join("pkg/README"), b"version 2\n", 0o644);
+    make_tar_gz(&src, &w.path().join("next.tar.gz"));
+    fs::rename(w.path().join("next.tar.gz"), &archive).unwrap();
+    let fourth = fetch_json(&w.store, &forge.url(), &island);
+    assert_ne!(fourth.hash, first.hash);
+    let r = asked(&forge, 5);
+    assert!(
+        r[4].conditional && r[4].status == 200 && r[4].body_complete,
+        "{:?}",
+        r[4]
+    );
+    assert_eq!(fetch_json(&w.store, &forge.url(), &island).hash, fourth.hash);
+    let r = asked(&forge, 6);
+    assert!(r[5].conditional && r[5].status == 304, "{:?}", r[5]);
+
+    // A server with Last-Modified alone: asked with If-Modified-Since, and answered 304.
+    let dated = Forge::start(&w.root, &["--validators", "last-modified"]);
+    let island = format!("<tarball:{}/files/latest.tar.gz>", dated.url());
+    for _ in 0..2 {
+        assert_eq!(fetch_json(&w.store, &dated.url(), &island).hash, fourth.hash);
+    }
+    let r = asked(&dated, 2);
+    assert!(
+        !r[0].conditional && r[0].status == 200 && r[0].body_complete,
+        "{:?}",
+        r[0]
+    );
+    assert!(
+        r[1].conditional && r[1].status == 304 && r[1].bytes_sent == 0,
+        "{:?}",
+        r[1]
+    );
+
+    // A server without validators: nothing to ask with, every update downloads all of it.
+    let bare = Forge::start(&w.root, &["--validators", "none"]);
+    let island = format!("<tarball:{}/files/latest.tar.gz>", bare.url());
+    for _ in 0..2 {
+        assert_eq!(fetch_json(&w.store, &bare.url(), &island).hash, fourth.hash);
+    }
+    for r in asked(&bare, 2) {
+        assert!(!r.conditional && r.status == 200 && r.body_complete, "{r:?}");
+    }
 }
 
 /// `tar czf` of `src`'s contents into `out`.

@@ -8,7 +8,8 @@ use crate::refs::object_id;
 
 /// How to call the fetcher.
 pub const USAGE: &str = "usage: fetcher forge git=URL archive=URL [ref=REF] [rev=SHA1] | \
-                         fetcher git url=URL [ref=REF] [rev=SHA1] | fetcher tarball url=URL | \
+                         fetcher git url=URL [ref=REF] [rev=SHA1] | fetcher tarball url=URL \
+                         [if-none-match=ETAG | if-modified-since=DATE unchanged=IDENTITY] | \
                          fetcher refs git=URL [prefix=REF]";
 
 /// What to fetch.
@@ -23,6 +24,8 @@ pub enum Request {
     Tarball {
         /// Where it is.
         url: String,
+        /// What the host already holds from this URL, to ask the server with.
+        known: Option<Known>,
     },
     /// Which refs a git smart-HTTP repository has: HEAD's target, or the names under a
     /// prefix. Reported, not fetched: no tree is written.
@@ -36,6 +39,17 @@ pub struct Refs {
     pub git: String,
     /// List the branches and tags under `<prefix>/`; without it, what HEAD points to.
     pub prefix: Option<String>,
+}
+
+/// A download the host already holds from a tarball's URL: the request carries its validator,
+/// so that the server can answer 304 Not Modified without the body, and a 304 is announced
+/// as the identity of that download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Known {
+    /// The conditional header line, `If-None-Match: ETAG` or `If-Modified-Since: DATE`.
+    pub condition: String,
+    /// The held download's `http-identity` (64 hex digits).
+    pub identity: String,
 }
 
 /// The `forge` format's arguments.
@@ -82,7 +96,7 @@ pub fn parse(args: &[String]) -> Result<Request> {
     let allowed: &[&str] = match format.as_str() {
         "forge" => &["git", "archive", "ref", "rev"],
         "git" => &["url", "ref", "rev"],
-        "tarball" => &["url"],
+        "tarball" => &["url", "if-none-match", "if-modified-since", "unchanged"],
         "refs" => &["git", "prefix"],
         other => return Err(usage(format!("unknown format `{other}`"))),
     };
@@ -114,8 +128,43 @@ pub fn parse(args: &[String]) -> Result<Request> {
         })),
         _ => Ok(Request::Tarball {
             url: http_url("url", need("url")?)?.to_owned(),
+            known: known(get("if-none-match"), get("if-modified-since"), get("unchanged"))?,
         }),
     }
+}
+
+/// A tarball's held download: one validator and its identity, or nothing.
+fn known(etag: Option<&str>, since: Option<&str>, identity: Option<&str>) -> Result<Option<Known>> {
+    let condition = match (etag, since) {
+        (None, None) if identity.is_none() => return Ok(None),
+        (Some(etag), None) => format!("If-None-Match: {}", header_value("if-none-match", etag)?),
+        (None, Some(date)) => format!("If-Modified-Since: {}", header_value("if-modified-since", date)?),
+        _ => {
+            return Err(usage(
+                "give one of `if-none-match=` and `if-modified-since=`, with `unchanged=`".into(),
+            ));
+        }
+    };
+    let identity = identity.ok_or_else(|| usage("`unchanged=` is missing".into()))?;
+    if identity.len() != 64
+        || !identity
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(usage(format!("`unchanged={identity}` is not 64 lowercase hex digits")));
+    }
+    Ok(Some(Known {
+        condition,
+        identity: identity.to_owned(),
+    }))
+}
+
+/// A value that can go into a header line as it is: visible ASCII and spaces, one line.
+fn header_value<'a>(key: &str, value: &'a str) -> Result<&'a str> {
+    if value.is_empty() || value.len() > 1024 || !value.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err(usage(format!("`{key}=` is not a header value")));
+    }
+    Ok(value)
 }
 
 fn http_url<'a>(key: &str, url: &'a str) -> Result<&'a str> {
@@ -221,8 +270,36 @@ mod tests {
         assert_eq!(
             p(&["tarball", "url=https://x/y.tar.gz"]).unwrap(),
             Request::Tarball {
-                url: "https://x/y.tar.gz".into()
+                url: "https://x/y.tar.gz".into(),
+                known: None,
             }
+        );
+        let identity = "ab".repeat(32);
+        assert_eq!(
+            p(&[
+                "tarball",
+                "url=https://x/y.tar.gz",
+                "if-none-match=\"1-2\"",
+                &format!("unchanged={identity}")
+            ])
+            .unwrap(),
+            Request::Tarball {
+                url: "https://x/y.tar.gz".into(),
+                known: Some(Known {
+                    condition: "If-None-Match: \"1-2\"".into(),
+                    identity: identity.clone(),
+                }),
+            }
+        );
+        let since = p(&[
+            "tarball",
+            "url=https://x/y.tar.gz",
+            "if-modified-since=Mon, 07 Dec 2026 10:00:00 GMT",
+            &format!("unchanged={identity}"),
+        ])
+        .unwrap();
+        assert!(
+            matches!(since, Request::Tarball { known: Some(k), .. } if k.condition == "If-Modified-Since: Mon, 07 Dec 2026 10:00:00 GMT")
         );
     }
 
@@ -281,6 +358,21 @@ mod tests {
             &["refs", "git=https://x/r.git", "prefix=a/"],
             &["refs", "git=https://x/r.git", "ref=main"],
             &["refs", "prefix=a"],
+            &["tarball", "url=https://x", "if-none-match=\"a\""],
+            &["tarball", "url=https://x", "unchanged=00"],
+            &[
+                "tarball",
+                "url=https://x",
+                "if-none-match=\"a\"\nX: y",
+                &format!("unchanged={}", "0".repeat(64)),
+            ],
+            &[
+                "tarball",
+                "url=https://x",
+                "if-none-match=\"a\"",
+                "if-modified-since=Mon, 07 Dec 2026 10:00:00 GMT",
+                &format!("unchanged={}", "0".repeat(64)),
+            ],
             &["tarball"],
         ] {
             let e = p(bad).unwrap_err();

@@ -6,7 +6,7 @@
 //! unchanged under the unit tests.
 
 use crate::archive;
-use crate::args::{Forge, Request};
+use crate::args::{Forge, Known, Request};
 use crate::error::{Error, Result};
 use crate::io::{Body, Buffered, Console, Net, Sink};
 use crate::pktline::PktReader;
@@ -23,7 +23,7 @@ pub fn fetch<N: Net, K: Sink, C: Console>(request: &Request, net: &mut N, sink: 
     match request {
         Request::Forge(g) => forge(g, net, sink, console),
         Request::Git(g) => crate::git::fetch(g, net, sink, console),
-        Request::Tarball { url } => unpack(net, sink, console, url, true),
+        Request::Tarball { url, known } => tarball(net, sink, console, url, known.as_ref()),
         Request::Refs(r) => crate::listing::list(net, console, &r.git, r.prefix.as_deref()),
     }
 }
@@ -146,10 +146,38 @@ fn not_found(want: &Want, repo: &str, suggestions: &[String]) -> Error {
     }
 }
 
-/// Downloads an archive and unpacks it into `sink` as it arrives, whatever its format.
-/// Downloads and unpacks the archive at `url`; with `identify` (a tarball island, which has no
-/// commit to announce), first announces the server's identity of the download, so that the
-/// host can stop an unchanged one before its body.
+/// A tarball island: the archive at `url`. With a download the host already holds from there
+/// (`known`), the request is conditional: a server that answers 304 Not Modified sent no body,
+/// and the held download's identity is announced — the host stops the run on it. Should the
+/// host lack that tree after all (the store was collected since), the run goes on: the archive
+/// is asked for again, unconditionally. A server that ignores the condition answers 200, and
+/// that answer is the download.
+fn tarball<N: Net, K: Sink, C: Console>(
+    net: &mut N,
+    sink: &mut K,
+    console: &mut C,
+    url: &str,
+    known: Option<&Known>,
+) -> Result<()> {
+    if let Some(known) = known {
+        console.note(&format!("downloading {url} ({})", known.condition));
+        match Body::answer(net, "GET", url, &known.condition, b"")? {
+            Ok(body) => return unpack_body(body, sink, console, url, true),
+            Err(304) => {
+                console.announce(&format!("http-identity {}\n", known.identity))?;
+                console.note(&format!(
+                    "{url}: not modified, but not held either; asking for all of it"
+                ));
+            }
+            Err(status) => return Err(Error::new(format!("HTTP {status} for {url}"))),
+        }
+    }
+    unpack(net, sink, console, url, true)
+}
+
+/// Downloads and unpacks the archive at `url`, whatever its format; with `identify` (a tarball
+/// island, which has no commit to announce), first announces the server's identity of the
+/// download, so that the host can stop an unchanged one before its body.
 fn unpack<N: Net, K: Sink, C: Console>(
     net: &mut N,
     sink: &mut K,
@@ -158,7 +186,18 @@ fn unpack<N: Net, K: Sink, C: Console>(
     identify: bool,
 ) -> Result<()> {
     console.note(&format!("downloading {url}"));
-    let mut body = Body::open(net, "GET", url, "", b"")?;
+    let body = Body::open(net, "GET", url, "", b"")?;
+    unpack_body(body, sink, console, url, identify)
+}
+
+/// Unpacks the archive `body` is the answer of (see [`unpack`]).
+fn unpack_body<N: Net, K: Sink, C: Console>(
+    mut body: Body<'_, N>,
+    sink: &mut K,
+    console: &mut C,
+    url: &str,
+    identify: bool,
+) -> Result<()> {
     if identify && let Some(identity) = body.identity() {
         console.announce(&format!("http-identity {identity}\n"))?;
     }

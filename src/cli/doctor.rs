@@ -100,6 +100,9 @@ fn kernel_version() -> Option<(u32, u32)> {
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
+/// Where the kernel offers FUSE over io_uring (Linux 6.14+), off by default.
+const URING_PARAMETER: &str = "/sys/module/fuse/parameters/enable_uring";
+
 fn kernel(report: &mut Report) {
     let Some(version) = kernel_version() else {
         report.say(Verdict::Note, "kernel", "cannot read /proc/sys/kernel/osrelease");
@@ -130,6 +133,24 @@ fn kernel(report: &mut Report) {
             "needs root and Linux 6.9+; the plain read path is used",
         );
     }
+    let uring = std::fs::read_to_string(URING_PARAMETER);
+    let (verdict, detail) = match uring.as_deref().map(str::trim) {
+        Ok("Y") => (
+            Verdict::Ok,
+            "on: FUSE requests are answered on the caller's CPU".to_owned(),
+        ),
+        Ok(_) => (
+            Verdict::Note,
+            format!(
+                "off: `echo Y > {URING_PARAMETER}` as root makes FUSE mounts (unprivileged ones, trees still arriving) faster"
+            ),
+        ),
+        Err(_) => (
+            Verdict::Note,
+            "needs Linux 6.14+: FUSE requests go through /dev/fuse".to_owned(),
+        ),
+    };
+    report.say(verdict, "FUSE over io_uring", detail);
     if Path::new("/proc/sys/fs/fuse/max_request_timeout").exists() {
         let cap = std::fs::read_to_string("/proc/sys/fs/fuse/max_request_timeout").unwrap_or_default();
         let detail = match cap.trim() {

@@ -66,6 +66,13 @@ pub struct MountArgs {
     /// Serve every tree through FUSE.
     #[arg(long, overrides_with = "kernel_serve")]
     no_kernel_serve: bool,
+    /// Take FUSE requests over io_uring, on the caller's CPU, where the kernel offers it (the
+    /// default; Linux 6.14+ while /sys/module/fuse/parameters/enable_uring is on).
+    #[arg(long, overrides_with = "no_io_uring")]
+    io_uring: bool,
+    /// Take every FUSE request through /dev/fuse.
+    #[arg(long, overrides_with = "io_uring")]
+    no_io_uring: bool,
     /// The most the image cache may hold (K/M/G/T suffixes) [default: 16G].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     image_cache_size: Option<u64>,
@@ -99,6 +106,7 @@ impl MountArgs {
             allow_other: switch(self.allow_other, self.no_allow_other),
             request_timeout: self.request_timeout,
             kernel_serve: switch(self.kernel_serve, self.no_kernel_serve),
+            io_uring: switch(self.io_uring, self.no_io_uring),
             image_cache_size: self.image_cache_size.map(Size),
             threads: self.threads.map(usize::from),
             gc_auto_size: self.gc.size(),
@@ -125,6 +133,7 @@ fn options(settings: &Settings) -> Options {
             enabled: c.kernel_serve.unwrap_or(d.handover.enabled),
             cache_size: c.image_cache_size.map(|s| s.0).unwrap_or(d.handover.cache_size),
         },
+        uring: c.io_uring.unwrap_or(d.uring),
     }
 }
 

@@ -92,10 +92,11 @@ fn print_human(s: &serde_json::Value) {
             .map(|r| format!(" at {}", &r[..r.len().min(12)]))
             .unwrap_or_default();
         println!(
-            "  {}: {}{rev}, served by {}",
+            "  {}: {}{rev}, served by {}{}",
             str_of(&island["place"]),
             str_of(&island["tree"]),
-            str_of(&island["served_by"])
+            str_of(&island["served_by"]),
+            local_share(&island["local"])
         );
     }
     for fetch in s["fetching"].as_array().unwrap_or(&empty) {
@@ -130,7 +131,70 @@ fn print_human(s: &serde_json::Value) {
     if pending > 0 {
         println!("  {pending} push(es) to the remote pending");
     }
+    if s["remote"].is_object() {
+        println!("  {}", remote_health(&s["remote"], now));
+    }
     let named = s["islands"].as_array().map_or(0, Vec::len);
     let served = s["served"].as_array().map_or(0, Vec::len);
     println!("  {named} named islands; {served} trees served");
+}
+
+/// "; 1,234 of 54,518 files, 12.3 of 600.0 MB here" for a tree served as its files arrive.
+fn local_share(local: &serde_json::Value) -> String {
+    let n = |key: &str| local[key].as_u64().unwrap_or(0);
+    if !local.is_object() {
+        return String::new();
+    }
+    format!(
+        "; {} of {} files, {:.1} of {:.1} MB here",
+        grouped(n("files_local")),
+        grouped(n("files")),
+        n("bytes_local") as f64 / 1e6,
+        n("bytes") as f64 / 1e6
+    )
+}
+
+/// The remote's health as the mount's requests found it: how the last one went, the counts,
+/// and the last error with how long ago it was.
+fn remote_health(remote: &serde_json::Value, now: u64) -> String {
+    let ago = |key: &str| remote[key].as_u64().map(|t| format!("{} s ago", now.saturating_sub(t)));
+    let last = match remote["last_ok"].as_bool() {
+        None => "no request yet".to_owned(),
+        Some(true) => format!("last request answered {}", ago("last_answer_at").unwrap_or_default()),
+        Some(false) => "last request FAILED".to_owned(),
+    };
+    let mut said = format!(
+        "remote {}: {last} ({} answered, {} failed)",
+        remote["url"].as_str().unwrap_or("-"),
+        remote["answered"],
+        remote["failed"]
+    );
+    if let (Some(error), Some(when)) = (remote["last_error"].as_str(), ago("last_error_at")) {
+        said.push_str(&format!("; last error {when}: {}", error.replace('\n', "\n    ")));
+    }
+    said
+}
+
+/// `n` with its thousands apart: 54,518.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(super::grouped(0), "0");
+        assert_eq!(super::grouped(999), "999");
+        assert_eq!(super::grouped(1234), "1,234");
+        assert_eq!(super::grouped(54_518_000), "54,518,000");
+    }
 }

@@ -158,7 +158,8 @@ impl Islands {
 
     /// What the mount serves and is doing, for `cab status` (see `mount::control`): each
     /// island served (where, which tree and commit, served by the kernel or through FUSE, whole
-    /// or still arriving), each realization in flight, each failure remembered.
+    /// or still arriving, and then how much of it is here), each realization in flight, each
+    /// failure remembered, the remote's health as the mount's own requests found it.
     pub fn status(&self) -> serde_json::Value {
         use serde_json::json;
         let place = |key: &Key| match key.place() {
@@ -180,6 +181,7 @@ impl Islands {
                     "rev": s.rev,
                     "served_by": if kernel { "kernel" } else if complete { "fuse" } else { "fuse, lazily" },
                     "complete": complete,
+                    "local": s.contents.local_share(),
                 })
             })
             .collect();
@@ -227,6 +229,13 @@ impl Islands {
             "downloads": downloads,
             "failed": failed,
             "pushes_pending": self.realizer.pushes_pending(),
+            "remote": self.realizer.remote().map(|remote| {
+                let mut health = serde_json::to_value(remote.health()).unwrap_or_default();
+                if let Some(health) = health.as_object_mut() {
+                    health.insert("url".into(), remote.to_string().into());
+                }
+                health
+            }),
         })
     }
 

@@ -46,6 +46,9 @@ pub struct Options {
     pub request_timeout: Option<u16>,
     /// Whether (and within what cache) whole trees are handed to the kernel.
     pub handover: HandoverOptions,
+    /// Serve FUSE requests over io_uring when the kernel offers it (Linux 6.14+ with
+    /// `/sys/module/fuse/parameters/enable_uring` on); false: always through /dev/fuse.
+    pub uring: bool,
 }
 
 impl Default for Options {
@@ -60,6 +63,7 @@ impl Default for Options {
                 enabled: true,
                 cache_size: DEFAULT_IMAGE_CACHE,
             },
+            uring: true,
         }
     }
 }
@@ -184,7 +188,13 @@ pub fn serve(
             mountpoint.display()
         )
     })?;
-    let session = match fuse::Session::handshake(fs.as_ref(), channel) {
+    let session_options = fuse::SessionOptions {
+        uring: options.uring,
+        // Test hook: the kernel refuses the rings' first REGISTER and falls back to /dev/fuse.
+        bad_register: std::env::var_os("CAB_FAILPOINT").is_some_and(|v| v == "uring-register"),
+        ..fuse::SessionOptions::default()
+    };
+    let session = match fuse::Session::handshake(fs.as_ref(), channel, &session_options) {
         Ok(session) => session,
         Err(e) => {
             let _ = unmount(mountpoint, true);
@@ -261,8 +271,7 @@ pub fn serve(
             tracing::error!("unmounting panicked");
         }
     });
-    ready();
-    let served = session.run(fs, options.threads);
+    let served = session.run(fs, options.threads, ready);
     // However the mount ended (unmounted from elsewhere, aborted), nothing is attached below
     // it any more.
     if let Some(handover) = &handover {

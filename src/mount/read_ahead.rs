@@ -6,10 +6,16 @@
 //! pushed as it is listed, ahead of the reader. Only reads start it (a walk that reads nothing
 //! pushes nothing), each file is pushed once, and what is pushed is bounded per directory and
 //! per second.
+//!
+//! Over /dev/fuse the push runs on the worker that has just answered, since other workers read
+//! the requests meanwhile. A ring thread of FUSE over io_uring must not: a push waits for the
+//! page it fills to be unlocked, and the READ holding that lock may sit in one of the same
+//! thread's ring entries, never to be answered. Pushes from a ring go to a thread of their own.
 
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::fuse::Channel;
@@ -31,6 +37,8 @@ const REMEMBERED: usize = 65536;
 const READING: Duration = Duration::from_millis(500);
 /// One notification carries at most this much.
 const CHUNK: usize = 128 * 1024;
+/// Pushes waiting for the pushing thread; more are dropped (read-ahead is only ever a guess).
+const QUEUED: usize = 64;
 
 /// One file to push: its inode (which the kernel must know) and its blob.
 pub struct File {
@@ -44,15 +52,26 @@ pub struct File {
 
 /// What read-ahead has done, and what it may still do.
 pub struct ReadAhead {
-    store: Store,
+    pusher: Arc<Pusher>,
     /// Directories read from already, by (directory inode, tree).
     done: Mutex<lru::LruCache<(u64, TreeHash), ()>>,
-    /// Files pushed already, by inode.
-    pushed: Mutex<lru::LruCache<u64, ()>>,
-    budget: Mutex<Budget>,
     /// When a file was last read, in milliseconds since `started`.
     last_read: AtomicU64,
     started: Instant,
+    /// The pushing thread's queue, once a push had to go there (see the module doc); the
+    /// thread ends when this is dropped.
+    own_thread: Mutex<Option<SyncSender<Job>>>,
+}
+
+/// Files to push, and the connection to push them through.
+type Job = (Arc<Channel>, Vec<File>);
+
+/// What pushing needs, shared with the pushing thread.
+struct Pusher {
+    store: Store,
+    /// Files pushed already, by inode.
+    pushed: Mutex<lru::LruCache<u64, ()>>,
+    budget: Mutex<Budget>,
 }
 
 impl ReadAhead {
@@ -60,12 +79,15 @@ impl ReadAhead {
     pub fn new(store: Store) -> ReadAhead {
         let remembered = NonZeroUsize::new(REMEMBERED).expect("non-zero");
         ReadAhead {
-            store,
+            pusher: Arc::new(Pusher {
+                store,
+                pushed: Mutex::new(lru::LruCache::new(remembered)),
+                budget: Mutex::new(Budget::new(BYTES_PER_SECOND)),
+            }),
             done: Mutex::new(lru::LruCache::new(remembered)),
-            pushed: Mutex::new(lru::LruCache::new(remembered)),
-            budget: Mutex::new(Budget::new(BYTES_PER_SECOND)),
             last_read: AtomicU64::new(0),
             started: Instant::now(),
+            own_thread: Mutex::new(None),
         }
     }
 
@@ -88,11 +110,38 @@ impl ReadAhead {
         done.put((dir, tree), ()).is_none()
     }
 
-    /// Pushes `files` through `channel`, each once, within the budget. It runs on the FUSE
-    /// worker that has just answered a request: another thread than the reader's, and one
-    /// already awake (a thread of its own had to be woken first, and lost the race to the
-    /// reader's next read more often than not).
-    pub fn push(&self, channel: &Channel, files: Vec<File>) {
+    /// Pushes `files` through `channel`, each once, within the budget. Over /dev/fuse
+    /// (`on_ring` false) it runs on the FUSE worker that has just answered a request: another
+    /// thread than the reader's, and one already awake (a thread of its own had to be woken
+    /// first, and lost the race to the reader's next read more often than not). From a ring
+    /// thread it is handed to read-ahead's own thread (see the module doc).
+    pub fn push(&self, channel: &Arc<Channel>, files: Vec<File>, on_ring: bool) {
+        if !on_ring {
+            return self.pusher.push(channel, files);
+        }
+        let mut own_thread = self.own_thread.locked();
+        if own_thread.is_none() {
+            let (queue, jobs) = std::sync::mpsc::sync_channel::<Job>(QUEUED);
+            let pusher = self.pusher.clone();
+            let spawned = std::thread::Builder::new()
+                .name("read-ahead".into())
+                .spawn(move || jobs.iter().for_each(|(channel, files)| pusher.push(&channel, files)));
+            if let Err(e) = spawned {
+                tracing::debug!("read-ahead: no thread to push from ({e})");
+                return;
+            }
+            *own_thread = Some(queue);
+        }
+        if let Some(queue) = own_thread.as_ref()
+            && let Err(TrySendError::Full(_)) = queue.try_send((channel.clone(), files))
+        {
+            tracing::debug!("read-ahead: {QUEUED} directories wait to be pushed; one more is skipped");
+        }
+    }
+}
+
+impl Pusher {
+    fn push(&self, channel: &Channel, files: Vec<File>) {
         let (mut count, mut bytes) = (0, 0);
         for file in files {
             let mut pushed = self.pushed.locked();

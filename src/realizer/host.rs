@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use wasmtime::{Caller, Linker, ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 
+use super::conditional::Seen;
 use super::credentials::Credentials;
 use super::output::Output;
 use super::progress::Progress;
@@ -160,6 +161,8 @@ pub struct Http {
     barrier: Arc<FifoBarrier>,
     /// Nanoseconds spent waiting for answers and body chunks from servers.
     waited: Arc<AtomicU64>,
+    /// The identities of responses the guest asked for, with their validators.
+    seen: Seen,
 }
 
 /// The last chunk received, and how much of it the guest has taken.
@@ -178,6 +181,7 @@ impl Http {
         stall: Duration,
         barrier: Arc<FifoBarrier>,
         waited: Arc<AtomicU64>,
+        seen: Seen,
     ) -> Http {
         Http {
             clients,
@@ -190,6 +194,7 @@ impl Http {
             stall,
             barrier,
             waited,
+            seen,
         }
     }
 
@@ -488,33 +493,6 @@ fn bytes(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<Vec<u
     read(caller, ptr, len).context("pointer outside the fetcher's memory")
 }
 
-/// The server's identity of a response, as a BLAKE3 in hex: its final URL with its strong
-/// `ETag`, else with its `Last-Modified` and length; `None` when it has neither (then nothing
-/// tells an unchanged download from a changed one before its body). Weak ETags promise only
-/// equivalent content, not the same bytes, so they do not count.
-fn identity(response: &reqwest::Response) -> Option<String> {
-    let header = |name: reqwest::header::HeaderName| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let validator = match header(reqwest::header::ETAG) {
-        Some(etag) if !etag.starts_with("W/") => format!("etag {etag}"),
-        _ => {
-            let modified = header(reqwest::header::LAST_MODIFIED)?;
-            let length = header(reqwest::header::CONTENT_LENGTH)?;
-            format!("last-modified {modified} length {length}")
-        }
-    };
-    Some(
-        blake3::hash(format!("{}\n{validator}", response.url()).as_bytes())
-            .to_hex()
-            .to_string(),
-    )
-}
-
 /// Adds module `cab` to the linker.
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     type P8 = (i32, i32, i32, i32, i32, i32, i32, i32);
@@ -579,7 +557,10 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "http_identity",
         |mut c: Caller<'_, HostState>, handle: i32, ptr: i32, len: i32| -> i32 {
             let identity = match c.data().http.responses.get(&handle) {
-                Some((r, _)) => identity(r),
+                Some((r, _)) => super::conditional::identity(r).map(|(identity, validator)| {
+                    c.data().http.seen.push(identity.clone(), validator);
+                    identity
+                }),
                 None => return c.data_mut().fail(anyhow!("no open response {handle}")),
             };
             match identity {

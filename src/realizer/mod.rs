@@ -16,6 +16,7 @@
 //! guest reported is checked against them, the expected hashes are checked, and only then is
 //! anything published ([`finish`]).
 
+mod conditional;
 pub mod credentials;
 pub mod delegate;
 mod engine;

@@ -50,7 +50,7 @@ impl Realizer {
             bail!("{label}: only the fetcher lists refs");
         };
         self.check_features(drv, label)?;
-        let run = self.start(drv, module, label, Arc::default())?;
+        let run = self.start(drv, module, label, Arc::default(), Default::default())?;
         let staging = run.staging;
         let watched = self
             .watch(drv, label, run.events, run.progress, run.guest, &|_| {})

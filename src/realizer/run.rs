@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::sync::mpsc;
 
+use super::conditional::{self, Seen};
 use super::delegate::HeldElsewhere;
 use super::epoch::RunningGuard;
 use super::fifo::{self, FifoEvent, Hit};
@@ -89,8 +90,9 @@ impl Realizer {
     ) -> Result<Realized> {
         let started = Instant::now();
         let waited = Arc::new(AtomicU64::new(0));
+        let seen = Seen::default();
         let result = async {
-            let run = self.start(drv, module, label, waited.clone())?;
+            let run = self.start(drv, module, label, waited.clone(), seen.clone())?;
             let staging = run.staging;
             let watched = self
                 .watch(drv, label, run.events, run.progress, run.guest, on_rev)
@@ -101,6 +103,9 @@ impl Realizer {
                 Watched::Exited(exited) => self.conclude(drv, label, *exited)?,
             };
             drop(staging);
+            if let Err(e) = conditional::remember(&self.store, drv, &seen, &realized.whole) {
+                tracing::warn!("{label}: cannot remember the download's validator: {e:#}");
+            }
             Ok(realized)
         }
         .await;
@@ -123,6 +128,7 @@ impl Realizer {
         module: &TreeHash,
         label: &str,
         waited: Arc<AtomicU64>,
+        seen: Seen,
     ) -> Result<Started> {
         let loaded = self.load(module)?;
         let staging = CleanUpLater(Some(self.store.staging()?));
@@ -155,10 +161,17 @@ impl Realizer {
             self.limits.stall,
             barrier,
             waited,
+            seen,
         );
         let limits = MemoryLimit::new(self.limits.memory);
         let mut args = vec![b"fetcher".to_vec()];
         args.extend(drv.args.iter().map(|a| a.as_bytes().to_vec()));
+        // What this store knows of the download already: the run's, not the derivation's.
+        args.extend(
+            conditional::arguments(&self.store, drv)
+                .into_iter()
+                .map(String::into_bytes),
+        );
         let state = HostState::new(args, writer, output, http, limits, progress.clone(), label);
         let running = RunningGuard::new(&self.running);
         let mut store = wasmtime::Store::new(&self.engine, state);

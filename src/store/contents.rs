@@ -45,6 +45,26 @@ pub trait Contents: Send + Sync + fmt::Debug {
     fn is_complete(&self) -> bool {
         true
     }
+
+    /// How much of a tree served as its files arrive is in the store so far (`None`: a tree
+    /// whose files were all here from the start, or one whose count is not known yet).
+    fn local_share(&self) -> Option<LocalShare> {
+        None
+    }
+}
+
+/// How much of a tree is in the local store: its files (each distinct content once) and their
+/// bytes, here and in all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LocalShare {
+    /// Files in the store.
+    pub files_local: u64,
+    /// Files in the tree.
+    pub files: u64,
+    /// Bytes of the files in the store.
+    pub bytes_local: u64,
+    /// Bytes of the files in the tree.
+    pub bytes: u64,
 }
 
 /// A tree whose files are all in the store.

@@ -333,6 +333,17 @@ impl Store {
         }
     }
 
+    /// The notes of the index entry under `key` ([`Store::record_noted`]), whether or not the
+    /// tree it names is still published; `None` when there is no such entry.
+    pub fn index_notes(&self, key: &IndexKey) -> Result<Option<String>> {
+        let path = self.root.join("index").join(key.file_name());
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text.lines().skip(2).map(|l| format!("{l}\n")).collect())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
     /// Whether the blob named `blob` is here with `size` bytes.
     pub fn has_blob(&self, blob: &BlobHash, size: u64) -> bool {
         fs::symlink_metadata(self.blob_path(blob)).is_ok_and(|m| m.len() == size)
@@ -421,13 +432,19 @@ impl Store {
 
     /// Records `key → tree` for a published tree.
     pub fn record(&self, key: &IndexKey, tree: &TreeHash) -> Result<()> {
+        self.record_noted(key, tree, "")
+    }
+
+    /// Records `key → tree` with `notes`: lines after the tree's that only readers of that
+    /// kind of key read ([`Store::index_notes`]), gone with the entry.
+    pub fn record_noted(&self, key: &IndexKey, tree: &TreeHash, notes: &str) -> Result<()> {
         // The check and the write in one guarded section: a collector cannot drop the tree
         // in between and leave an entry naming nothing.
         let _guard = self.guard()?;
         if self.published(tree)?.is_none() {
             bail!("cannot index {tree}: it is not published in this store");
         }
-        let text = format!("{} {} {}\n{tree}\n", key.how, key.format, key.value);
+        let text = format!("{} {} {}\n{tree}\n{notes}", key.how, key.format, key.value);
         let path = self.root.join("index").join(key.file_name());
         // Re-recording what is there (every unchanged island does) writes nothing.
         if std::fs::read(&path).is_ok_and(|old| old == text.as_bytes()) {

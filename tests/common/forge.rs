@@ -29,6 +29,8 @@ pub struct Request {
     pub status: u64,
     pub bytes_sent: u64,
     pub body_complete: bool,
+    /// Whether it asked conditionally (`If-None-Match` or `If-Modified-Since`).
+    pub conditional: bool,
 }
 
 /// A running forge; stopped when dropped.
@@ -105,6 +107,7 @@ impl Forge {
                 status: v["status"].as_u64().unwrap_or_default(),
                 bytes_sent: v["bytes_sent"].as_u64().unwrap_or_default(),
                 body_complete: v["body_complete"].as_bool().unwrap_or_default(),
+                conditional: v["conditional"].as_bool().unwrap_or_default(),
             })
             .collect()
     }

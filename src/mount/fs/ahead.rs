@@ -61,7 +61,7 @@ impl CabFs {
 
     /// The first read in a directory pushes the small files beside it into the page cache
     /// (see [`read_ahead`]), those the kernel knows of (only those can be pushed).
-    pub(super) fn read_ahead(&self, ino: u64, channel: Arc<Channel>) {
+    pub(super) fn read_ahead(&self, ino: u64, channel: Arc<Channel>, on_ring: bool) {
         let Some(read_ahead) = &self.read_ahead else { return };
         if self.passthrough.load(Ordering::Relaxed) {
             return;
@@ -99,6 +99,6 @@ impl CabFs {
             }
         }
         drop(table);
-        read_ahead.push(&channel, files);
+        read_ahead.push(&channel, files, on_ring);
     }
 }

@@ -111,10 +111,10 @@ impl CabFs {
                 Err(_) => return reply.error(libc::EIO),
             }
         }
-        let channel = reply.channel().clone();
+        let (channel, on_ring) = (reply.channel().clone(), reply.over_io_uring());
         reply.data(&buf[..filled]);
         if offset == 0 {
-            self.read_ahead(ino, channel);
+            self.read_ahead(ino, channel, on_ring);
         }
     }
 

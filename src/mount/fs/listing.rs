@@ -160,11 +160,11 @@ impl CabFs {
                 break;
             }
         }
-        let channel = reply.channel().clone();
+        let (channel, on_ring) = (reply.channel().clone(), reply.over_io_uring());
         dirents.send(reply);
         if let Some(read_ahead) = self.read_ahead.as_ref().filter(|_| !listed_files.is_empty()) {
             listed_files.truncate(read_ahead::DIR_MAX_FILES);
-            read_ahead.push(&channel, listed_files);
+            read_ahead.push(&channel, listed_files, on_ring);
         }
     }
 

@@ -60,7 +60,40 @@ pub mod init {
     pub const NO_OPENDIR_SUPPORT: u64 = 1 << 24;
     pub const INIT_EXT: u64 = 1 << 30;
     pub const PASSTHROUGH: u64 = 1 << 37;
+    /// Requests through io_uring rings instead of read(2) (7.42, Linux 6.14+): the kernel
+    /// offers it while `/sys/module/fuse/parameters/enable_uring` is on, the server echoes it.
+    pub const OVER_IO_URING: u64 = 1 << 41;
     pub const REQUEST_TIMEOUT: u64 = 1 << 42;
+}
+
+/// FUSE over io_uring (`struct fuse_uring_req_header`, `struct fuse_uring_cmd_req`): each ring
+/// entry is a header buffer and a payload buffer the kernel copies requests into and answers
+/// out of.
+pub mod ring {
+    /// `in_out`: the request's `fuse_in_header`, then the answer's `fuse_out_header`.
+    pub const IN_OUT: usize = 0;
+    /// `op_in`: the operation's first argument (its fixed struct; empty for lookups).
+    pub const OP_IN: usize = 128;
+    /// The size of `op_in`.
+    pub const OP_IN_SIZE: usize = 128;
+    /// `ring_ent_in_out.commit_id`: what COMMIT_AND_FETCH names the request by.
+    pub const COMMIT_ID: usize = 256 + 8;
+    /// `ring_ent_in_out.payload_sz`: the payload's length, each way.
+    pub const PAYLOAD_SIZE: usize = 256 + 16;
+    /// `sizeof(struct fuse_uring_req_header)`.
+    pub const HEADER_SIZE: usize = 288;
+    /// `FUSE_IO_URING_CMD_REGISTER` (in `sqe->cmd_op`): hands the kernel an entry.
+    pub const CMD_REGISTER: u32 = 1;
+    /// `FUSE_IO_URING_CMD_COMMIT_AND_FETCH`: answers an entry's request and hands it back.
+    pub const CMD_COMMIT_AND_FETCH: u32 = 2;
+    /// The smallest payload buffer the kernel takes: `FUSE_MIN_READ_BUFFER`, `max_write`, and
+    /// `max_pages` pages (32 when `MAX_PAGES` is not agreed), whichever is largest.
+    pub fn payload_size(max_write: u32, max_pages: Option<u16>) -> usize {
+        // SAFETY: a plain getter.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let pages = max_pages.map_or(32, usize::from) * page;
+        super::MIN_READ_BUFFER.max(max_write as usize).max(pages)
+    }
 }
 
 /// Flags of an open reply.

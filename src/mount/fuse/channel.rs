@@ -138,6 +138,11 @@ impl Channel {
         Channel { fd }
     }
 
+    /// The descriptor (the rings of FUSE over io_uring register it as their fixed file).
+    pub(super) fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
     /// A new descriptor on the same connection, with its own queue of requests in progress
     /// (so worker threads do not contend for one).
     pub fn clone_for_thread(&self) -> io::Result<Channel> {

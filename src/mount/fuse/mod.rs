@@ -7,16 +7,22 @@
 //! reply be parked without holding a worker thread's request context. What cab needs is small
 //! — a dozen read-only operations — so it is written here: [`abi`] (the wire format),
 //! [`request`] (parsing), [`reply`] (answers, parking, interrupts), [`channel`] (mounting and
-//! the descriptor) and [`session`] (handshake and worker threads).
+//! the descriptor), [`session`] (handshake and the serving threads), and FUSE over io_uring
+//! where the kernel offers it: [`ring`] (per-CPU rings and their threads), [`entry`] (a
+//! ring entry's buffers, answered into from any thread) and [`watchdog`] (the interrupts the
+//! kernel does not send over io_uring).
 
 pub mod abi;
 pub mod channel;
+mod entry;
 pub mod reply;
 pub mod request;
+mod ring;
 pub mod session;
+mod watchdog;
 
 pub use abi::{Attr, InitIn, InitOut};
 pub use channel::{Channel, MountOptions, unmount};
 pub use reply::{Dirents, Interrupts, Parked, Reply};
 pub use request::{Op, Request};
-pub use session::{Filesystem, Session};
+pub use session::{Filesystem, Session, SessionOptions};

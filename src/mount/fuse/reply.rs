@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::abi::{self, Attr, Out};
 use super::channel::Channel;
+use super::entry::Entry;
 
 /// A lock's guard even if a panic poisoned it (the fuse layer stands alone, without cab's
 /// `sync` helpers).
@@ -69,12 +70,30 @@ impl Interrupts {
     pub fn parked(&self) -> usize {
         locked(&self.state).parked.len()
     }
+
+    /// Parked requests that came over io_uring from a caller that waits for them (not
+    /// read-ahead), parked at least `for_at_least`: their unique and the caller's thread id.
+    pub(super) fn waiting_callers(&self, for_at_least: Duration) -> Vec<(u64, u32)> {
+        let state = locked(&self.state);
+        state
+            .parked
+            .iter()
+            .filter_map(|(unique, slot)| {
+                let slot = slot.upgrade()?;
+                let caller = slot.caller?;
+                (slot.since.elapsed() >= for_at_least).then_some((*unique, caller))
+            })
+            .collect()
+    }
 }
 
 struct Slot {
     unique: u64,
     reply: Mutex<Option<Reply>>,
     interrupts: Arc<Interrupts>,
+    /// See [`Reply::caller`].
+    caller: Option<u32>,
+    since: Instant,
 }
 
 /// A parked request: whoever takes its reply first answers it (the wait's end, a deadline,
@@ -104,6 +123,12 @@ pub struct Reply {
     unique: u64,
     channel: Arc<Channel>,
     interrupts: Arc<Interrupts>,
+    /// The ring entry the request came in, if it came over io_uring: the answer goes there
+    /// instead of to `channel`.
+    entry: Option<Arc<Entry>>,
+    /// Over io_uring, for a request its caller waits for: the caller's thread id, watched while
+    /// the request is parked (see [`super::watchdog`]).
+    caller: Option<u32>,
     answered: bool,
 }
 
@@ -114,18 +139,52 @@ impl Reply {
             unique,
             channel,
             interrupts,
+            entry: None,
+            caller: None,
             answered: false,
         }
     }
 
-    /// The channel the request came from (notifications may go out on it too).
+    /// The reply to request `unique`, which came in ring entry `entry` of the connection whose
+    /// main descriptor is `channel`; `caller`: the thread that waits for it, if one does.
+    pub(super) fn over_ring(
+        unique: u64,
+        channel: Arc<Channel>,
+        interrupts: Arc<Interrupts>,
+        entry: Arc<Entry>,
+        caller: Option<u32>,
+    ) -> Reply {
+        Reply {
+            unique,
+            channel,
+            interrupts,
+            entry: Some(entry),
+            caller,
+            answered: false,
+        }
+    }
+
+    /// Whether the request came over io_uring: its thread serves a ring, and must not wait on
+    /// anything another request in the same ring could hold (a page lock, say).
+    pub fn over_io_uring(&self) -> bool {
+        self.entry.is_some()
+    }
+
+    /// The channel the request came from, or the connection's main one for a request that came
+    /// over io_uring: notifications and backing-file ioctls go out on it.
     pub fn channel(&self) -> &Arc<Channel> {
         &self.channel
     }
 
-    /// Sends the answer; false if the kernel no longer wanted it (interrupted, aborted).
+    /// Sends the answer; false if the kernel no longer wanted it (interrupted, aborted). An
+    /// answer through a ring entry is taken to arrive: its commit completes only with the
+    /// entry's next request.
     fn send(mut self, error: i32, body: &[&[u8]]) -> bool {
         self.answered = true;
+        if let Some(entry) = self.entry.take() {
+            entry.answer(self.unique, -error, body);
+            return true;
+        }
         match self.channel.send_message(self.unique, -error, body) {
             Ok(()) => true,
             Err(e) => {
@@ -204,12 +263,14 @@ impl Reply {
     /// takes: an interrupt handled on another worker finds either the early mark or a slot
     /// with its reply in it, never an empty slot in between.
     pub fn park(self) -> Parked {
-        let unique = self.unique;
+        let (unique, caller) = (self.unique, self.caller);
         let interrupts = self.interrupts.clone();
         let slot = Arc::new(Slot {
             unique,
             reply: Mutex::new(Some(self)),
             interrupts: interrupts.clone(),
+            caller,
+            since: Instant::now(),
         });
         let mut state = locked(&interrupts.state);
         if let Some(at) = state.early.iter().position(|(u, _)| *u == unique) {
@@ -232,7 +293,12 @@ impl Drop for Reply {
         if !self.answered {
             tracing::error!("request {} was dropped unanswered (a bug); answering EIO", self.unique);
             self.answered = true;
-            let _ = self.channel.send_message(self.unique, -libc::EIO, &[]);
+            match self.entry.take() {
+                Some(entry) => entry.answer(self.unique, -libc::EIO, &[]),
+                None => {
+                    let _ = self.channel.send_message(self.unique, -libc::EIO, &[]);
+                }
+            }
         }
     }
 }

@@ -205,7 +205,12 @@ pub(super) async fn get_object(
     let Some(response) = send(request, what, absent, failed).await? else {
         return Ok(None);
     };
-    Ok(Some(response.bytes().await.with_context(|| what.to_owned())?.to_vec()))
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(reqwest::Error::without_url)
+        .with_context(|| what.to_owned())?;
+    Ok(Some(bytes.to_vec()))
 }
 
 /// Sends a HEAD of one object: whether it is there, with statuses read as [`get_object`]
@@ -226,7 +231,13 @@ async fn send(
     absent: &[u16],
     failed: impl AsyncFnOnce(reqwest::Response) -> anyhow::Error,
 ) -> Result<Option<reqwest::Response>> {
-    let response = request.send().await.with_context(|| what.to_owned())?;
+    // Errors without their URL: a presigned one carries a signature, and `what` names the
+    // request.
+    let response = request
+        .send()
+        .await
+        .map_err(reqwest::Error::without_url)
+        .with_context(|| what.to_owned())?;
     match response.status().as_u16() {
         200 => Ok(Some(response)),
         status if absent.contains(&status) => Ok(None),

@@ -22,7 +22,7 @@ use tokio::sync::{Notify, Semaphore};
 use super::{Listing, Remote, pack};
 use crate::hash::tree::{Entry, Node, Object};
 use crate::hash::{BlobHash, NarHash, TreeHash};
-use crate::store::contents::{Arrival, Contents};
+use crate::store::contents::{Arrival, Contents, LocalShare};
 use crate::store::{Guard, Store};
 use crate::sync::{MutexExt, RwLockExt};
 
@@ -31,6 +31,28 @@ use crate::sync::{MutexExt, RwLockExt};
 struct BlobFetch {
     waiters: Vec<Arrival>,
     urgent: Arc<Notify>,
+}
+
+/// Which of the tree's files are in the store, for `cab status`: counted from the listing
+/// once it is written, then kept up as files arrive. Each blob is counted once, whoever finds
+/// it here first (the count, a fetch landing, a reader).
+#[derive(Default)]
+struct Tally {
+    /// Files (distinct blobs) and bytes in the tree, once the listing has been counted.
+    totals: Option<(u64, u64)>,
+    /// Blobs known to be here (emptied once the tree is complete).
+    local: HashSet<BlobHash>,
+    files_local: u64,
+    bytes_local: u64,
+}
+
+impl Tally {
+    fn here(&mut self, blob: BlobHash, size: u64) {
+        if self.local.insert(blob) {
+            self.files_local += 1;
+            self.bytes_local += size;
+        }
+    }
 }
 
 /// What one fetch downloads.
@@ -65,6 +87,8 @@ pub struct LazyTree {
     unwritten: std::sync::RwLock<Option<Arc<Listing>>>,
     /// Whether the listing is in the store yet (`Some(false)`: writing it failed).
     written: tokio::sync::watch::Receiver<Option<bool>>,
+    /// How much of it is here.
+    tally: Mutex<Tally>,
 }
 
 /// Directories' small files fetched ahead in one go: at most this many files a directory…
@@ -126,6 +150,7 @@ impl LazyTree {
             root,
             unwritten: std::sync::RwLock::new(Some(listing.clone())),
             written,
+            tally: Mutex::default(),
         });
         let writer = Arc::downgrade(&lazy);
         let label = lazy.label.clone();
@@ -150,6 +175,9 @@ impl LazyTree {
                 *lazy.unwritten.write_locked() = None;
             }
             let _ = written_tx.send(Some(result.is_ok()));
+            if let Some(lazy) = writer.upgrade() {
+                lazy.count(&listing);
+            }
         };
         drop(runtime.spawn_blocking(write));
         Ok(lazy)
@@ -189,10 +217,40 @@ impl LazyTree {
         self.is_complete() || self.store.has_blob(blob, size)
     }
 
+    /// Counts the files of `listing` and those of them the store has (behind the first
+    /// answers: a stat per file).
+    fn count(&self, listing: &Listing) {
+        let mut files = HashMap::new();
+        for (_, object) in listing.objects() {
+            for node in object.nodes() {
+                if let Node::File { blob, size, .. } = node {
+                    files.insert(*blob, *size);
+                }
+            }
+        }
+        self.tally.locked().totals = Some((files.len() as u64, files.values().sum()));
+        for (blob, size) in files {
+            if self.is_complete() {
+                return;
+            }
+            if self.store.has_blob(&blob, size) {
+                self.landed(blob, size);
+            }
+        }
+    }
+
+    /// `blob` is in the store now.
+    fn landed(&self, blob: BlobHash, size: u64) {
+        if !self.is_complete() {
+            self.tally.locked().here(blob, size);
+        }
+    }
+
     /// Joins (or starts) the fetch of `blob`: a reader's now, a background one when a slot of
     /// [`BACKGROUND_FETCHES`] is free.
     fn join(self: &Arc<Self>, blob: BlobHash, size: u64, background: bool, then: Arrival) {
         if self.present(&blob, size) {
+            self.landed(blob, size);
             return then(Ok(()));
         }
         let urgent = {
@@ -244,6 +302,12 @@ impl LazyTree {
                     unit.key.clone(),
                 ),
             };
+            if result.is_ok() {
+                match &download {
+                    Download::Blob(blob, size) => lazy.landed(*blob, *size),
+                    Download::Pack(unit) => unit.blobs.iter().for_each(|(blob, size)| lazy.landed(*blob, *size)),
+                }
+            }
             if let Err(e) = &result {
                 tracing::error!(
                     "{}: cannot fetch {what} from {}: {e:#} (reads of its files fail; the next read tries again)",
@@ -406,6 +470,8 @@ impl LazyTree {
         })
         .await??;
         self.complete.store(true, Ordering::Relaxed);
+        // Every file is here: the set that told which were is not needed any more.
+        self.tally.locked().local = HashSet::new();
         Ok(())
     }
 }
@@ -434,6 +500,25 @@ impl Contents for LazyTree {
 
     fn is_complete(&self) -> bool {
         self.complete.load(Ordering::Relaxed)
+    }
+
+    fn local_share(&self) -> Option<LocalShare> {
+        let tally = self.tally.locked();
+        let (files, bytes) = tally.totals?;
+        if self.is_complete() {
+            return Some(LocalShare {
+                files_local: files,
+                files,
+                bytes_local: bytes,
+                bytes,
+            });
+        }
+        Some(LocalShare {
+            files_local: tally.files_local.min(files),
+            files,
+            bytes_local: tally.bytes_local.min(bytes),
+            bytes,
+        })
     }
 }
 

@@ -24,6 +24,7 @@
 
 pub mod backend;
 mod bundle;
+pub mod health;
 pub mod lazy;
 pub mod nix;
 pub mod pack;
@@ -46,7 +47,8 @@ const CONCURRENCY: usize = 16;
 /// A remote store.
 #[derive(Clone)]
 pub struct Remote {
-    backend: Arc<dyn Backend>,
+    /// The backend, watched: every request's outcome is recorded in its health.
+    backend: Arc<health::Watched>,
 }
 
 /// What fetching a tree from a remote did.
@@ -132,17 +134,25 @@ impl Remote {
         } else {
             bail!("remote `{url}`: use s3://BUCKET?endpoint=URL&region=R, file:///DIR or http(s)://URL (read-only)");
         };
-        Ok(Remote { backend })
+        Ok(Remote::with_backend(backend))
     }
 
     /// A remote over `backend`.
     pub fn with_backend(backend: Arc<dyn Backend>) -> Remote {
-        Remote { backend }
+        Remote {
+            backend: Arc::new(health::Watched::new(backend)),
+        }
     }
 
-    /// The backend (for the Nix cache writer).
-    pub fn backend(&self) -> &Arc<dyn Backend> {
-        &self.backend
+    /// The backend (for the Nix cache writer), watched as every request of this remote is.
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
+    }
+
+    /// What this process's requests to the remote have given so far (for `cab status`: no
+    /// request is made to learn it).
+    pub fn health(&self) -> health::Health {
+        self.backend.health()
     }
 
     fn blob_key(blob: &BlobHash) -> String {

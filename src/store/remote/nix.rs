@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use ed25519_dalek::{Signer, SigningKey};
 use sha2::{Digest, Sha256};
 
-use super::{Body, Remote};
+use super::{Backend, Body, Remote};
 use crate::hash::{NarHash, TreeHash, encoding};
 use crate::store::Store;
 

@@ -284,9 +284,11 @@ impl Backend for S3 {
                     request.body(reqwest::Body::from(file))
                 }
             };
+            // Without its URL: a presigned one carries a signature, and `PUT key` names it.
             let response = request
                 .send()
                 .await
+                .map_err(reqwest::Error::without_url)
                 .with_context(|| format!("{}: PUT {key}", self.shown))?;
             if !response.status().is_success() {
                 return Err(self.failure(&format!("PUT {key}"), response).await);
