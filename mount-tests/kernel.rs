@@ -211,12 +211,17 @@ fn browsed_refs_and_stored_trees_are_served_by_the_kernel_too() {
     let src = world.dir("src");
     awkward_tree(&src, 2);
     world.push("acme/views", &src, "views");
+    common::forge::commit(&world.forge_root, "acme/views", &src, "release/1.2", "nested");
     let mount = world.mount(&[]);
     let mnt = canonical(&world.mnt);
     let browsed = mnt.join("github/acme/views/main");
     assert!(fs::metadata(&browsed).unwrap().is_dir());
     assert!(fs::metadata(browsed.join("README")).unwrap().is_file());
     wait_kernel_served(&mount, &browsed);
+    // A ref with `/` in its name, below a directory of refs, is handed over at its place.
+    let nested = mnt.join("github/acme/views/release/1.2");
+    assert!(fs::metadata(nested.join("README")).unwrap().is_file());
+    wait_kernel_served(&mount, &nested);
     let hash = ok_text(
         tool("getfattr")
             .args(["--only-values", "-n", "user.cab.hash"])

@@ -911,6 +911,159 @@ fn browsing_github_and_by_hash() {
     mount.stop();
 }
 
+/// Refs with `/` in their names are reached as git's ref namespace nests them: a prefix of
+/// refs is a directory listing the refs under it; a repository's own level lists its default
+/// branch; a name that is neither a ref nor a prefix is ENOENT. On every forge.
+#[test]
+fn browsing_refs_with_slashes() {
+    let world = World::new("mount-refs", &[]);
+    let src = world.dir("src");
+    let mut revs = std::collections::BTreeMap::new();
+    for repo in ["acme/refs", "group/sub/proj", "~me/refs"] {
+        for branch in ["main", "release/1.2", "release/2.0", "feature/a/b"] {
+            write_file(&src.join("which.txt"), format!("{branch}\n").as_bytes(), 0o644);
+            let rev = forge::commit(&world.forge_root, repo, &src, branch, branch);
+            revs.insert((repo, branch), rev);
+        }
+        forge::tag(&world.forge_root, repo, "v1", &revs[&(repo, "main")], false);
+        // Tags count as branches do: one under a prefix of branches, annotated.
+        forge::tag(&world.forge_root, repo, "release/3.0", &revs[&(repo, "main")], true);
+    }
+    let mount = world.mount(&[]);
+    for (repo, at) in [
+        ("acme/refs", "github/acme/refs"),
+        ("group/sub/proj", "gitlab/group/sub/proj/-"),
+        ("~me/refs", "sourcehut/~me/refs"),
+    ] {
+        let top = world.at(at);
+        let ls = |dir: &Path| {
+            ok_text(tool("ls").arg(dir))
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ls(&top), ["main"], "{at}: the default branch");
+        assert_eq!(ls(&top.join("release")), ["1.2", "2.0", "3.0"], "{at}/release");
+        assert_eq!(ls(&top.join("feature")), ["a"], "{at}/feature");
+        assert_eq!(ls(&top.join("feature/a")), ["b"], "{at}/feature/a");
+        let b = top.join("feature/a/b");
+        assert_eq!(read_text(&b.join("which.txt")), "feature/a/b\n");
+        assert_same_tree(&world.reference(repo, &revs[&(repo, "feature/a/b")]), &b);
+        assert_eq!(read_text(&top.join("release/1.2/which.txt")), "release/1.2\n");
+        assert_eq!(read_text(&top.join("v1/which.txt")), "main\n");
+        assert_eq!(read_text(&top.join("release/3.0/which.txt")), "main\n");
+        assert_eq!(read_text(&top.join("main/which.txt")), "main\n");
+        for missing in ["nope", "release/9.9", "feature/a/c", "feature/b", "release/1.2x"] {
+            let path = top.join(missing);
+            assert_eq!(
+                errno_of(fs::symlink_metadata(&path)),
+                Some(libc::ENOENT),
+                "{at}/{missing}"
+            );
+        }
+    }
+    // A directory of refs is no failing island; the names that do not exist are.
+    let out = run_timeout(
+        world.cab().args(["status", "--json"]).arg(&world.mnt),
+        Duration::from_secs(30),
+    );
+    let status: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let failed: Vec<&str> = status["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["place"].as_str())
+        .collect();
+    assert!(
+        !failed
+            .iter()
+            .any(|p| p.ends_with("/release") || p.ends_with("/feature")),
+        "{failed:?}"
+    );
+    assert!(failed.iter().any(|p| p.ends_with("/nope")), "{failed:?}");
+    // A branch pushed while mounted shows up once the listing is asked again (it is kept
+    // 30 s; the kernel's copy goes with it).
+    let release = world.at("github/acme/refs/release");
+    forge::commit(&world.forge_root, "acme/refs", &src, "release/3.1", "later");
+    let pushed = Instant::now();
+    let deadline = pushed + Duration::from_secs(45);
+    while !ok_text(tool("ls").arg(&release)).lines().any(|n| n == "3.1") {
+        assert!(Instant::now() < deadline, "release/3.1 never listed");
+        thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "a new branch was listed {:.1} s after its push",
+        pushed.elapsed().as_secs_f64()
+    );
+    mount.stop();
+}
+
+/// A repository with thousands of tags: its own level still lists only the default branch, in
+/// one small round trip, and a prefix lists a bounded number of names.
+#[test]
+fn browsing_a_repository_with_thousands_of_tags() {
+    let world = World::new("mount-many-tags", &[]);
+    let src = world.dir("src");
+    write_file(&src.join("a.txt"), b"a\n", 0o644);
+    let rev = world.push("acme/many", &src, "main");
+    let gitdir = world.forge_root.join("acme/many.git");
+    let mut refs = String::new();
+    for i in 0..5000 {
+        refs.push_str(&format!(
+            "create refs/tags/v{i}.0 {rev}\ncreate refs/tags/t/{i:04} {rev}\n"
+        ));
+    }
+    let mut git = Command::new("git");
+    git.arg("-C")
+        .arg(&gitdir)
+        .args(["update-ref", "--stdin"])
+        .stdin(Stdio::piped());
+    let mut child = git.spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), refs.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        Command::new("git")
+            .arg("-C")
+            .arg(&gitdir)
+            .arg("update-server-info")
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mount = world.mount(&[]);
+    let repo = world.at("github/acme/many");
+    let before = settled_requests(&world).len();
+    let started = Instant::now();
+    assert_eq!(ok_text(tool("ls").arg(&repo)).trim(), "main");
+    let top = started.elapsed();
+    let asked = &settled_requests(&world)[before..];
+    assert_eq!(asked.len(), 1, "one ls-refs of HEAD: {asked:#?}");
+    let started = Instant::now();
+    assert!(repo.join("t").is_dir());
+    let lookup = started.elapsed();
+    let listed = ok_text(tool("ls").arg(repo.join("t")));
+    let prefix = started.elapsed();
+    thread::sleep(Duration::from_millis(1100));
+    let started = Instant::now();
+    assert!(repo.join("t").is_dir());
+    let again = started.elapsed();
+    assert_eq!(listed.lines().count(), 1000, "a prefix lists at most 1,000 names");
+    assert_eq!(listed.lines().next(), Some("0000"));
+    assert_eq!(
+        read_text(&repo.join("t/4999/a.txt")),
+        "a\n",
+        "names past the listing's bound still resolve"
+    );
+    eprintln!(
+        "ls REPO/ {:.1} ms; REPO/t (5,000 refs under it): lookup {:.1} ms, with ls {:.1} ms, looked up again {:.1} ms",
+        top.as_secs_f64() * 1e3,
+        lookup.as_secs_f64() * 1e3,
+        prefix.as_secs_f64() * 1e3,
+        again.as_secs_f64() * 1e3
+    );
+    mount.stop();
+}
+
 /// The mount's defaults come from the configuration file, and a flag overrides them.
 #[test]
 fn mount_defaults_from_the_config_file() {

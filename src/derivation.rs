@@ -325,6 +325,35 @@ pub fn to_derivation(island: &Island, env: &Environment) -> Result<Derivation> {
     })
 }
 
+/// The derivation that asks which refs `island`'s repository has — what HEAD points to, or the
+/// branch and tag names under `prefix` — instead of fetching a tree (the fetcher's `refs`
+/// format). For the forges and `git`; the island's ref, rev and hashes play no part. Its
+/// answer is a question to the forge, like a branch's commit: never indexed or stored.
+pub fn to_refs_derivation(island: &Island, prefix: Option<&str>, env: &Environment) -> Result<Derivation> {
+    let bare = Island {
+        config: crate::island::Config {
+            host: island.config.host.clone(),
+            requires: island.config.requires.clone(),
+            ..Default::default()
+        },
+        subpath: None,
+        ..island.clone()
+    };
+    let mut drv = to_derivation(&bare, env)?;
+    let git = match bare.format {
+        Format::Github | Format::Gitlab | Format::Sourcehut => {
+            forge_urls(&bare, &env.forges)?.map(|urls| urls.git).unwrap_or_default()
+        }
+        Format::Git => bare.location.clone(),
+        _ => bail!("{island}: only git repositories have refs"),
+    };
+    // A forge's archives come from other hosts; the refs come from the git URL's alone.
+    drv.hosts.truncate(1);
+    drv.args = vec!["refs".into(), format!("git={git}")];
+    drv.args.extend(prefix.map(|p| format!("prefix={p}")));
+    Ok(drv)
+}
+
 impl Derivation {
     /// Whether the result is fixed in advance (a `rev` or a `hash`): only then may the
     /// realizer remember derivation → tree. One that names only a branch must ask again.

@@ -9,7 +9,8 @@ use crate::refs::object_id;
 /// How to call the fetcher.
 pub const USAGE: &str = "usage: fetcher forge git=URL archive=URL [ref=REF] [rev=SHA1] | \
                          fetcher git url=URL [ref=REF] [rev=SHA1] | fetcher tarball url=URL \
-                         [if-none-match=ETAG | if-modified-since=DATE unchanged=IDENTITY]";
+                         [if-none-match=ETAG | if-modified-since=DATE unchanged=IDENTITY] | \
+                         fetcher refs git=URL [prefix=REF]";
 
 /// What to fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +27,18 @@ pub enum Request {
         /// What the host already holds from this URL, to ask the server with.
         known: Option<Known>,
     },
+    /// Which refs a git smart-HTTP repository has: HEAD's target, or the names under a
+    /// prefix. Reported, not fetched: no tree is written.
+    Refs(Refs),
+}
+
+/// The `refs` format's arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refs {
+    /// The repository's smart-HTTP URL, without a trailing slash.
+    pub git: String,
+    /// List the branches and tags under `<prefix>/`; without it, what HEAD points to.
+    pub prefix: Option<String>,
 }
 
 /// A download the host already holds from a tarball's URL: the request carries its validator,
@@ -84,6 +97,7 @@ pub fn parse(args: &[String]) -> Result<Request> {
         "forge" => &["git", "archive", "ref", "rev"],
         "git" => &["url", "ref", "rev"],
         "tarball" => &["url", "if-none-match", "if-modified-since", "unchanged"],
+        "refs" => &["git", "prefix"],
         other => return Err(usage(format!("unknown format `{other}`"))),
     };
     if let Some((k, _)) = pairs.iter().find(|(k, _)| !allowed.contains(k)) {
@@ -107,6 +121,10 @@ pub fn parse(args: &[String]) -> Result<Request> {
             url: http_url("url", need("url")?)?.trim_end_matches('/').to_owned(),
             reference,
             rev,
+        })),
+        "refs" => Ok(Request::Refs(Refs {
+            git: http_url("git", need("git")?)?.trim_end_matches('/').to_owned(),
+            prefix: get("prefix").map(|p| check_ref(p).map(str::to_owned)).transpose()?,
         })),
         _ => Ok(Request::Tarball {
             url: http_url("url", need("url")?)?.to_owned(),
@@ -236,6 +254,20 @@ mod tests {
             })
         );
         assert_eq!(
+            p(&["refs", "git=https://h/o/r.git/", "prefix=release/v1"]).unwrap(),
+            Request::Refs(Refs {
+                git: "https://h/o/r.git".into(),
+                prefix: Some("release/v1".into()),
+            })
+        );
+        assert_eq!(
+            p(&["refs", "git=https://h/o/r.git"]).unwrap(),
+            Request::Refs(Refs {
+                git: "https://h/o/r.git".into(),
+                prefix: None,
+            })
+        );
+        assert_eq!(
             p(&["tarball", "url=https://x/y.tar.gz"]).unwrap(),
             Request::Tarball {
                 url: "https://x/y.tar.gz".into(),
@@ -323,6 +355,9 @@ mod tests {
                 "repo=a/b",
             ],
             &["tarball", "url=https://x", "extra"],
+            &["refs", "git=https://x/r.git", "prefix=a/"],
+            &["refs", "git=https://x/r.git", "ref=main"],
+            &["refs", "prefix=a"],
             &["tarball", "url=https://x", "if-none-match=\"a\""],
             &["tarball", "url=https://x", "unchanged=00"],
             &[

@@ -1,6 +1,7 @@
 //! The fetches, from request to output tree: `forge` (resolve the ref over git smart HTTP,
 //! announce the commit, unpack the forge's archive of it), `git` (the same ref resolution, then
-//! the pack protocol: see [`crate::git`]) and `tarball` (unpack the archive at a URL, whichever of the formats [`crate::archive`] reads). Everything outside
+//! the pack protocol: see [`crate::git`]), `refs` (no tree: which refs there are, see
+//! [`crate::listing`]) and `tarball` (unpack the archive at a URL, whichever of the formats [`crate::archive`] reads). Everything outside
 //! the guest comes through the [`Net`], [`Sink`] and [`Console`] it is given, so this runs
 //! unchanged under the unit tests.
 
@@ -10,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::io::{Body, Buffered, Console, Net, Sink};
 use crate::pktline::PktReader;
 use crate::prelude::*;
-use crate::refs::{self, Protocol, Resolver, Want};
+use crate::refs::{self, Advertised, Protocol, Resolver, Want};
 
 /// Headers of a protocol v2 command request (gitprotocol-http).
 pub const UPLOAD_PACK_HEADERS: &str = "Content-Type: application/x-git-upload-pack-request\n\
@@ -23,6 +24,7 @@ pub fn fetch<N: Net, K: Sink, C: Console>(request: &Request, net: &mut N, sink: 
         Request::Forge(g) => forge(g, net, sink, console),
         Request::Git(g) => crate::git::fetch(g, net, sink, console),
         Request::Tarball { url, known } => tarball(net, sink, console, url, known.as_ref()),
+        Request::Refs(r) => crate::listing::list(net, console, &r.git, r.prefix.as_deref()),
     }
 }
 
@@ -46,7 +48,7 @@ fn forge<N: Net, K: Sink, C: Console>(g: &Forge, net: &mut N, sink: &mut K, cons
 
 /// Asks the git server at `repo_url` which protocol it speaks (`info/refs`); a v0 server's
 /// ref list is fed to `resolver` on the way.
-pub fn discover<N: Net>(net: &mut N, repo_url: &str, resolver: &mut Resolver) -> Result<Protocol> {
+pub fn discover<N: Net>(net: &mut N, repo_url: &str, resolver: &mut dyn Advertised) -> Result<Protocol> {
     let refs_url = format!("{repo_url}/info/refs?service=git-upload-pack");
     let body = Body::open(net, "GET", &refs_url, "Git-Protocol: version=2", b"")?;
     let mut reader = PktReader::new(Buffered::new(body, 16 * 1024));
@@ -89,9 +91,10 @@ pub fn resolve<N: Net, C: Console>(
             Some(protocol)
         }
     };
-    if resolver.resolved().is_none() && want != Want::Head && protocol != Some(Protocol::V0) {
+    if resolver.resolved().is_none() && want != Want::Head && protocol != Some(Protocol::V0) && !resolver.saw_nested() {
         // The first answer held only names starting like the wanted one; ask for all
-        // branches and tags, to say which ones come close.
+        // branches and tags, to say which ones come close (unless refs nest under the name:
+        // those are the closest, and a repository's thousands of tags need not be listed).
         resolver = Resolver::new(&want);
         ls_refs(net, &url, &want.suggestion_prefixes(), &mut resolver)?;
     }
@@ -107,11 +110,11 @@ fn ls_refs<N: Net>(net: &mut N, url: &str, prefixes: &[String], resolver: &mut R
 
 /// An `ls-refs` exchange. The outer error: the server could not be reached; the inner one: it
 /// answered, but not as a v2 server answers `ls-refs` (a failure status, or another answer).
-fn ls_refs_answered<N: Net>(
+pub fn ls_refs_answered<N: Net>(
     net: &mut N,
     url: &str,
     prefixes: &[String],
-    resolver: &mut Resolver,
+    resolver: &mut dyn Advertised,
 ) -> Result<Result<()>> {
     let request = refs::ls_refs_request(prefixes)?;
     let body = match Body::answer(net, "POST", url, UPLOAD_PACK_HEADERS, &request)? {

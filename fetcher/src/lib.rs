@@ -39,6 +39,7 @@ pub mod heap;
 pub mod host;
 pub mod inflate;
 pub mod io;
+pub mod listing;
 pub mod pack;
 pub mod pktline;
 pub mod refs;

@@ -105,6 +105,17 @@ struct Found {
     peeled: Option<String>,
 }
 
+/// Whoever reads a server's ref advertisement: a [`Resolver`] looking for one ref, or a
+/// listing of the refs under a prefix ([`crate::listing`]). Both protocols' parsers feed it.
+pub trait Advertised {
+    /// Takes one advertised ref. A v0 `name^{}` line carries the peeled commit of the tag
+    /// before it; v2 gives it as `peeled`.
+    fn offer(&mut self, name: &[u8], oid: &str, peeled: Option<&str>);
+
+    /// A symbolic ref and its target (`HEAD` → `refs/heads/main`).
+    fn symref(&mut self, _name: &[u8], _target: &[u8]) {}
+}
+
 /// Collects what a server says about the wanted ref, and the nearest other names.
 pub struct Resolver {
     candidates: Vec<Vec<u8>>,
@@ -113,6 +124,11 @@ pub struct Resolver {
     short: bool,
     namespaces: Vec<String>,
     nearest: Nearest,
+    /// `refs/heads/<name>/` or `refs/tags/<name>/` for a short name: refs nested under it.
+    nested: Vec<Vec<u8>>,
+    /// Whether a ref nested under the wanted short name was seen (`release/1.2` for
+    /// `release`): the wanted name is then a prefix of refs, not a typo.
+    saw_nested: bool,
 }
 
 impl Resolver {
@@ -135,12 +151,38 @@ impl Resolver {
                 want.suggestion_prefixes()
             },
             nearest: Nearest::new(key.as_bytes()),
+            nested: match want {
+                Want::Short(r) => ["refs/heads/", "refs/tags/"]
+                    .iter()
+                    .map(|ns| format!("{ns}{r}/").into_bytes())
+                    .collect(),
+                _ => Vec::new(),
+            },
+            saw_nested: false,
         }
     }
 
-    /// Takes one advertised ref. A v0 `name^{}` line carries the peeled commit of the tag
-    /// before it; v2 gives it as `peeled`.
-    pub fn offer(&mut self, name: &[u8], oid: &str, peeled: Option<&str>) {
+    /// Whether refs nested under the wanted short name were seen: it is a prefix of refs (the
+    /// closest names are those, and asking for every branch and tag would add nothing).
+    pub fn saw_nested(&self) -> bool {
+        self.saw_nested
+    }
+
+    /// The commit, if the wanted ref was seen: the first candidate found, peeled if it is an
+    /// annotated tag.
+    pub fn resolved(&self) -> Option<String> {
+        let f = self.found.iter().flatten().next()?;
+        Some(f.peeled.clone().unwrap_or_else(|| f.oid.clone()))
+    }
+
+    /// The closest names seen, best first.
+    pub fn suggestions(&self) -> Vec<String> {
+        self.nearest.names()
+    }
+}
+
+impl Advertised for Resolver {
+    fn offer(&mut self, name: &[u8], oid: &str, peeled: Option<&str>) {
         if let Some(tag) = name.strip_suffix(b"^{}") {
             for (c, f) in self.candidates.iter().zip(self.found.iter_mut()) {
                 if let Some(f) = f
@@ -159,6 +201,9 @@ impl Resolver {
                 });
             }
         }
+        if self.nested.iter().any(|n| name.starts_with(n)) {
+            self.saw_nested = true;
+        }
         if !self.namespaces.iter().any(|ns| name.starts_with(ns.as_bytes())) {
             return;
         }
@@ -170,18 +215,6 @@ impl Resolver {
             false => name,
         };
         self.nearest.consider(key, name);
-    }
-
-    /// The commit, if the wanted ref was seen: the first candidate found, peeled if it is an
-    /// annotated tag.
-    pub fn resolved(&self) -> Option<String> {
-        let f = self.found.iter().flatten().next()?;
-        Some(f.peeled.clone().unwrap_or_else(|| f.oid.clone()))
-    }
-
-    /// The closest names seen, best first.
-    pub fn suggestions(&self) -> Vec<String> {
-        self.nearest.names()
     }
 }
 
@@ -259,7 +292,7 @@ pub enum Protocol {
 
 /// Reads an `info/refs?service=git-upload-pack` answer. For a v0 server the ref list is fed
 /// to `resolver` as it streams past; for v2 reading stops at the `version 2` line.
-pub fn read_advertisement<S: Source>(reader: &mut PktReader<S>, resolver: &mut Resolver) -> Result<Protocol> {
+pub fn read_advertisement<S: Source>(reader: &mut PktReader<S>, resolver: &mut dyn Advertised) -> Result<Protocol> {
     let not_smart = || Error::new("not a git smart HTTP answer (no `# service=git-upload-pack` line)");
     match reader.next_packet()? {
         Some(Packet::Data(d)) => match pktline::line(d) {
@@ -290,6 +323,9 @@ pub fn read_advertisement<S: Source>(reader: &mut PktReader<S>, resolver: &mut R
                     first = false;
                     continue;
                 }
+                if let Some(target) = v0_head_symref(l) {
+                    resolver.symref(b"HEAD", target);
+                }
                 first = false;
                 let (oid, name) = parse_v0_line(l)?;
                 // An empty repository advertises only its capabilities under this name.
@@ -300,6 +336,16 @@ pub fn read_advertisement<S: Source>(reader: &mut PktReader<S>, resolver: &mut R
             Some(_) => return Err(Error::new("unexpected packet in the ref advertisement")),
         }
     }
+}
+
+/// What HEAD points to, from the `symref=HEAD:<target>` capability of a v0 advertisement's
+/// first line (after its NUL).
+fn v0_head_symref(line: &[u8]) -> Option<&[u8]> {
+    let at = line.iter().position(|&b| b == 0)?;
+    let capabilities = line.get(at + 1..)?;
+    capabilities
+        .split(|&b| b == b' ')
+        .find_map(|c| c.strip_prefix(b"symref=HEAD:"))
 }
 
 /// Reads the rest of a v2 capability advertisement (after `version 2`), up to its flush.
@@ -314,7 +360,7 @@ fn v2_capabilities<S: Source>(reader: &mut PktReader<S>) -> Result<Protocol> {
 }
 
 /// Reads an `ls-refs` answer into `resolver`, up to its flush.
-pub fn read_ls_refs<S: Source>(reader: &mut PktReader<S>, resolver: &mut Resolver) -> Result<()> {
+pub fn read_ls_refs<S: Source>(reader: &mut PktReader<S>, resolver: &mut dyn Advertised) -> Result<()> {
     loop {
         match reader.next_packet()? {
             None => return Err(Error::new("the ls-refs answer ended early")),
@@ -324,6 +370,9 @@ pub fn read_ls_refs<S: Source>(reader: &mut PktReader<S>, resolver: &mut Resolve
                     return Err(e);
                 }
                 if let Some(r) = parse_ls_refs_line(pktline::line(d))? {
+                    if let Some(target) = r.symref_target {
+                        resolver.symref(r.name, target);
+                    }
                     resolver.offer(r.name, &r.oid, r.peeled.as_deref());
                 }
             }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use super::failures::{Failure, Failures, LastFailure};
 use super::handover::Handover;
 use super::realization::Realization;
+use super::refs::RefListings;
 use crate::derivation::{Derivation, to_derivation};
 use crate::hash::TreeHash;
 use crate::hash::tree::Node;
@@ -113,6 +114,8 @@ pub struct Islands {
     complete: bool,
     /// Who hands whole trees over to the kernel, once the mount is up (if anyone may).
     handover: OnceLock<Arc<Handover>>,
+    /// What the browsed repositories' refs are (their listings).
+    refs: Arc<RefListings>,
 }
 
 impl Islands {
@@ -124,6 +127,7 @@ impl Islands {
         lock: Lock,
     ) -> Self {
         Islands {
+            refs: Arc::new(RefListings::new(realizer.clone(), runtime.clone())),
             realizer,
             runtime,
             manifest,
@@ -276,6 +280,11 @@ impl Islands {
         &self.realizer
     }
 
+    /// The browsed repositories' ref listings.
+    pub fn refs(&self) -> &Arc<RefListings> {
+        &self.refs
+    }
+
     /// The runtime realizations run on.
     pub fn runtime(&self) -> &tokio::runtime::Handle {
         &self.runtime
@@ -312,6 +321,12 @@ impl Islands {
     /// The last failure of `island`, if its last realization failed.
     pub fn failure_island(&self, island: &Island) -> Option<LastFailure> {
         self.failures.last(&Key::Browsed(island.clone()))
+    }
+
+    /// Forgets `island`'s last failure: a browsed name that is no ref turned out to be a
+    /// directory of refs, which `cab status` must not report as failing.
+    pub fn forget_failure(&self, island: &Island) {
+        self.failures.forget(&Key::Browsed(island.clone()));
     }
 
     /// The island a name stands for: its lock pin if current, else the manifest's literal.

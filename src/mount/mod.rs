@@ -12,6 +12,7 @@ mod islands;
 mod kernel;
 mod read_ahead;
 mod realization;
+mod refs;
 mod table;
 mod timeout;
 

@@ -93,6 +93,7 @@ pub(super) fn read(
                 },
             ) = (&requester, &mut event)
                 && !format.starts_with("unknown:")
+                && !format.starts_with("ref-")
             {
                 match requester.holds(format, value).await {
                     Ok(held) => *hit = held.map(Hit::Elsewhere),
@@ -162,7 +163,10 @@ pub(super) fn note_value(
     value: &str,
     rev: &mut Option<String>,
 ) -> Result<()> {
-    tracing::debug!("{label}: fetcher reports {format} {value}");
+    // A ref listing's names (up to 1,000 of them) are its answer, not news.
+    if format != "ref-name" {
+        tracing::debug!("{label}: fetcher reports {format} {value}");
+    }
     if format == "git-rev" {
         if let Some(want) = &drv.rev
             && want != value
@@ -213,6 +217,9 @@ pub(super) fn held(store: &Store, how: &str, format: &str, value: &str) -> Resul
     let hex =
         |v: &str, len: usize| v.len() == len && v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     let (well_formed, how) = match format {
+        // A ref listing's lines (the fetcher's `refs` format) name no tree.
+        "ref-head" | "ref-name" | "ref-more" if !value.is_empty() && !value.contains(' ') => return Ok(None),
+        "ref-head" | "ref-name" | "ref-more" => return Err(Unheld::Malformed),
         "git-rev" | "git-tree" => (hex(value, 40), how),
         // The server's identity of a download (see the fetcher's `http_identity`), a BLAKE3.
         "http-identity" => (hex(value, 64), how),

@@ -32,7 +32,7 @@ const EXIT_MISSING: i32 = 3;
 /// A run's staging directory, removed on a blocking thread when the run ends (~0.2 ms of
 /// unlinking that need not delay the answer; a one-shot `cab` still waits for it on exit,
 /// as the runtime does for blocking work). Without a runtime it is removed at once.
-struct CleanUpLater(Option<Staging>);
+pub(super) struct CleanUpLater(Option<Staging>);
 
 impl std::ops::Deref for CleanUpLater {
     type Target = Staging;
@@ -53,29 +53,29 @@ impl Drop for CleanUpLater {
 }
 
 /// The guest, running: its future ends with how `_start` returned and the host's state.
-type Guest = Pin<Box<dyn Future<Output = (wasmtime::Result<()>, HostState)> + Send>>;
+pub(super) type Guest = Pin<Box<dyn Future<Output = (wasmtime::Result<()>, HostState)> + Send>>;
 
 /// A run that has started.
-struct Started {
-    staging: CleanUpLater,
-    events: mpsc::UnboundedReceiver<FifoEvent>,
-    progress: Progress,
-    guest: Guest,
-    _running: RunningGuard,
+pub(super) struct Started {
+    pub(super) staging: CleanUpLater,
+    pub(super) events: mpsc::UnboundedReceiver<FifoEvent>,
+    pub(super) progress: Progress,
+    pub(super) guest: Guest,
+    pub(super) _running: RunningGuard,
 }
 
 /// How watching a run ended: stopped on a stored tree, or the guest returned.
-enum Watched {
+pub(super) enum Watched {
     Stopped(Realized),
     Exited(Box<Exited>),
 }
 
 /// A guest that returned, and what it reported on the way.
-struct Exited {
-    result: wasmtime::Result<()>,
-    state: HostState,
-    reported: Vec<(String, String)>,
-    rev: Option<String>,
+pub(super) struct Exited {
+    pub(super) result: wasmtime::Result<()>,
+    pub(super) state: HostState,
+    pub(super) reported: Vec<(String, String)>,
+    pub(super) rev: Option<String>,
 }
 
 impl Realizer {
@@ -122,7 +122,7 @@ impl Realizer {
 
     /// Makes the run's staging directory and FIFO, starts the FIFO's reader, and instantiates
     /// the guest with its doors.
-    fn start(
+    pub(super) fn start(
         &self,
         drv: &Derivation,
         module: &TreeHash,
@@ -199,7 +199,7 @@ impl Realizer {
 
     /// Runs the guest to its end, or until a line it reports names a stored tree (then it is
     /// stopped, and that tree is the answer), or past the time limit.
-    async fn watch(
+    pub(super) async fn watch(
         &self,
         drv: &Derivation,
         label: &str,
@@ -286,35 +286,8 @@ impl Realizer {
             reported,
             rev,
         } = exited;
-        let code = match result {
-            Ok(()) => 0,
-            Err(e) => match e.downcast_ref::<Exit>() {
-                Some(Exit(code)) => *code,
-                None => {
-                    if state.limits.hit {
-                        return Err(OverLimit::error(format!(
-                            "{label}: the fetcher needed more than {} bytes of memory (raise --max-memory)",
-                            self.limits.memory
-                        )));
-                    }
-                    let reason = format!("the fetcher crashed: {e}");
-                    return Err(failure(label, state.error, reason, &state.stderr_tail));
-                }
-            },
-        };
-        if code != 0 {
-            let error = failure(
-                label,
-                state.error,
-                format!("the fetcher exited with code {code}"),
-                &state.stderr_tail,
-            );
-            // Before any commit was known: the repository or the ref may not exist at all.
-            if rev.is_none() && (state.http.not_found || code == EXIT_MISSING) {
-                return Err(anyhow::Error::new(NotFound(format!("{error:#}"))));
-            }
-            return Err(error);
-        }
+        let mut state = state;
+        self.exited_well(label, result, &mut state, rev.is_none())?;
         let downloaded = state.http.downloaded;
         tracing::debug!("{label}: the fetcher finished; ingesting what it wrote");
         let tree_path = state.output.tree_path();
@@ -344,6 +317,48 @@ impl Realizer {
             reported,
         };
         self.finish(drv, label, found)
+    }
+
+    /// How a guest's run ended, as an error unless it exited 0: the first host-side failure if
+    /// there was one, else the guest's last words; before any commit was known (`no_commit`), a
+    /// 404 or exit code 3 is `NotFound` (the repository or the ref does not exist).
+    pub(super) fn exited_well(
+        &self,
+        label: &str,
+        result: wasmtime::Result<()>,
+        state: &mut HostState,
+        no_commit: bool,
+    ) -> Result<()> {
+        let code = match result {
+            Ok(()) => 0,
+            Err(e) => match e.downcast_ref::<Exit>() {
+                Some(Exit(code)) => *code,
+                None => {
+                    if state.limits.hit {
+                        return Err(OverLimit::error(format!(
+                            "{label}: the fetcher needed more than {} bytes of memory (raise --max-memory)",
+                            self.limits.memory
+                        )));
+                    }
+                    let reason = format!("the fetcher crashed: {e}");
+                    return Err(failure(label, state.error.take(), reason, &state.stderr_tail));
+                }
+            },
+        };
+        if code != 0 {
+            let error = failure(
+                label,
+                state.error.take(),
+                format!("the fetcher exited with code {code}"),
+                &state.stderr_tail,
+            );
+            // Before any commit was known: the repository or the ref may not exist at all.
+            if no_commit && (state.http.not_found || code == EXIT_MISSING) {
+                return Err(anyhow::Error::new(NotFound(format!("{error:#}"))));
+            }
+            return Err(error);
+        }
+        Ok(())
     }
 }
 

@@ -457,3 +457,94 @@ fn forge_resolves_at_its_git_url_and_fills_the_archive_template() {
     );
     assert_eq!(sink.file(&format!("r-{SHA}/README")).0, b"hello");
 }
+
+#[test]
+fn refs_mode_lists_head_or_a_prefix_in_one_round_trip_and_writes_no_tree() {
+    let head = vec![ls_refs(
+        &["HEAD"],
+        &[&format!("{SHA} HEAD symref-target:refs/heads/main\n"), "0000"],
+    )];
+    let (r, events, sink) = go(&["refs", &format!("git={BASE}/o/r.git")], head);
+    r.unwrap();
+    assert_eq!(
+        events,
+        [
+            format!("POST {BASE}/o/r.git/git-upload-pack"),
+            "announce ref-head main\n".into()
+        ]
+    );
+    assert!(sink.calls.is_empty());
+    let answer = [
+        &format!("{SHA} refs/heads/release/2.0\n") as &str,
+        &format!("{SHA} refs/heads/release/1.2\n"),
+        &format!("{TAG} refs/tags/release/1.2 peeled:{SHA}\n"),
+        "0000",
+    ];
+    let routes = vec![ls_refs(&["refs/heads/release/", "refs/tags/release/"], &answer)];
+    let (r, events, _) = go(&["refs", &format!("git={BASE}/o/r.git"), "prefix=release"], routes);
+    r.unwrap();
+    assert_eq!(
+        events[1..],
+        ["announce ref-name release/1.2\n", "announce ref-name release/2.0\n"]
+    );
+}
+
+#[test]
+fn refs_mode_on_a_v0_server_reads_head_from_the_capabilities() {
+    let first = format!("{TAG} HEAD\0multi_ack symref=HEAD:refs/heads/trunk\n");
+    let adv = pkts(&[
+        "# service=git-upload-pack\n",
+        "0000",
+        &first,
+        &format!("{TAG} refs/heads/trunk\n"),
+        &format!("{TAG} refs/tags/v/1\n"),
+        &format!("{SHA} refs/tags/v/1^{{}}\n"),
+        "0000",
+    ]);
+    let routes = || {
+        vec![
+            Route {
+                method: "POST",
+                url: format!("{BASE}/o/r.git/git-upload-pack"),
+                headers: None,
+                body: None,
+                status: 405,
+                response: Vec::new(),
+            },
+            get(
+                format!("{BASE}/o/r.git/info/refs?service=git-upload-pack"),
+                200,
+                adv.clone(),
+            ),
+        ]
+    };
+    let (r, events, _) = go(&["refs", &format!("git={BASE}/o/r.git")], routes());
+    r.unwrap();
+    assert_eq!(events.last().map(String::as_str), Some("announce ref-head trunk\n"));
+    let (r, events, _) = go(&["refs", &format!("git={BASE}/o/r.git"), "prefix=v"], routes());
+    r.unwrap();
+    assert_eq!(events.last().map(String::as_str), Some("announce ref-name v/1\n"));
+}
+
+#[test]
+fn a_missing_ref_with_refs_nested_under_it_is_not_listed_again_for_suggestions() {
+    let nested = [
+        &format!("{SHA} refs/heads/release/1.2\n") as &str,
+        &format!("{SHA} refs/tags/release/2.0\n"),
+        "0000",
+    ];
+    let routes = vec![ls_refs(&["refs/heads/release", "refs/tags/release"], &nested)];
+    let (r, events, _) = run_github(&["ref=release"], routes);
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), 3);
+    assert!(
+        e.message()
+            .contains("the closest it has: refs/heads/release/1.2, refs/tags/release/2.0"),
+        "{e}"
+    );
+    assert_eq!(
+        events,
+        [format!("POST {BASE}/o/r.git/git-upload-pack")],
+        "one round trip"
+    );
+}

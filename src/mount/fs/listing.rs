@@ -50,20 +50,48 @@ impl CabFs {
                     .map(|hash| (hash.to_string().into_bytes().into(), Inode::Stored(hash)))
                     .collect()
             }
-            // Browsing levels list what the kernel has looked up and still holds.
-            Inode::Browse(..) => {
-                let table = self.table.read_locked();
-                table
-                    .children(ino)
-                    .into_iter()
-                    .map(|(_, name, kind)| (name, kind))
-                    .collect()
+            // Browsing levels list what the kernel has looked up and still holds, and below a
+            // repository what its refs are (see `listed_refs`).
+            Inode::Browse(format, path) => {
+                let mut out: Vec<Listed> = {
+                    let table = self.table.read_locked();
+                    table
+                        .children(ino)
+                        .into_iter()
+                        .map(|(_, name, kind)| (name, kind))
+                        .collect()
+                };
+                // A listing still on its way (it ended a moment ago) shows what was looked up.
+                for (name, kind) in self.listed_refs(format, &path).or_else(|asked| match asked {
+                    Some(_) => Ok(Vec::new()),
+                    None => Err(libc::EIO),
+                })? {
+                    if !out.iter().any(|(n, _)| *n == name) {
+                        out.push((name, kind));
+                    }
+                }
+                out
             }
             Inode::Named(_) | Inode::Browsed(_) | Inode::Stored(_) => unreachable!("resolved by content()"),
         })
     }
 
     pub(super) fn readdir(self: &Arc<Self>, ino: u64, offset: u64, size: u32, plus: bool, reply: Reply) {
+        // Below a repository, the listing of its refs comes first (one round trip).
+        if offset == 0
+            && let Some(Inode::Browse(format, path)) = self.kind(ino)
+            && let Err(Some(asked)) = self.listed_refs(format, &path)
+        {
+            // A failed listing answers its own failure (a repository that does not exist is
+            // ENOENT), never by asking again.
+            return self.wait_or(
+                asked,
+                reply,
+                false,
+                move |fs, reply| fs.readdir(ino, offset, size, plus, reply),
+                |_, reply, failure| reply.error(if failure.not_found() { libc::ENOENT } else { libc::EIO }),
+            );
+        }
         let kind = match self.content(ino) {
             Ok(Content::Now(kind)) => kind,
             Ok(Content::Wait(realization)) => {

@@ -1,6 +1,6 @@
 //! The filesystem: an inode table over three views — named islands at the top, the forges'
 //! browsing levels (`github/OWNER/REPO/REF/`, `gitlab/GROUP/…/PROJECT/-/REF/`,
-//! `sourcehut/~OWNER/REPO/REF/`), `by-hash/<tree hash>/` for stable paths — and the realized
+//! `sourcehut/~OWNER/REPO/REF/`, a REF with `/` nested as git nests it), `by-hash/<tree hash>/` for stable paths — and the realized
 //! trees beneath them, served straight from the store.
 //!
 //! No request waits on a thread. A lookup answers at once: an island's directory exists before
@@ -58,7 +58,8 @@ type Errno = i32;
 enum Inode {
     Root,
     /// A forge's browsing level (`github/`, `gitlab/`, `sourcehut/`) and the names looked up
-    /// below it so far, before the ref.
+    /// below it so far: the repository's path, then any prefix of refs (`release` of
+    /// `release/1.2`).
     Browse(Format, Arc<[Arc<str>]>),
     ByHash,
     /// A named island's root, realized or not.
@@ -315,9 +316,13 @@ impl CabFs {
                     .map(|m| m.mtime_nsec() as u64 / 1000 + m.mtime() as u64 * 1_000_000)
                     .unwrap_or(0)
             }
-            Inode::Browse(..) => {
-                let table = self.table.read_locked();
-                table.children(ino).len() as u64
+            Inode::Browse(format, path) => {
+                let looked_up = self.table.read_locked().children(ino).len() as u64;
+                // Below a repository the listing is the forge's: the mtime moves on with each
+                // answer, and when the last grows too old, so that the kernel drops its copy
+                // and a new branch shows up.
+                let answers = lookup::listing_key(*format, path).map_or(0, |key| self.islands.refs().generation(&key));
+                looked_up + (answers << 20)
             }
             _ => 0,
         }
