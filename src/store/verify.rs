@@ -41,27 +41,73 @@ pub struct VerifyReport {
     pub corrupt: Vec<Corruption>,
 }
 
-fn blake3_file(path: &Path) -> std::io::Result<[u8; 32]> {
+fn blake3_file(path: &Path, buf: &mut [u8]) -> std::io::Result<[u8; 32]> {
     let mut file = fs::File::open(path)?;
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
     loop {
-        match file.read(&mut buf)? {
+        match file.read(buf)? {
             0 => return Ok(*hasher.finalize().as_bytes()),
             n => hasher.update(&buf[..n]),
         };
     }
 }
 
+/// Re-hashes blobs on a few threads, each with one buffer for all its files: a store read cold
+/// keeps several reads in flight (the disk answers them together), and hashing gets every core.
+/// Files go in inode order, which on ext4 is close to the order of their blocks. Returns each
+/// blob whose contents do not match its name, with what is wrong, sorted by name.
+fn check_blobs(mut files: Vec<(String, PathBuf, u64)>) -> Vec<(String, PathBuf, String)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    files.sort_unstable_by_key(|f| f.2);
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get() * 2)
+        .clamp(2, 16);
+    let next = AtomicUsize::new(0);
+    let mut problems: Vec<(String, PathBuf, String)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut buf = vec![0u8; 256 << 10];
+                    let mut found = Vec::new();
+                    loop {
+                        let Some((name, path, _)) = files.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                            return found;
+                        };
+                        let problem = match blake3_file(path, &mut buf) {
+                            Ok(hash) if encoding::to_hex(&hash) == *name => continue,
+                            Ok(hash) => format!("contents hash to {}", encoding::to_hex(&hash)),
+                            Err(e) => format!("cannot read: {e}"),
+                        };
+                        found.push((name.clone(), path.clone(), problem));
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+    });
+    problems.sort();
+    problems
+}
+
 /// Every `(name, path)` in a sharded directory (`blobs/` or `trees/`).
 pub(super) fn sharded_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    Ok(sharded_files_with_inodes(dir)?
+        .into_iter()
+        .map(|(name, path, _)| (name, path))
+        .collect())
+}
+
+/// Every `(name, path, inode number)` in a sharded directory.
+fn sharded_files_with_inodes(dir: &Path) -> Result<Vec<(String, PathBuf, u64)>> {
+    use std::os::unix::fs::DirEntryExt;
     let mut out = Vec::new();
     for shard in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let shard = shard?;
         let prefix = shard.file_name().to_string_lossy().into_owned();
         for entry in fs::read_dir(shard.path()).with_context(|| format!("cannot list {}", shard.path().display()))? {
             let entry = entry?;
-            out.push((format!("{prefix}{}", entry.file_name().to_string_lossy()), entry.path()));
+            let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
+            out.push((name, entry.path(), entry.ino()));
         }
     }
     Ok(out)
@@ -85,18 +131,10 @@ impl Store {
             }
         };
         let mut corrupt = Vec::new();
-        for (name, path) in sharded_files(&self.root.join("blobs"))? {
-            report.blobs += 1;
-            match blake3_file(&path) {
-                Ok(hash) if encoding::to_hex(&hash) == name => {}
-                Ok(hash) => corrupt.push(bad(
-                    "blob",
-                    &name,
-                    &path,
-                    format!("contents hash to {}", encoding::to_hex(&hash)),
-                )),
-                Err(e) => corrupt.push(bad("blob", &name, &path, format!("cannot read: {e}"))),
-            }
+        let blobs = sharded_files_with_inodes(&self.root.join("blobs"))?;
+        report.blobs = blobs.len() as u64;
+        for (name, path, problem) in check_blobs(blobs) {
+            corrupt.push(bad("blob", &name, &path, problem));
         }
         for (name, path) in sharded_files(&self.root.join("trees"))? {
             report.objects += 1;

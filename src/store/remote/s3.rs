@@ -16,6 +16,20 @@ use super::backend::{Backend, Body, BoxFuture, get_object, head_object};
 /// bucket; without them it says 403, which is a failure to report).
 const S3_ABSENT: &[u16] = &[404];
 
+/// Statuses that mean "not now" rather than "no": S3's `SlowDown` is a 503, and Garage answers
+/// 503 while its database is locked by many writes at once (pushing a 10k-entry tree hit it).
+/// A write turned away so is tried again after each of [`RETRY_PAUSES`].
+const TRANSIENT: &[u16] = &[429, 500, 502, 503, 504];
+
+/// The pauses before each further try of a write turned away for now (3.75 s in all).
+const RETRY_PAUSES: &[Duration] = &[
+    Duration::from_millis(50),
+    Duration::from_millis(200),
+    Duration::from_millis(500),
+    Duration::from_millis(1000),
+    Duration::from_millis(2000),
+];
+
 /// How long a signed request stays valid.
 const SIGNED_FOR: Duration = Duration::from_secs(3600);
 
@@ -275,25 +289,139 @@ impl Backend for S3 {
             if len == 0 {
                 request = request.header(reqwest::header::CONNECTION, "close");
             }
-            request = match body {
-                Body::Bytes(bytes) => request.body(bytes),
-                Body::File(path) => {
-                    let file = tokio::fs::File::open(&path)
+            // Bytes go into the request once (each try clones it, sharing them); a file is
+            // opened again for each try.
+            let (request, file) = match body {
+                Body::Bytes(bytes) => (request.body(bytes), None),
+                Body::File(path) => (request, Some(path)),
+            };
+            let mut pauses = RETRY_PAUSES.iter();
+            loop {
+                let mut attempt = request
+                    .try_clone()
+                    .ok_or_else(|| anyhow!("{}: PUT {key}: the request cannot be sent again", self.shown))?;
+                if let Some(path) = &file {
+                    let file = tokio::fs::File::open(path)
                         .await
                         .with_context(|| format!("cannot read {}", path.display()))?;
-                    request.body(reqwest::Body::from(file))
+                    attempt = attempt.body(reqwest::Body::from(file));
                 }
-            };
-            // Without its URL: a presigned one carries a signature, and `PUT key` names it.
-            let response = request
-                .send()
-                .await
-                .map_err(reqwest::Error::without_url)
-                .with_context(|| format!("{}: PUT {key}", self.shown))?;
-            if !response.status().is_success() {
-                return Err(self.failure(&format!("PUT {key}"), response).await);
+                // Without its URL: a presigned one carries a signature, and `PUT key` names it.
+                let response = attempt
+                    .send()
+                    .await
+                    .map_err(reqwest::Error::without_url)
+                    .with_context(|| format!("{}: PUT {key}", self.shown))?;
+                let status = response.status();
+                if status.is_success() {
+                    return Ok(());
+                }
+                match pauses.next() {
+                    Some(pause) if TRANSIENT.contains(&status.as_u16()) => {
+                        tracing::debug!(%status, key, "the remote turned a write away for now; trying again");
+                        drop(response);
+                        tokio::time::sleep(*pause).await;
+                    }
+                    _ => return Err(self.failure(&format!("PUT {key}"), response).await),
+                }
             }
-            Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+
+    /// Each request a test server saw: its method and body.
+    type Seen = Vec<(String, Vec<u8>)>;
+
+    /// A one-bucket server on loopback that answers each request with the next of `statuses`,
+    /// and returns every request it saw.
+    fn serve(statuses: Vec<u16>) -> (String, std::thread::JoinHandle<Seen>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let url = format!("http://{}", listener.local_addr().expect("local address"));
+        let handle = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for status in statuses {
+                let (stream, _) = listener.accept().expect("accept");
+                let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
+                let (mut method, mut len) = (String::new(), 0usize);
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).expect("read a header");
+                    if method.is_empty() {
+                        method = line.split(' ').next().unwrap_or_default().to_owned();
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().expect("a length");
+                    }
+                    if line == "\r\n" || line.is_empty() {
+                        break;
+                    }
+                }
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).expect("read the body");
+                seen.push((method, body));
+                let answer = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                (&stream).write_all(answer.as_bytes()).expect("answer");
+            }
+            seen
+        });
+        (url, handle)
+    }
+
+    fn bucket(url: &str) -> S3 {
+        let location = Location::parse(&format!("s3://b?endpoint={url}&region=r")).expect("a location");
+        let endpoint = reqwest::Url::parse(url).expect("a URL");
+        S3 {
+            bucket: Bucket::new(endpoint, UrlStyle::Path, "b".to_owned(), "r".to_owned()).expect("a bucket"),
+            credentials: Credentials::new("key", "secret"),
+            client: {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                reqwest::Client::new()
+            },
+            prefix: location.prefix,
+            shown: "s3://b/".to_owned(),
+        }
+    }
+
+    fn put(s3: &S3, body: Body) -> Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(s3.put("blobs/x", body))
+    }
+
+    #[test]
+    fn a_write_turned_away_for_now_is_sent_again_whole() {
+        let (url, server) = serve(vec![503, 503, 200]);
+        put(&bucket(&url), Body::Bytes(b"twelve bytes".to_vec())).expect("the third try succeeds");
+        let seen = server.join().expect("the server");
+        assert_eq!(seen.len(), 3);
+        assert!(seen.iter().all(|(m, b)| m == "PUT" && b == b"twelve bytes"), "{seen:?}");
+
+        let path = std::env::temp_dir().join(format!("cab-s3-retry-{}", std::process::id()));
+        std::fs::write(&path, b"from a file").expect("write");
+        let (url, server) = serve(vec![500, 200]);
+        let result = put(&bucket(&url), Body::File(path.clone()));
+        let _ = std::fs::remove_file(&path);
+        result.expect("the second try succeeds");
+        let seen = server.join().expect("the server");
+        assert_eq!(
+            seen.iter().map(|(_, b)| b.as_slice()).collect::<Vec<_>>(),
+            [b"from a file"; 2]
+        );
+    }
+
+    #[test]
+    fn a_write_refused_is_not_sent_again() {
+        let (url, server) = serve(vec![403]);
+        let err = put(&bucket(&url), Body::Bytes(b"x".to_vec())).expect_err("403 is final");
+        assert!(format!("{err:#}").contains("HTTP 403"), "{err:#}");
+        assert_eq!(server.join().expect("the server").len(), 1);
     }
 }
