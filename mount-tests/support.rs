@@ -758,3 +758,30 @@ impl Drop for FuseControl {
         }
     }
 }
+
+/// A kernel setting (a sysctl, a module parameter) set for the length of a test; the old value comes back when dropped (also when
+/// the test fails).
+pub struct Sysctl {
+    path: PathBuf,
+    old: String,
+}
+
+impl Sysctl {
+    /// Sets `path` to `value`; None where the kernel has no such setting.
+    pub fn set(path: &str, value: &str) -> Option<Sysctl> {
+        let old = fs::read_to_string(path).ok()?;
+        fs::write(path, value).unwrap_or_else(|e| panic!("cannot set {path}: {e} (the tests run as root)"));
+        Some(Sysctl {
+            path: path.into(),
+            old: old.trim().to_owned(),
+        })
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(&self.path, &self.old) {
+            eprintln!("cannot restore {} to {}: {e}", self.path.display(), self.old);
+        }
+    }
+}

@@ -15,7 +15,7 @@ mod common;
 mod support;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::thread;
@@ -34,36 +34,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A kernel setting set for the length of a test, the old value written back when dropped
-/// (also when the test fails).
-struct Setting {
-    path: PathBuf,
-    old: String,
-}
-
-impl Setting {
-    /// Sets `path` to `value`; None where the kernel has no such setting.
-    fn set(path: &str, value: &str) -> Option<Setting> {
-        let old = fs::read_to_string(path).ok()?;
-        fs::write(path, value).unwrap_or_else(|e| panic!("cannot set {path}: {e} (the tests run as root)"));
-        Some(Setting {
-            path: path.into(),
-            old: old.trim().to_owned(),
-        })
-    }
-}
-
-impl Drop for Setting {
-    fn drop(&mut self) {
-        if let Err(e) = fs::write(&self.path, &self.old) {
-            eprintln!("cannot restore {} to {}: {e}", self.path.display(), self.old);
-        }
-    }
-}
-
 /// `enable_uring` on or off for the test; None (the test is skipped) on kernels before 6.14.
-fn enable_uring(on: bool) -> Option<Setting> {
-    let setting = Setting::set(PARAMETER, if on { "Y" } else { "N" });
+fn enable_uring(on: bool) -> Option<Sysctl> {
+    let setting = Sysctl::set(PARAMETER, if on { "Y" } else { "N" });
     if setting.is_none() {
         eprintln!("skipped: this kernel has no {PARAMETER} (FUSE over io_uring needs Linux 6.14+)");
     }
@@ -667,7 +640,7 @@ fn without_io_uring_the_mount_serves_through_dev_fuse() {
 
     // io_uring refused outright.
     let _on = enable_uring(true);
-    if let Some(disabled) = Setting::set("/proc/sys/kernel/io_uring_disabled", "2") {
+    if let Some(disabled) = Sysctl::set("/proc/sys/kernel/io_uring_disabled", "2") {
         let mount = world.mount(args);
         assert!(
             mount.wait_log("io_uring is refused here", Duration::from_secs(5)),
