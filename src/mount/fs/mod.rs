@@ -108,11 +108,53 @@ pub enum ReadPath {
     Plain,
 }
 
+/// How many entries the directories read lately may hold in all (about 100 bytes each): a
+/// bound on entries, not directories, as one directory may hold a million.
+const DIRECTORIES_HELD: usize = 65_536;
+
+/// The directories read lately, most recent kept, bounded by the entries they hold: they spare
+/// a lookup its store read and decode while the kernel walks a directory name by name.
+struct Directories {
+    lru: lru::LruCache<TreeHash, Arc<Vec<Entry>>>,
+    entries: usize,
+    budget: usize,
+}
+
+impl Directories {
+    fn new(budget: usize) -> Directories {
+        Directories {
+            lru: lru::LruCache::unbounded(),
+            entries: 0,
+            budget,
+        }
+    }
+
+    fn get(&mut self, tree: &TreeHash) -> Option<Arc<Vec<Entry>>> {
+        self.lru.get(tree).cloned()
+    }
+
+    /// Keeps `entries`, dropping the least recently used to make room. The newest is always
+    /// kept, even alone over the budget: the kernel walking a huge directory looks its names
+    /// up one by one, and reading it again for each would cost the square of its size.
+    fn put(&mut self, tree: TreeHash, entries: Arc<Vec<Entry>>) {
+        self.entries += entries.len();
+        if let Some(old) = self.lru.put(tree, entries) {
+            self.entries -= old.len();
+        }
+        while self.entries > self.budget && self.lru.len() > 1 {
+            match self.lru.pop_lru() {
+                Some((_, old)) => self.entries -= old.len(),
+                None => break,
+            }
+        }
+    }
+}
+
 /// The filesystem.
 pub struct CabFs {
     islands: Arc<Islands>,
     table: RwLock<Table<Inode>>,
-    dirs: Mutex<lru::LruCache<TreeHash, Arc<Vec<Entry>>>>,
+    dirs: Mutex<Directories>,
     /// Passthrough opens: handle → inode.
     open: Mutex<HashMap<u64, u64>>,
     /// Blob files for reads that come without a handle (the plain path), by inode.
@@ -162,7 +204,7 @@ impl CabFs {
         CabFs {
             islands,
             table: RwLock::new(table),
-            dirs: Mutex::new(lru::LruCache::new(NonZeroUsize::new(4096).expect("non-zero"))),
+            dirs: Mutex::new(Directories::new(DIRECTORIES_HELD)),
             open: Mutex::default(),
             blobs: Mutex::new(lru::LruCache::new(NonZeroUsize::new(256).expect("non-zero"))),
             backings: Mutex::default(),
@@ -243,7 +285,7 @@ impl CabFs {
     /// A directory of `island`'s tree: its entries, decoded once and kept.
     fn entries(&self, tree: &TreeHash, island: &Served) -> Result<Arc<Vec<Entry>>, Errno> {
         if let Some(entries) = self.dirs.locked().get(tree) {
-            return Ok(entries.clone());
+            return Ok(entries);
         }
         // A tree served from the remote is answered from its listing in memory until the
         // store has it.
