@@ -376,18 +376,19 @@ impl Remote {
             .await
             .context("a listing task panicked")??
         };
-        let present = self.exist_all(units.iter().map(|u| u.key.clone()).collect()).await?;
+        let present = self.exist_all(&units, |u| u.key.clone()).await?;
         let missing: Vec<pack::Unit> = units
             .into_iter()
             .zip(present)
             .filter(|(_, there)| !there)
             .map(|(u, _)| u)
             .collect();
-        // A batch at a time: packs are built in memory, and a whole tree's would not fit.
-        for batch in missing.chunks(CONCURRENCY) {
-            let mut uploads = Vec::new();
-            for unit in batch {
-                let (store, unit) = (store.clone(), unit.clone());
+        // Each task builds its pack and uploads it, so reading blobs overlaps the uploads;
+        // at most CONCURRENCY packs are in memory at once (a whole tree's would not fit).
+        let upload = |unit: pack::Unit| {
+            let (store, backend) = (store.clone(), self.backend.clone());
+            async move {
+                let key = unit.key.clone();
                 let bytes = tokio::task::spawn_blocking(move || {
                     let contents = unit
                         .blobs
@@ -401,11 +402,16 @@ impl Remote {
                 })
                 .await
                 .context("a packing task panicked")??;
-                uploads.push((unit.key.clone(), Body::Bytes(bytes)));
+                let len = bytes.len() as u64;
+                backend.put(&key, Body::Bytes(bytes)).await?;
+                anyhow::Ok(len)
             }
-            self.put_all(uploads, pushed).await?;
-        }
-        Ok(())
+        };
+        bounded(missing, upload, "an upload task panicked", |len| {
+            pushed.bytes += len;
+            pushed.objects += 1;
+        })
+        .await
     }
 
     /// Every tree object of `tree`, by hash: from its bundle in one request, else one by one.
@@ -528,11 +534,13 @@ impl Remote {
     /// object is there (it was written after everything below it).
     async fn push_objects(&self, store: &Store, tree: &TreeHash, pushed: &mut Pushed) -> Result<()> {
         // Top down: which tree objects are missing, level by level.
-        let mut missing_levels: Vec<Vec<(TreeHash, Vec<u8>)>> = Vec::new();
+        // Only the hashes are kept (a million-entry tree has ~50k objects): each is read
+        // again when it is uploaded.
+        let mut missing_levels: Vec<Vec<TreeHash>> = Vec::new();
         let mut blobs: HashSet<BlobHash> = HashSet::new();
         let mut level = vec![*tree];
         while !level.is_empty() {
-            let present = self.exist_all(level.iter().map(Self::tree_key).collect()).await?;
+            let present = self.exist_all(&level, Self::tree_key).await?;
             let mut missing = Vec::new();
             let mut next = Vec::new();
             for (hash, there) in level.into_iter().zip(present) {
@@ -551,7 +559,7 @@ impl Remote {
                         Node::Symlink { .. } => {}
                     }
                 }
-                missing.push((hash, bytes));
+                missing.push(hash);
             }
             missing_levels.push(missing);
             next.sort();
@@ -559,43 +567,43 @@ impl Remote {
             level = next;
         }
         // Blobs first, then tree objects from the deepest level up.
+        // Keys and paths are made as the uploads go, not all at once (a million blobs).
         let blobs: Vec<BlobHash> = blobs.into_iter().collect();
-        let present = self.exist_all(blobs.iter().map(Self::blob_key).collect()).await?;
-        let uploads: Vec<(String, std::path::PathBuf)> = blobs
-            .iter()
+        let present = self.exist_all(&blobs, Self::blob_key).await?;
+        let missing: Vec<BlobHash> = blobs
+            .into_iter()
             .zip(present)
             .filter(|(_, there)| !there)
-            .map(|(blob, _)| (Self::blob_key(blob), store.blob_path(blob)))
+            .map(|(blob, _)| blob)
             .collect();
-        self.put_all(
-            uploads.into_iter().map(|(key, path)| (key, Body::File(path))).collect(),
-            pushed,
-        )
-        .await?;
+        let uploads = missing
+            .into_iter()
+            .map(|blob| (Self::blob_key(&blob), Body::File(store.blob_path(&blob))));
+        self.put_all(uploads, pushed).await?;
         for missing in missing_levels.into_iter().rev() {
             let uploads = missing
                 .into_iter()
-                .map(|(hash, bytes)| (Self::tree_key(&hash), Body::Bytes(bytes)))
-                .collect();
+                .map(|hash| (Self::tree_key(&hash), Body::File(store.object_path(&hash))));
             self.put_all(uploads, pushed).await?;
         }
         Ok(())
     }
 
     /// Whether each key exists, asked concurrently.
-    async fn exist_all(&self, keys: Vec<String>) -> Result<Vec<bool>> {
-        let mut out = vec![false; keys.len()];
+    async fn exist_all<T>(&self, items: &[T], key: fn(&T) -> String) -> Result<Vec<bool>> {
+        let mut out = vec![false; items.len()];
+        let keys = (0..items.len()).map(|i| key(&items[i]));
         let ask = |(i, key): (usize, String)| {
             let backend = self.backend.clone();
             async move { Ok((i, backend.exists(&key).await?)) }
         };
         let answered = |(i, there): (usize, bool)| out[i] = there;
-        bounded(keys.into_iter().enumerate(), ask, "a request task panicked", answered).await?;
+        bounded(keys.enumerate(), ask, "a request task panicked", answered).await?;
         Ok(out)
     }
 
     /// Uploads every `(key, body)`, concurrently, counting them into `pushed`.
-    async fn put_all(&self, uploads: Vec<(String, Body)>, pushed: &mut Pushed) -> Result<()> {
+    async fn put_all(&self, uploads: impl IntoIterator<Item = (String, Body)>, pushed: &mut Pushed) -> Result<()> {
         let upload = |(key, body): (String, Body)| {
             let backend = self.backend.clone();
             async move {
