@@ -105,13 +105,18 @@ impl Remote {
     /// Opens the remote at `url`: `s3://BUCKET[/PREFIX]?endpoint=…&region=…`, `file:///DIR`,
     /// or `http(s)://…` (read-only).
     pub fn open(url: &str, timeouts: Timeouts) -> Result<Remote> {
-        let client = || {
+        // `read_timeout` runs from the start of a request to its answer, sending included: an
+        // upload taking longer than the stall timeout would fail while it progresses, so
+        // uploads get a client without it and watch their own progress (s3.rs).
+        let client = |read_timeout: bool| {
             // rustls needs a process-wide crypto provider; a second install is a no-op error.
             let _ = rustls::crypto::ring::default_provider().install_default();
             let mut builder = reqwest::Client::builder()
                 .connect_timeout(timeouts.connect)
-                .read_timeout(timeouts.stall)
                 .user_agent(concat!("cab/", env!("CARGO_PKG_VERSION")));
+            if read_timeout {
+                builder = builder.read_timeout(timeouts.stall);
+            }
             // `NAME.localhost` is loopback (RFC 6761), as curl and browsers resolve it: a
             // bucket's website endpoint on this machine is named that way, and the system's
             // resolver may not know it.
@@ -126,11 +131,11 @@ impl Remote {
         };
         let backend: Arc<dyn Backend> = if url.starts_with("s3://") {
             let location = s3::Location::parse(url)?;
-            Arc::new(s3::S3::new(&location, client()?)?)
+            Arc::new(s3::S3::new(&location, client(true)?, client(false)?, timeouts.stall)?)
         } else if let Some(path) = url.strip_prefix("file://") {
             Arc::new(backend::Directory::new(std::path::Path::new(path)))
         } else if url.starts_with("http://") || url.starts_with("https://") {
-            Arc::new(backend::Http::new(url, client()?)?)
+            Arc::new(backend::Http::new(url, client(true)?)?)
         } else {
             bail!("remote `{url}`: use s3://BUCKET?endpoint=URL&region=R, file:///DIR or http(s)://URL (read-only)");
         };

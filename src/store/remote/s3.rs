@@ -5,7 +5,9 @@
 //! logged, printed or shown to the fetcher.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
@@ -37,7 +39,11 @@ const SIGNED_FOR: Duration = Duration::from_secs(3600);
 pub struct S3 {
     bucket: Bucket,
     credentials: Credentials,
+    /// Reads (with the client's read timeout).
     client: reqwest::Client,
+    /// Writes (without it: each watches its own progress against `stall`).
+    upload: reqwest::Client,
+    stall: Duration,
     /// Keys are stored under this prefix (empty, or ending in `/`).
     prefix: String,
     shown: String,
@@ -195,8 +201,9 @@ fn profile_fields(text: &str, profile: &str) -> Option<Vec<(String, String)>> {
 }
 
 impl S3 {
-    /// The bucket at `location`, reached through `client`.
-    pub fn new(location: &Location, client: reqwest::Client) -> Result<S3> {
+    /// The bucket at `location`, read through `client` and written through `upload` (a client
+    /// without a read timeout); a write fails once nothing moves for `stall`.
+    pub fn new(location: &Location, client: reqwest::Client, upload: reqwest::Client, stall: Duration) -> Result<S3> {
         let endpoint = reqwest::Url::parse(&location.endpoint)
             .with_context(|| format!("the S3 endpoint `{}` is not a URL", location.endpoint))?;
         let style = if location.path_style {
@@ -211,6 +218,8 @@ impl S3 {
             bucket,
             credentials: credentials(location.profile.as_deref())?,
             client,
+            upload,
+            stall,
             prefix: location.prefix.clone(),
             shown,
         })
@@ -250,6 +259,129 @@ impl S3 {
     }
 }
 
+impl S3 {
+    /// Sends a write, failing it once neither a byte of its body went out nor its answer came
+    /// for `stall`: a long upload that progresses goes on.
+    async fn send_watched(
+        &self,
+        request: reqwest::RequestBuilder,
+        progress: &Progress,
+        key: &str,
+    ) -> Result<reqwest::Response> {
+        let sending = request.send();
+        tokio::pin!(sending);
+        let tick = (self.stall / 4).min(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                sent = &mut sending => {
+                    // Without its URL: a presigned one carries a signature, and `PUT key` names it.
+                    return sent
+                        .map_err(reqwest::Error::without_url)
+                        .with_context(|| format!("{}: PUT {key}", self.shown));
+                }
+                () = tokio::time::sleep(tick) => {
+                    if progress.idle() >= self.stall {
+                        bail!(
+                            "{}: PUT {key}: stalled: nothing sent or answered for {} s",
+                            self.shown,
+                            self.stall.as_secs_f32()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// When an upload last moved: the last piece of its body the connection took.
+struct Progress {
+    start: Instant,
+    /// Milliseconds from `start`.
+    last: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn moved(&self) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        self.start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))
+    }
+}
+
+/// What a write sends, ready to be sent again.
+enum Source {
+    Bytes(Arc<Vec<u8>>),
+    File(PathBuf),
+}
+
+/// The size of the pieces a body is sent in (each one is progress).
+const PIECE: usize = 64 * 1024;
+
+impl Source {
+    /// The body of one try, in pieces, each noted in `progress` as the connection takes it.
+    async fn stream(&self, progress: Arc<Progress>) -> Result<reqwest::Body> {
+        use tokio::io::AsyncReadExt;
+        enum From {
+            Bytes(Arc<Vec<u8>>, usize),
+            File(tokio::fs::File, PathBuf),
+        }
+        let from = match self {
+            Source::Bytes(bytes) => From::Bytes(bytes.clone(), 0),
+            Source::File(path) => From::File(
+                tokio::fs::File::open(path)
+                    .await
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                path.clone(),
+            ),
+        };
+        let pieces = futures_util::stream::unfold(Some(from), move |from| {
+            let progress = progress.clone();
+            async move {
+                let piece = match from? {
+                    From::Bytes(bytes, at) if at < bytes.len() => {
+                        let end = (at + PIECE).min(bytes.len());
+                        Ok((bytes[at..end].to_vec(), From::Bytes(bytes, end)))
+                    }
+                    From::Bytes(..) => return None,
+                    From::File(mut file, path) => {
+                        let mut piece = vec![0; PIECE];
+                        match file.read(&mut piece).await {
+                            Ok(0) => return None,
+                            Ok(n) => {
+                                piece.truncate(n);
+                                Ok((piece, From::File(file, path)))
+                            }
+                            Err(e) => Err(std::io::Error::new(
+                                e.kind(),
+                                format!("cannot read {}: {e}", path.display()),
+                            )),
+                        }
+                    }
+                };
+                progress.moved();
+                Some(match piece {
+                    Ok((piece, next)) => (Ok(piece), Some(next)),
+                    // The error ends the body (and the request).
+                    Err(e) => (Err(e), None),
+                })
+            }
+        });
+        Ok(reqwest::Body::wrap_stream(pieces))
+    }
+}
+
 fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
     let start = text.find(open)? + open.len();
     let len = text[start..].find(close)?;
@@ -282,36 +414,27 @@ impl Backend for S3 {
             let full = self.key(key);
             let url = self.bucket.put_object(Some(&self.credentials), &full).sign(SIGNED_FOR);
             let len = body.len()?;
-            let mut request = self.client.put(url).header(reqwest::header::CONTENT_LENGTH, len);
+            let mut request = self.upload.put(url).header(reqwest::header::CONTENT_LENGTH, len);
             // Garage 2.5 stalled the request after an empty PUT on the same kept-alive
             // connection until the client's read timeout: an empty object gets a connection
             // of its own.
             if len == 0 {
                 request = request.header(reqwest::header::CONNECTION, "close");
             }
-            // Bytes go into the request once (each try clones it, sharing them); a file is
-            // opened again for each try.
-            let (request, file) = match body {
-                Body::Bytes(bytes) => (request.body(bytes), None),
-                Body::File(path) => (request, Some(path)),
+            // Bytes are held once (each try sends them again); a file is opened again for
+            // each try.
+            let body = match body {
+                Body::Bytes(bytes) => Source::Bytes(Arc::new(bytes)),
+                Body::File(path) => Source::File(path),
             };
             let mut pauses = RETRY_PAUSES.iter();
             loop {
-                let mut attempt = request
+                let attempt = request
                     .try_clone()
                     .ok_or_else(|| anyhow!("{}: PUT {key}: the request cannot be sent again", self.shown))?;
-                if let Some(path) = &file {
-                    let file = tokio::fs::File::open(path)
-                        .await
-                        .with_context(|| format!("cannot read {}", path.display()))?;
-                    attempt = attempt.body(reqwest::Body::from(file));
-                }
-                // Without its URL: a presigned one carries a signature, and `PUT key` names it.
-                let response = attempt
-                    .send()
-                    .await
-                    .map_err(reqwest::Error::without_url)
-                    .with_context(|| format!("{}: PUT {key}", self.shown))?;
+                let progress = Arc::new(Progress::new());
+                let attempt = attempt.body(body.stream(progress.clone()).await?);
+                let response = self.send_watched(attempt, &progress, key).await?;
                 let status = response.status();
                 if status.is_success() {
                     return Ok(());
@@ -383,6 +506,8 @@ mod tests {
                 let _ = rustls::crypto::ring::default_provider().install_default();
                 reqwest::Client::new()
             },
+            upload: reqwest::Client::new(),
+            stall: Duration::from_secs(1),
             prefix: location.prefix,
             shown: "s3://b/".to_owned(),
         }
@@ -415,6 +540,73 @@ mod tests {
             seen.iter().map(|(_, b)| b.as_slice()).collect::<Vec<_>>(),
             [b"from a file"; 2]
         );
+    }
+
+    /// A server that takes one request's body `piece` bytes at a time, `pause` apart (after
+    /// `wait` before the first), then answers 200; returns how many body bytes it took.
+    fn serve_slowly(piece: usize, pause: Duration, wait: Duration) -> (String, std::thread::JoinHandle<usize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let url = format!("http://{}", listener.local_addr().expect("local address"));
+        let handle = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("accept");
+            let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).expect("read a header");
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().expect("a length");
+                }
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+            }
+            std::thread::sleep(wait);
+            let (mut taken, mut buf) = (0, vec![0; piece]);
+            while taken < len {
+                let n = (len - taken).min(piece);
+                if reader.read_exact(&mut buf[..n]).is_err() {
+                    return taken;
+                }
+                taken += n;
+                std::thread::sleep(pause);
+            }
+            let _ = (&stream).write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            taken
+        });
+        (url, handle)
+    }
+
+    #[test]
+    fn an_upload_longer_than_the_stall_timeout_goes_on_while_it_moves() {
+        // 64 MiB taken at ~16 MiB/s: four seconds, twice the stall timeout, never idle for it.
+        let (url, server) = serve_slowly(1 << 20, Duration::from_millis(60), Duration::ZERO);
+        let mut s3 = bucket(&url);
+        s3.stall = Duration::from_secs(2);
+        let started = Instant::now();
+        put(&s3, Body::Bytes(vec![7; 64 << 20])).expect("a slow upload that moves succeeds");
+        assert!(
+            started.elapsed() > s3.stall,
+            "the upload was not slow: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(server.join().expect("the server"), 64 << 20);
+    }
+
+    #[test]
+    fn an_upload_that_stops_moving_fails_after_the_stall_timeout() {
+        // The server reads nothing for 8 s: once the socket buffers are full, nothing moves.
+        let (url, server) = serve_slowly(1 << 20, Duration::ZERO, Duration::from_secs(8));
+        let s3 = bucket(&url);
+        let started = Instant::now();
+        let err = put(&s3, Body::Bytes(vec![7; 64 << 20])).expect_err("a stalled upload fails");
+        assert!(format!("{err:#}").contains("stalled"), "{err:#}");
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "gave up after {:?}",
+            started.elapsed()
+        );
+        let _ = server.join();
     }
 
     #[test]
