@@ -785,3 +785,26 @@ impl Drop for Sysctl {
         }
     }
 }
+
+/// Runs `call` on this thread while another thread interrupts it with SIGUSR1 (its handler
+/// installed, doing nothing) after `delay`, then every 50 ms in case the first came before the
+/// call began; returns what `call` returned and how long after the first signal it came back.
+pub fn interrupted<R>(delay: Duration, call: impl FnOnce() -> R) -> (R, Duration) {
+    // SAFETY: the id of this very thread.
+    let me = unsafe { libc::pthread_self() } as usize;
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let signaller = thread::spawn(move || {
+        thread::sleep(delay);
+        let first = Instant::now();
+        loop {
+            // SAFETY: the thread is alive until it says it is done.
+            unsafe { libc::pthread_kill(me as libc::pthread_t, libc::SIGUSR1) };
+            if done_rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+                return first.elapsed();
+            }
+        }
+    });
+    let result = call();
+    let _ = done_tx.send(());
+    (result, signaller.join().unwrap())
+}

@@ -354,8 +354,6 @@ fn thousands_of_parked_requests_interrupted_at_random_moments_all_return() {
         .map(|t| {
             let slow = slow.clone();
             thread::spawn(move || {
-                // SAFETY: the id of this very thread.
-                let me = unsafe { libc::pthread_self() } as usize;
                 let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (t as u64 + 1);
                 let mut slowest = Duration::ZERO;
                 for k in 0..rounds {
@@ -363,25 +361,10 @@ fn thousands_of_parked_requests_interrupted_at_random_moments_all_return() {
                     seed ^= seed >> 7;
                     seed ^= seed << 17;
                     // Each call waits on the pending island (a distinct name each time, so the
-                    // kernel sends every one); a signaller interrupts it after 0-20 ms, and
-                    // again every 50 ms in case the first came before the call began.
+                    // kernel sends every one); it is interrupted after 0-20 ms.
                     let delay = Duration::from_micros(seed % 20_000);
-                    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-                    let signaller = thread::spawn(move || {
-                        thread::sleep(delay);
-                        let first = Instant::now();
-                        loop {
-                            // SAFETY: the thread is alive until it says it is done.
-                            unsafe { libc::pthread_kill(me as libc::pthread_t, libc::SIGUSR1) };
-                            if done_rx.recv_timeout(Duration::from_millis(50)).is_ok() {
-                                return first.elapsed();
-                            }
-                        }
-                    });
                     let path = slow.join(format!("name-{t}-{k}"));
-                    let result = fs::symlink_metadata(&path);
-                    let _ = done_tx.send(());
-                    let after_first_signal = signaller.join().unwrap();
+                    let (result, after_first_signal) = interrupted(delay, || fs::symlink_metadata(&path));
                     assert_eq!(
                         result.as_ref().err().and_then(|e| e.raw_os_error()),
                         Some(libc::EINTR),
