@@ -333,35 +333,36 @@ impl Source {
     /// The body of one try, in pieces, each noted in `progress` as the connection takes it.
     async fn stream(&self, progress: Arc<Progress>) -> Result<reqwest::Body> {
         use tokio::io::AsyncReadExt;
-        enum From {
+        /// What is left to send.
+        enum Rest {
             Bytes(Arc<Vec<u8>>, usize),
             File(tokio::fs::File, PathBuf),
         }
-        let from = match self {
-            Source::Bytes(bytes) => From::Bytes(bytes.clone(), 0),
-            Source::File(path) => From::File(
+        let rest = match self {
+            Source::Bytes(bytes) => Rest::Bytes(bytes.clone(), 0),
+            Source::File(path) => Rest::File(
                 tokio::fs::File::open(path)
                     .await
                     .with_context(|| format!("cannot read {}", path.display()))?,
                 path.clone(),
             ),
         };
-        let pieces = futures_util::stream::unfold(Some(from), move |from| {
+        let pieces = futures_util::stream::unfold(Some(rest), move |rest| {
             let progress = progress.clone();
             async move {
-                let piece = match from? {
-                    From::Bytes(bytes, at) if at < bytes.len() => {
+                let piece = match rest? {
+                    Rest::Bytes(bytes, at) if at < bytes.len() => {
                         let end = (at + PIECE).min(bytes.len());
-                        Ok((bytes[at..end].to_vec(), From::Bytes(bytes, end)))
+                        Ok((bytes[at..end].to_vec(), Rest::Bytes(bytes, end)))
                     }
-                    From::Bytes(..) => return None,
-                    From::File(mut file, path) => {
+                    Rest::Bytes(..) => return None,
+                    Rest::File(mut file, path) => {
                         let mut piece = vec![0; PIECE];
                         match file.read(&mut piece).await {
                             Ok(0) => return None,
                             Ok(n) => {
                                 piece.truncate(n);
-                                Ok((piece, From::File(file, path)))
+                                Ok((piece, Rest::File(file, path)))
                             }
                             Err(e) => Err(std::io::Error::new(
                                 e.kind(),
