@@ -5,28 +5,29 @@
 //! executable bit) or a symlink (any target) at a relative path; we refuse absolute paths,
 //! empty, `.` and `..` names, NUL bytes, duplicates, and any parent that is not a directory
 //! *we* created — which rules out writing through a symlink, whatever its target.
+//!
+//! Only the directories are remembered (a few per cent of a tree's entries): a million-file
+//! archive must not cost a million paths in memory. Nothing but this module writes under
+//! `out/`, and every parent on the way is a directory it made, so the kernel answers the rest —
+//! `O_EXCL` refuses a duplicate, `lstat` tells a file from a symlink.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, symlink};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Made {
-    Directory,
-    File,
-    Symlink,
-}
-
 /// The output tree being built, and what it has cost so far.
 pub struct Output {
     root: PathBuf,
-    made: HashMap<Vec<u8>, Made>,
+    /// The directories made so far, by path: the only entries that may be parents.
+    directories: HashSet<Box<[u8]>>,
+    /// Entries made so far, of every kind.
+    entries: usize,
     open: HashMap<i32, (File, Vec<u8>)>,
     next_handle: i32,
     tree_root: Option<Vec<u8>>,
@@ -49,7 +50,8 @@ impl Output {
         fs::create_dir(root).with_context(|| format!("cannot create {}", root.display()))?;
         Ok(Output {
             root: root.to_owned(),
-            made: HashMap::new(),
+            directories: HashSet::new(),
+            entries: 0,
             open: HashMap::new(),
             next_handle: 1,
             tree_root: None,
@@ -60,8 +62,24 @@ impl Output {
         })
     }
 
-    /// Checks a guest path and returns where it goes on disk.
+    /// Checks a guest path and returns where it goes on disk: every parent is a directory
+    /// made here. Counts the entry against the limit; a duplicate is refused when it is made.
     fn place(&mut self, path: &[u8]) -> Result<PathBuf> {
+        let dest = self.existing_parents(path)?;
+        if self.entries >= self.max_entries {
+            return Err(super::OverLimit::error(format!(
+                "more than {} entries: over the limit on entries (raise --max-entries)",
+                self.max_entries
+            )));
+        }
+        self.entries += 1;
+        Ok(dest)
+    }
+
+    /// Checks the names of a guest path and that each of its parents is a directory made
+    /// here; returns where it is on disk. Since no parent can be a symlink, the path resolves
+    /// inside `out/` without following anything.
+    fn existing_parents(&self, path: &[u8]) -> Result<PathBuf> {
         if path.is_empty() {
             bail!("empty path");
         }
@@ -79,25 +97,29 @@ impl Output {
             }
             if i > 0 {
                 let parent = &path[..parent_len];
-                match self.made.get(parent) {
-                    Some(Made::Directory) => {}
-                    Some(_) => bail!("`{}`: its parent `{}` is not a directory", show(path), show(parent)),
-                    None => bail!("`{}`: its parent `{}` does not exist", show(path), show(parent)),
+                if !self.directories.contains(parent) {
+                    // Its own parents are directories made here: this lstat follows nothing.
+                    let why = match fs::symlink_metadata(self.root.join(OsStr::from_bytes(parent))) {
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist",
+                        _ => "is not a directory",
+                    };
+                    bail!("`{}`: its parent `{}` {why}", show(path), show(parent));
                 }
                 parent_len += 1;
             }
             parent_len += name.len();
         }
-        if self.made.contains_key(path) {
-            bail!("`{}` already exists (duplicate member)", show(path));
-        }
-        if self.made.len() >= self.max_entries {
-            return Err(super::OverLimit::error(format!(
-                "more than {} entries: over the limit on entries (raise --max-entries)",
-                self.max_entries
-            )));
-        }
         Ok(self.root.join(OsStr::from_bytes(path)))
+    }
+
+    /// The error for making `dest`, where the guest's `path` already existing is a duplicate
+    /// member of its archive.
+    fn made_error(e: std::io::Error, path: &[u8], dest: &Path) -> anyhow::Error {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            anyhow::anyhow!("`{}` already exists (duplicate member)", show(path))
+        } else {
+            anyhow::Error::new(e).context(format!("cannot create {}", dest.display()))
+        }
     }
 
     /// Adds `n` bytes to what the run has unpacked, refusing them past the limit.
@@ -115,8 +137,8 @@ impl Output {
     /// Creates a directory.
     pub fn mkdir(&mut self, path: &[u8]) -> Result<()> {
         let dest = self.place(path)?;
-        fs::create_dir(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
-        self.made.insert(path.to_vec(), Made::Directory);
+        fs::create_dir(&dest).map_err(|e| Self::made_error(e, path, &dest))?;
+        self.directories.insert(path.into());
         Ok(())
     }
 
@@ -130,8 +152,7 @@ impl Output {
             .mode(mode)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&dest)
-            .with_context(|| format!("cannot create {}", dest.display()))?;
-        self.made.insert(path.to_vec(), Made::File);
+            .map_err(|e| Self::made_error(e, path, &dest))?;
         let handle = self.next_handle;
         self.next_handle += 1;
         self.open.insert(handle, (file, path.to_vec()));
@@ -164,8 +185,7 @@ impl Output {
             bail!("symlink `{}` has an empty or NUL-containing target", show(path));
         }
         let dest = self.place(path)?;
-        symlink(OsStr::from_bytes(target), &dest).with_context(|| format!("cannot create {}", dest.display()))?;
-        self.made.insert(path.to_vec(), Made::Symlink);
+        symlink(OsStr::from_bytes(target), &dest).map_err(|e| Self::made_error(e, path, &dest))?;
         Ok(())
     }
 
@@ -173,32 +193,48 @@ impl Output {
     /// hard link in an archive, unpacked as Nix unpacks it (a second name for the same
     /// contents and mode, which the store keeps once anyway).
     pub fn copy(&mut self, from: &[u8], path: &[u8]) -> Result<()> {
-        let kind = self.made.get(from).copied();
-        let open = self.open.values().any(|(_, p)| p == from);
-        if !matches!(kind, Some(Made::File | Made::Symlink)) || open {
-            bail!(
+        let refused = || {
+            anyhow::anyhow!(
                 "hard link `{}` to `{}`: the target must be a file or symlink earlier in the archive",
                 show(path),
                 show(from)
-            );
+            )
+        };
+        let open = self.open.values().any(|(_, p)| p == from);
+        if open || self.directories.contains(from) {
+            return Err(refused());
         }
-        let source = self.root.join(OsStr::from_bytes(from));
+        let source = self.existing_parents(from).map_err(|_| refused())?;
+        let kind = fs::symlink_metadata(&source).map_err(|_| refused())?.file_type();
         let dest = self.place(path)?;
-        if kind == Some(Made::Symlink) {
+        if kind.is_symlink() {
             let target = fs::read_link(&source).with_context(|| format!("cannot read {}", source.display()))?;
-            symlink(&target, &dest).with_context(|| format!("cannot create {}", dest.display()))?;
-        } else {
-            let size = fs::symlink_metadata(&source)
-                .with_context(|| format!("cannot read {}", source.display()))?
-                .len();
-            Self::count(&mut self.unpacked, self.max_unpacked, size, || {
+            symlink(&target, &dest).map_err(|e| Self::made_error(e, path, &dest))?;
+        } else if kind.is_file() {
+            let mut input = File::options()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&source)
+                .with_context(|| format!("cannot read {}", source.display()))?;
+            let meta = input
+                .metadata()
+                .with_context(|| format!("cannot read {}", source.display()))?;
+            Self::count(&mut self.unpacked, self.max_unpacked, meta.len(), || {
                 format!("at `{}`", show(path))
             })?;
-            // Copies permissions too, and shares extents where the filesystem can.
-            fs::copy(&source, &dest)
+            let mut output = File::options()
+                .write(true)
+                .create_new(true)
+                .mode(meta.permissions().mode())
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&dest)
+                .map_err(|e| Self::made_error(e, path, &dest))?;
+            // Between two files std copies in the kernel, sharing extents where it can.
+            std::io::copy(&mut input, &mut output)
                 .with_context(|| format!("cannot copy {} to {}", source.display(), dest.display()))?;
+        } else {
+            return Err(refused());
         }
-        self.made.insert(path.to_vec(), kind.unwrap_or(Made::File));
         Ok(())
     }
 
@@ -244,7 +280,11 @@ impl Output {
     /// Declares that the tree is the entry `path` rather than all of `out/`: a directory, or
     /// (an archive holding one file) a closed file or a symlink.
     pub fn set_root(&mut self, path: &[u8]) -> Result<()> {
-        if !self.made.contains_key(path) {
+        let made = self.directories.contains(path)
+            || self
+                .existing_parents(path)
+                .is_ok_and(|dest| fs::symlink_metadata(dest).is_ok());
+        if !made {
             bail!("`{}` is not an entry of the output", show(path));
         }
         if !self.open.is_empty() {
@@ -300,6 +340,26 @@ mod tests {
         assert!(out.copy(b"a", b"a/dir-copy").is_err(), "a directory");
         assert!(out.copy(b"a/none", b"a/x").is_err(), "not made");
         assert!(out.copy(b"a/f", b"a/g").is_err(), "duplicate");
+        // Duplicates of every kind, and nothing written through what is already there.
+        let duplicate = |e: anyhow::Error| e.to_string().contains("duplicate member");
+        assert!(out.create(b"a/f", false).map_err(duplicate).unwrap_err());
+        assert!(
+            out.create(b"a/up", false).map_err(duplicate).unwrap_err(),
+            "over a symlink"
+        );
+        assert!(
+            out.copy(b"a/f", b"a/up").map_err(duplicate).unwrap_err(),
+            "copy over a symlink"
+        );
+        assert!(out.symlink(b"a", b"x").map_err(duplicate).unwrap_err());
+        assert!(out.mkdir(b"a/f").map_err(duplicate).unwrap_err());
+        let parent = out.create(b"a/f/x", false).unwrap_err().to_string();
+        assert!(parent.contains("`a/f` is not a directory"), "{parent}");
+        let missing = out.create(b"a/none/x", false).unwrap_err().to_string();
+        assert!(missing.contains("`a/none` does not exist"), "{missing}");
+        assert_eq!(fs::read(dir.join("out/a/f")).unwrap(), b"hi");
+        out.set_root(b"a/f").unwrap();
+        out.set_root(b"a/up").unwrap();
         assert!(out.set_root(b"a/nope").is_err());
         out.set_root(b"a").unwrap();
         assert_eq!(out.tree_path(), dir.join("out/a"));
