@@ -100,6 +100,44 @@ fn real_symlinks() {
     }
 }
 
+/// A tree that is not in the page cache is read ahead of the walk (a helper thread asks the
+/// kernel for each directory's files): the hashes are those of the warm walk and of Nix, and
+/// the read-ahead did run.
+#[test]
+fn a_cold_tree_is_read_ahead_and_hashes_the_same() {
+    // On the target directory's filesystem, a disk: tmpfs cannot drop its pages.
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cold-tree-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    let mut files = Vec::new();
+    for d in 0..30 {
+        let dir = root.join(format!("pkg{d:02}/sub"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..40 {
+            let path = dir.join(format!("f{f:02}.txt"));
+            let line = format!("package {d} file {f}\n");
+            fs::write(&path, line.repeat((d * 40 + f) % 700)).unwrap();
+            files.push(path);
+        }
+    }
+    let warm = assert_matches_nix(&root);
+    // Every file written back, then dropped from the page cache.
+    for path in &files {
+        let file = fs::File::open(path).unwrap();
+        file.sync_all().unwrap();
+        let dropped =
+            unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&file), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(dropped, 0, "posix_fadvise(DONTNEED) of {}", path.display());
+    }
+    let out = run_ok(cab().env("RUST_LOG", "cab=debug").arg("hash").arg(&root));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("reading the tree ahead"),
+        "the cold tree was not read ahead:\n{log}"
+    );
+    assert_eq!(parse_hashes(&out.stdout), warm);
+    fs::remove_dir_all(&root).unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Built edge cases, one per test.
 // ---------------------------------------------------------------------------------------------

@@ -88,6 +88,11 @@ impl Dir {
         Ok(unsafe { File::from_raw_fd(fd) })
     }
 
+    /// A second descriptor of this directory, for another thread to open its children by.
+    pub fn duplicate(&self) -> io::Result<OwnedFd> {
+        self.fd.try_clone()
+    }
+
     /// Reads the target of the child symlink `name`.
     pub fn read_link(&self, name: &CStr) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; 256];

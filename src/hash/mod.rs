@@ -7,6 +7,7 @@
 pub mod dir;
 pub mod encoding;
 pub mod nar;
+mod prefetch;
 pub mod tree;
 pub mod walk;
 
