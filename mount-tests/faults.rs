@@ -11,6 +11,7 @@ mod common;
 mod support;
 
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -51,6 +52,36 @@ fn answers_within<T: Send + 'static>(bound: Duration, label: &str, what: impl Fn
 fn process_state(pid: u32) -> Option<char> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit(')').next()?.trim_start().chars().next()
+}
+
+/// Where each thread of these processes waits in the kernel (state, wchan and stack, as root
+/// may read them): what a test that finds a process stuck prints, to say where.
+fn kernel_stacks(processes: &[(&str, u32)]) -> String {
+    let mut out = String::new();
+    for (what, pid) in processes {
+        let tasks = fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect::<Vec<_>>());
+        for task in tasks.unwrap_or_default() {
+            let at = task.path();
+            let read = |name: &str| fs::read_to_string(at.join(name)).unwrap_or_else(|e| format!("({e})"));
+            let stat = read("stat");
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next()
+                .unwrap_or("?")
+                .to_owned();
+            out.push_str(&format!(
+                "--- {what} {pid} thread {}: {} state {state}, wchan {}\n{}",
+                task.file_name().to_string_lossy(),
+                read("comm").trim(),
+                read("wchan"),
+                read("stack")
+            ));
+        }
+    }
+    out
 }
 
 /// The daemon's resident memory, in KiB.
@@ -225,12 +256,20 @@ fn stalled_fetches_block_nothing_and_their_waiters_can_be_interrupted() {
     let mut waiting = Children(
         (0..6)
             .map(|i| {
-                tool("ls")
-                    .arg(world.at(&format!("slow{i}")))
+                let mut ls = tool("ls");
+                ls.arg(world.at(&format!("slow{i}")))
                     .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap()
+                    .stderr(Stdio::null());
+                // SIGINT as a terminal's Ctrl-C finds it: a test run from a background job
+                // (`cmd &` in a script) inherits it ignored, and an ignored signal frees nobody.
+                // SAFETY: signal(2) only, between fork and exec.
+                unsafe {
+                    ls.pre_exec(|| {
+                        libc::signal(libc::SIGINT, libc::SIG_DFL);
+                        Ok(())
+                    })
+                };
+                ls.spawn().unwrap()
             })
             .collect(),
     );
@@ -295,7 +334,8 @@ fn stalled_fetches_block_nothing_and_their_waiters_can_be_interrupted() {
         let status = wait_child(child, Duration::from_secs(5));
         assert!(
             status.is_some(),
-            "ls slow{i} was not freed by its signal\n{}",
+            "ls slow{i} was not freed by its signal\n{}\n{}",
+            kernel_stacks(&[("ls", child.id()), ("daemon", mount.child.id())]),
             mount.log()
         );
     }
