@@ -50,7 +50,11 @@ fn answers_within<T: Send + 'static>(bound: Duration, label: &str, what: impl Fn
 
 /// The state letter of a process (`R`, `S`, `D`, …) from /proc.
 fn process_state(pid: u32) -> Option<char> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    state_in(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The state letter of a `/proc/…/stat` line (after the command name, which may hold spaces).
+fn state_in(stat: &str) -> Option<char> {
     stat.rsplit(')').next()?.trim_start().chars().next()
 }
 
@@ -63,15 +67,7 @@ fn kernel_stacks(processes: &[(&str, u32)]) -> String {
         for task in tasks.unwrap_or_default() {
             let at = task.path();
             let read = |name: &str| fs::read_to_string(at.join(name)).unwrap_or_else(|e| format!("({e})"));
-            let stat = read("stat");
-            let state = stat
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .split_whitespace()
-                .next()
-                .unwrap_or("?")
-                .to_owned();
+            let state = state_in(&read("stat")).unwrap_or('?');
             out.push_str(&format!(
                 "--- {what} {pid} thread {}: {} state {state}, wchan {}\n{}",
                 task.file_name().to_string_lossy(),

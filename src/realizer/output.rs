@@ -200,8 +200,7 @@ impl Output {
                 show(from)
             )
         };
-        let open = self.open.values().any(|(_, p)| p == from);
-        if open || self.directories.contains(from) {
+        if self.open.values().any(|(_, p)| p == from) {
             return Err(refused());
         }
         let source = self.existing_parents(from).map_err(|_| refused())?;
@@ -280,10 +279,9 @@ impl Output {
     /// Declares that the tree is the entry `path` rather than all of `out/`: a directory, or
     /// (an archive holding one file) a closed file or a symlink.
     pub fn set_root(&mut self, path: &[u8]) -> Result<()> {
-        let made = self.directories.contains(path)
-            || self
-                .existing_parents(path)
-                .is_ok_and(|dest| fs::symlink_metadata(dest).is_ok());
+        let made = self
+            .existing_parents(path)
+            .is_ok_and(|dest| fs::symlink_metadata(dest).is_ok());
         if !made {
             bail!("`{}` is not an entry of the output", show(path));
         }
